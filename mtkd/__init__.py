@@ -1,0 +1,63 @@
+"""mtkd: multi-task learning with removable teacher tasks, for any timm encoder.
+
+The library in ten lines::
+
+    import mtkd
+    cfg = mtkd.load_recipe("recipes/seg_distilled_id.yaml", ["trainer.max_epochs=2"])
+    data = mtkd.build_data(cfg)
+    model = mtkd.build_model(cfg, data.label_spaces)
+    mtkd.train(model, data, cfg)
+    student = mtkd.distill(model)
+    print(mtkd.evaluate(student, data.test))
+
+``mtkd.run(cfg)`` does all of that and writes a run folder.
+"""
+
+from .build import build_model, build_tasks
+from .config import RecipeConfig, load_recipe, recipe_from_dict
+from .data import DataBundle, build_data, build_source, make_loader
+from .errors import DataError, MtkdError, PluginError, RecipeError
+from .evaluate import evaluate
+from .hookspecs import hookimpl
+from .model import MultiTaskModel, ParameterCounts, count_parameters
+from .pipeline import RunResult, distill, run, train
+from .plugins import PluginSet, load_plugins
+from .runs import load_run
+from .samples import LabelSpace, NoOptions, Sample, SampleSource
+from .tasks import FeatureInfo, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataBundle",
+    "DataError",
+    "FeatureInfo",
+    "LabelSpace",
+    "MtkdError",
+    "MultiTaskModel",
+    "NoOptions",
+    "ParameterCounts",
+    "PluginError",
+    "PluginSet",
+    "RecipeConfig",
+    "RecipeError",
+    "RunResult",
+    "Sample",
+    "SampleSource",
+    "Task",
+    "build_data",
+    "build_model",
+    "build_source",
+    "build_tasks",
+    "count_parameters",
+    "distill",
+    "evaluate",
+    "hookimpl",
+    "load_plugins",
+    "load_recipe",
+    "load_run",
+    "make_loader",
+    "recipe_from_dict",
+    "run",
+    "train",
+]

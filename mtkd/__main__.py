@@ -1,0 +1,5 @@
+"""``python -m mtkd`` is the ``mtkd`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

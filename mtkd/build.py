@@ -1,0 +1,92 @@
+"""From a validated recipe to live objects: tasks and the multi-task model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import parse_options
+from .encoder import Encoder, create_timm_trunk, resolve_taps
+from .errors import RecipeError
+from .model import MultiTaskModel
+from .plugins import PluginSet, load_plugins
+from .samples import LabelSpace
+from .tasks import ROLES, Task
+
+TASK_KEYS = ("type", "role", "weight")
+
+
+def plugins_for(cfg: DictConfig, plugins: PluginSet | None = None) -> PluginSet:
+    """The given plugin set, or the default set plus the recipe's ``plugins:`` list."""
+    return plugins if plugins is not None else load_plugins(list(cfg.plugins))
+
+
+def _task_entry(key: str, raw: Any) -> tuple[str, Any, Any, dict[str, Any]]:
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"tasks.{key}: expected a mapping of options, got {raw!r}")
+    values = dict(raw)
+    kind = str(values.pop("type", key))
+    role = values.pop("role", None)
+    weight = values.pop("weight", 1.0)
+    return kind, role, weight, values
+
+
+def build_tasks(
+    cfg: DictConfig,
+    label_spaces: Mapping[str, LabelSpace],
+    plugins: PluginSet | None = None,
+) -> dict[str, Task]:
+    """Instantiate every task of ``cfg.tasks``; options are checked against the task plugin."""
+    plugins = plugins_for(cfg, plugins)
+    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
+    assert isinstance(raw_tasks, dict)
+    tasks: dict[str, Task] = {}
+    for key, raw in raw_tasks.items():
+        if raw is None:  # `tasks.<key>=null` removes a task inherited from a base recipe
+            continue
+        kind, role, weight, values = _task_entry(str(key), raw)
+        task_cls = plugins.tasks.get(kind, key=f"tasks.{key}.type" if kind != key else f"tasks.{key}")
+        role = role or task_cls.default_role
+        if role not in ROLES:
+            raise RecipeError(f"tasks.{key}.role: '{role}' is not one of {', '.join(ROLES)}")
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"tasks.{key}.weight: expected a number, got {weight!r}") from exc
+        options = parse_options(task_cls.Options, values, f"tasks.{key}")
+        space = label_spaces.get(task_cls.label_key)
+        if space is None:
+            raise RecipeError(
+                f"tasks.{key}: task '{kind}' needs label '{task_cls.label_key}', which the data set "
+                f"does not provide (it provides: {', '.join(sorted(label_spaces)) or 'no labels'})"
+            )
+        tasks[str(key)] = task_cls(str(key), options, role=role, weight=weight, label_space=space)
+    if not tasks:
+        raise RecipeError("tasks: a recipe needs at least one task")
+    if all(t.role == "teacher" for t in tasks.values()):
+        raise RecipeError("tasks: every task is a teacher, so distillation would leave nothing")
+    return tasks
+
+
+def build_model(
+    cfg: DictConfig,
+    label_spaces: Mapping[str, LabelSpace],
+    plugins: PluginSet | None = None,
+) -> MultiTaskModel:
+    """The encoder named in ``cfg.encoder`` with one head per task of ``cfg.tasks``."""
+    tasks = build_tasks(cfg, label_spaces, plugins)
+    enc = cfg.encoder
+    kwargs = OmegaConf.to_container(enc.kwargs, resolve=True)
+    assert isinstance(kwargs, dict)
+    trunk = create_timm_trunk(enc.name, pretrained=enc.pretrained, weights=enc.weights, **kwargs)
+    needs_taps = any(task.uses_taps for task in tasks.values())
+    taps_cfg = enc.taps if isinstance(enc.taps, str) else list(enc.taps)
+    out_indices = list(enc.out_indices) if enc.out_indices is not None else None
+    taps = resolve_taps(trunk, taps_cfg, out_indices) if needs_taps else []
+    if needs_taps and not taps:
+        readers = [k for k, t in tasks.items() if t.uses_taps]
+        raise RecipeError(f"encoder.taps: task(s) {readers} read encoder taps, but none are configured")
+    encoder = Encoder(trunk, taps, cfg.data.image_size)
+    return MultiTaskModel(encoder, tasks)

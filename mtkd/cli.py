@@ -1,0 +1,106 @@
+"""The ``mtkd`` command: run recipes, list plugins."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_recipe
+from .errors import MtkdError
+from .plugins import load_plugins
+
+
+def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """YAML overlays (``*.yaml``) and ``key=value`` overrides, in the order given."""
+    overlays = [i for i in items if "=" not in i and i.endswith((".yaml", ".yml"))]
+    overrides = [i for i in items if i not in overlays]
+    return overlays, overrides
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from .pipeline import run
+
+    overlays, overrides = _split_run_args(args.overrides)
+    cfg = load_recipe(args.recipe, overrides, overlays)
+    if args.out:
+        cfg.output.dir = args.out
+    result = run(cfg, console=console)
+    _print_summary(result.results, console)
+    console.print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _print_summary(results: dict, console: Console) -> None:
+    table = Table(title=f"{results['recipe']}: test results")
+    table.add_column("metric")
+    table.add_column("full model", justify="right")
+    table.add_column("inference model", justify="right")
+    full, distilled = results["test"]["full"], results["test"].get("distilled", {})
+    for key, value in full.items():
+        if isinstance(value, float) and not key.endswith("/count"):
+            other = distilled.get(key)
+            table.add_row(key, f"{value:.4f}", f"{other:.4f}" if isinstance(other, float) else "—")
+    params = results["params"]
+    for kind in ("trainable", "keras"):
+        table.add_row(
+            f"parameters ({kind})",
+            f"{params['training'][kind]:,}",
+            f"{params['inference'][kind]:,}",
+        )
+    console.print(table)
+
+
+def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
+    plugins = load_plugins(args.plugin or [])
+    table = Table(title="mtkd plugins")
+    for column in ("plugin", "from", "tasks", "data sets", "hooks"):
+        table.add_column(column)
+    for name, origin in plugins.origins.items():
+        table.add_row(
+            name,
+            origin,
+            ", ".join(plugins.tasks.by_plugin(name)) or "—",
+            ", ".join(plugins.datasets.by_plugin(name)) or "—",
+            ", ".join(plugins.hooks_of(name)) or "—",
+        )
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
+    p_run.add_argument("recipe", help="recipe YAML file, e.g. recipes/seg_distilled_id.yaml")
+    p_run.add_argument(
+        "overrides",
+        nargs="*",
+        help="YAML overlays (profile.yaml) and key=value overrides, e.g. trainer.max_epochs=3",
+    )
+    p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
+    p_run.set_defaults(func=cmd_run)
+    p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
+    p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
+    p_plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return int(args.func(args, console))
+    except MtkdError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

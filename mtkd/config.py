@@ -1,0 +1,251 @@
+"""Recipes: a schema of dataclasses, base-recipe inheritance, overlays and dot-list overrides.
+
+A recipe is a short YAML file. ``defaults: [_base]`` merges other recipes (paths relative to
+the recipe, ``.yaml`` optional) underneath it; YAML overlays and ``key=value`` overrides are
+merged on top. Every error names the file and the key at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import RecipeError, did_you_mean
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "mobilenetv2_100"
+    pretrained: bool = False  # timm hub weights (needs the network)
+    weights: str | None = None  # a local weights file (safetensors or torch), no network
+    taps: Any = "stages"  # "stages", "none", or a list of module names
+    out_indices: list[int] | None = None  # which stages, with taps: stages (negatives allowed)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+
+
+@dataclass
+class SplitConfig:
+    test: float = 0.1  # fraction of each group's samples held out for testing
+    val: float = 0.2  # fraction of the remaining samples used for validation
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: dict[str, Any] = field(default_factory=lambda: {"name": "random_images"})
+    image_size: int = 128
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 125
+    patience: int = 20  # epochs without val-loss improvement before stopping; 0 disables
+    min_delta: float = 0.0
+    optimizer: str = "adam"  # any timm optimizer name
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "none"  # any timm scheduler name (cosine, step, plateau, ...) or none
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    log_every: int = 10  # steps between progress updates (each costs one host sync)
+    max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
+    progress: bool = True
+
+
+@dataclass
+class DistillConfig:
+    enabled: bool = True
+
+
+@dataclass
+class OutputConfig:
+    root: str = "runs"
+    dir: str | None = None  # the run folder; default <root>/<name>-<timestamp>
+
+
+@dataclass
+class RecipeConfig:
+    name: str = MISSING
+    plugins: list[str] = field(default_factory=list)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    tasks: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _resolve_default(ref: str, base_dir: Path) -> Path:
+    candidate = base_dir / ref
+    if candidate.suffix not in (".yaml", ".yml"):
+        candidate = candidate.with_name(candidate.name + ".yaml")
+    return candidate
+
+
+def _with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The recipe and its bases, most basic first."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise RecipeError(f"{path}: defaults form a cycle: {cycle}")
+    data = _read_yaml(path)
+    defaults = data.pop("defaults", [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list):
+        raise RecipeError(f"{path}: 'defaults' must be a list of recipe names")
+    layers: list[tuple[Path, dict[str, Any]]] = []
+    for ref in defaults:
+        base = _resolve_default(str(ref), path.parent)
+        if not base.is_file():
+            raise RecipeError(f"{path}: defaults: base recipe '{ref}' not found (looked for {base})")
+        layers.extend(_with_defaults(base, (*chain, path)))
+    layers.append((path, data))
+    return layers
+
+
+def _new_dataset_name(layer: Any) -> str | None:
+    data = layer.get("data") if hasattr(layer, "get") else None
+    dataset = data.get("dataset") if hasattr(data, "get") else None
+    name = dataset.get("name") if hasattr(dataset, "get") else None
+    return None if name is None else str(name)
+
+
+def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    """Merge ``layer`` over ``base``; naming another data set replaces the old one's options."""
+    name = _new_dataset_name(layer)
+    if name is not None and name != base.data.dataset.get("name"):
+        base = base.copy()
+        base.data.dataset = {}
+    try:
+        merged = OmegaConf.merge(base, layer)
+    except ConfigKeyError as exc:
+        raise RecipeError(f"{source}: {_describe_key_error(exc)}") from exc
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: {_describe_validation_error(exc)}") from exc
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{source}: {exc}") from exc
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _full_key(exc: OmegaConfBaseException) -> str:
+    return str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "?")
+
+
+def _describe_key_error(exc: ConfigKeyError) -> str:
+    key = _full_key(exc)
+    parent_key, _, leaf = key.rpartition(".")
+    known = list(RecipeConfig.__dataclass_fields__)
+    node: Any = OmegaConf.structured(RecipeConfig)
+    for part in [p for p in parent_key.split(".") if p]:
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    if isinstance(node, DictConfig):
+        known = [str(k) for k in node]
+    return f"unknown key '{key}'" + did_you_mean(leaf, known)
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    message = str(exc).split("\n", 1)[0]
+    return f"wrong type for '{_full_key(exc)}': {message}"
+
+
+def _absolute_plugin_paths(cfg: DictConfig, recipe_dir: Path) -> None:
+    """Plugin files resolve against the working directory, then the recipe's folder."""
+    resolved = []
+    for i, ref in enumerate(cfg.plugins):
+        ref = str(ref)
+        if ref.endswith(".py") or "/" in ref:
+            here, beside = Path(ref), recipe_dir / ref
+            path = here if here.is_file() else beside
+            if not path.is_file():
+                raise RecipeError(f"plugins[{i}]: plugin file '{ref}' not found")
+            ref = str(path.resolve())
+        resolved.append(ref)
+    cfg.plugins = resolved
+
+
+def load_recipe(
+    path: str | Path, overrides: Sequence[str] = (), overlays: Sequence[str | Path] = ()
+) -> DictConfig:
+    """Read a recipe, its bases, YAML ``overlays`` and ``key=value`` ``overrides``; validate.
+
+    The result follows :class:`RecipeConfig`; task and data-set options are validated against
+    their plugins when the model and data are built (see :func:`mtkd.resolve_recipe`).
+    """
+    path = Path(path)
+    cfg: DictConfig = OmegaConf.structured(RecipeConfig)
+    for layer_path, data in _with_defaults(path):
+        cfg = _merge(cfg, data, str(layer_path))
+    for overlay in overlays:
+        overlay_path = Path(overlay)
+        data = _read_yaml(overlay_path)
+        if "defaults" in data:
+            raise RecipeError(f"{overlay_path}: an overlay cannot have 'defaults'")
+        cfg = _merge(cfg, data, str(overlay_path))
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)")
+        try:
+            dotlist = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as exc:
+            raise RecipeError(f"override '{item}': {exc}") from exc
+        cfg = _merge(cfg, dotlist, f"override '{item}'")
+    if OmegaConf.is_missing(cfg, "name"):
+        cfg.name = path.stem
+    _absolute_plugin_paths(cfg, path.parent)
+    return cfg
+
+
+def recipe_from_dict(data: dict[str, Any]) -> DictConfig:
+    """Validate a recipe given as a dict (library use, tests)."""
+    cfg = _merge(OmegaConf.structured(RecipeConfig), data, "recipe")
+    if OmegaConf.is_missing(cfg, "name"):
+        cfg.name = "recipe"
+    return cfg
+
+
+def parse_options(options_cls: type, values: Any, key: str) -> Any:
+    """Validate plugin options (a mapping) against the plugin's ``Options`` dataclass.
+
+    ``key`` is where the options live in the recipe (e.g. ``tasks.segmentation``), so an
+    unknown or mistyped option is reported by its full recipe key.
+    """
+    schema = OmegaConf.structured(options_cls)
+    try:
+        merged = OmegaConf.merge(schema, values or {})
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        leaf = _full_key(exc).rpartition(".")[2]
+        known = [str(k) for k in schema]
+        raise RecipeError(f"unknown key '{key}.{leaf}'" + did_you_mean(leaf, known)) from exc
+    except ValidationError as exc:
+        message = str(exc).split("\n", 1)[0]
+        raise RecipeError(f"wrong type for '{key}.{_full_key(exc)}': {message}") from exc
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{key}: {exc}") from exc

@@ -1,0 +1,37 @@
+"""Errors a user can act on: each names the file, config key or plugin at fault.
+
+The CLI prints these without a traceback; anything else is a bug in mtkd or a plugin.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MtkdError(Exception):
+    """Base class for every error mtkd reports to a user."""
+
+
+class RecipeError(MtkdError):
+    """A recipe (or an override) is wrong: unknown key, wrong type, missing file."""
+
+
+class PluginError(MtkdError):
+    """A plugin failed to import, registered something twice, or implements an unknown hook."""
+
+
+class DataError(MtkdError):
+    """A data set cannot deliver what the recipe asks of it."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """Return a ' (did you mean ...?)' hint, or the list of known names when nothing is close."""
+    options = sorted(set(known))
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    if close:
+        return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+    if not options:
+        return " (none are registered)"
+    shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
+    return f" (known: {shown})"

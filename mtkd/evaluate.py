@@ -1,0 +1,84 @@
+"""Evaluation: every task's loss and torchmetrics metrics over a data set, partial labels
+respected (a task is scored only on the samples that carry its label)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data import make_loader
+from .losses import labelled_outputs
+from .model import MultiTaskModel
+from .samples import Batch
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move tensors to the device; the ``present`` masks stay on the host (no syncs)."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def _plain(value: torch.Tensor) -> float | list[float]:
+    value = value.detach().cpu()
+    return float(value) if value.numel() == 1 else [float(v) for v in value.flatten()]
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: MultiTaskModel, loader: DataLoader, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """``loss`` (weighted), ``<task>/loss``, ``<task>/<metric>`` and ``<task>/count``."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    metrics = {key: task.metrics().to(device) for key, task in model.tasks.items()}
+    sums = {key: torch.zeros((), device=device) for key in model.tasks}
+    counts = dict.fromkeys(model.tasks, 0)
+    try:
+        for raw in loader:
+            batch = to_device(raw, device)
+            outputs = model(batch["image"])
+            for key, task, output, target in labelled_outputs(outputs, batch, model.tasks):
+                if target is None:
+                    continue
+                n = int(target.shape[0])
+                sums[key] += task.loss(output, target).detach() * n
+                counts[key] += n
+                task.update_metrics(metrics[key], output, target)
+    finally:
+        model.train(was_training)
+    results: dict[str, Any] = {}
+    total = 0.0
+    for key, task in model.tasks.items():
+        results[f"{key}/count"] = counts[key]
+        if counts[key] == 0:
+            continue
+        mean = float(sums[key]) / counts[key]
+        results[f"{key}/loss"] = mean
+        total += task.weight * mean
+        for name, value in metrics[key].compute().items():
+            results[f"{key}/{name}"] = _plain(value)
+    if any(counts.values()):
+        results["loss"] = total
+    return results
+
+
+def evaluate(
+    model: MultiTaskModel,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate ``model`` on a data set (e.g. ``data.test``); see :func:`evaluate_loader`."""
+    loader = make_loader(dataset, batch_size, shuffle=False)
+    return evaluate_loader(model.to(device), loader, device)
+
+
+def prefixed(results: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}/{k}": v for k, v in results.items()}

@@ -1,0 +1,108 @@
+"""One run end to end: data → model → training → distillation → evaluation → run folder."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+from .build import build_model, plugins_for
+from .checkpoint import write_json
+from .data import DataBundle, build_data, make_loader
+from .errors import PluginError
+from .evaluate import evaluate_loader
+from .model import MultiTaskModel
+from .plugins import PluginSet
+from .runs import RESULTS, new_run_dir, save_distilled, write_run_header
+from .train import TrainContext, fit, resolve_device, seed_everything
+
+
+def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTaskModel:
+    """The inference model, as the first ``distill`` hook implementation answers."""
+    from .plugins import load_plugins
+
+    plugins = plugins or load_plugins()
+    student = plugins.hook.distill(model=model)
+    if not isinstance(student, MultiTaskModel):
+        raise PluginError(f"the distill hook returned {type(student).__name__}, not a MultiTaskModel")
+    return student
+
+
+def train(
+    model: MultiTaskModel,
+    data: DataBundle,
+    cfg: DictConfig,
+    *,
+    plugins: PluginSet | None = None,
+    run_dir: Path | None = None,
+    console: Console | None = None,
+) -> TrainContext:
+    """Train ``model`` on ``data.train``, early-stopping on ``data.val`` (library entry point)."""
+    seed_everything(cfg.trainer.seed)
+    train_loader = make_loader(
+        data.train, cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed,
+        num_workers=cfg.data.num_workers,
+    )
+    val_loader = make_loader(data.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    return fit(model, train_loader, val_loader, cfg, plugins=plugins, run_dir=run_dir, console=console)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: MultiTaskModel
+    inference_model: MultiTaskModel
+    results: dict[str, Any]
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
+
+
+def run(cfg: DictConfig, *, plugins: PluginSet | None = None, console: Console | None = None) -> RunResult:
+    """Train, distil, evaluate and write the run folder for a loaded recipe."""
+    console = console or Console()
+    plugins = plugins_for(cfg, plugins)
+    seed_everything(cfg.trainer.seed)
+    data = build_data(cfg, plugins)
+    model = build_model(cfg, data.label_spaces, plugins)
+    run_dir = new_run_dir(cfg)
+    write_run_header(run_dir, cfg, dict(data.label_spaces))
+    console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
+    console.print(f"data: {data.sizes()}  model: {model.describe()['tasks']}")
+    started = time.perf_counter()
+    ctx = train(model, data, cfg, plugins=plugins, run_dir=run_dir, console=console)
+    train_time = time.perf_counter() - started
+    device = resolve_device(cfg.trainer.device)
+    eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
+    test_loader = make_loader(data.test, eval_bs, shuffle=False)
+    results: dict[str, Any] = {
+        "recipe": cfg.name,
+        "run_dir": str(run_dir),
+        "data": data.sizes(),
+        "epochs_run": len(ctx.history),
+        "best_epoch": ctx.best_epoch,
+        "stopped_early": ctx.stopped_early,
+        "train_time_s": round(train_time, 2),
+        "seed": cfg.trainer.seed,
+        "versions": _versions(),
+        "params": {"training": model.parameter_counts().to_dict()},
+        "test": {"full": evaluate_loader(model, test_loader, device)},
+    }
+    inference_model = model
+    if cfg.distill.enabled:
+        inference_model = distill(model, plugins)
+        save_distilled(run_dir, inference_model)
+        results["test"]["distilled"] = evaluate_loader(inference_model, test_loader, device)
+        results["removed_tasks"] = sorted(set(model.tasks) - set(inference_model.tasks))
+    results["params"]["inference"] = inference_model.parameter_counts().to_dict()
+    write_json(run_dir / RESULTS, results)
+    return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results=results)

@@ -1,0 +1,144 @@
+"""The sample contract between data-set plugins and the engine.
+
+A sample is a plain dict: ``image`` (uint8 H x W x 3, or H x W grey) plus one entry per label
+it carries (``identity``, ``mask``, ``pose``, ...). A label that a sample lacks is simply absent
+(or ``None``); the collate step records, per label key, which samples of a batch carry it, so
+each task's loss averages over exactly those samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Sample = dict[str, Any]
+Batch = dict[str, Any]
+PRESENT = "present"
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """What the values of one label key mean: class names, or a named vector for regression."""
+
+    names: tuple[str, ...]
+    kind: str = "class"  # "class" (integer labels, per sample or per pixel) or "vector" (floats)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelSpace:
+        return cls(names=tuple(data["names"]), kind=str(data.get("kind", "class")))
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a plugin component that takes none."""
+
+
+class SampleSource:
+    """Base class of a data-set plugin: indexable samples plus the meaning of their labels.
+
+    Subclasses set ``name`` (the registry name used as ``data.dataset.name`` in recipes) and
+    ``Options`` (a dataclass of their recipe options), and fill ``label_spaces`` in
+    ``__init__``. ``groups`` (e.g. the identity of each sample) lets the engine split per
+    group without decoding any image; ``fixed_split`` lets a data set impose its own split.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any, image_size: int, seed: int) -> None:
+        self.options = options
+        self.image_size = image_size
+        self.seed = seed
+        self.label_spaces: dict[str, LabelSpace] = {}
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def groups(self) -> Sequence[int] | None:
+        """Stratification key per sample (e.g. identity), or None to split at random."""
+        return None
+
+    def fixed_split(self) -> Sequence[str] | None:
+        """``train``/``val``/``test`` per sample when the data set defines its own split."""
+        return None
+
+
+@dataclass
+class SampleToTensors:
+    """Turns a sample dict into tensors at the model's input size (image float in [0, 1])."""
+
+    image_size: int
+    label_spaces: Mapping[str, LabelSpace] = field(default_factory=dict)
+
+    def __call__(self, sample: Sample) -> Sample:
+        out: Sample = {}
+        image = np.asarray(sample["image"])
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        elif image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        elif image.shape[2] == 4:
+            image = image[:, :, :3]
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        tensor = tensor.float().div_(255.0)
+        if tensor.shape[1:] != (self.image_size, self.image_size):
+            tensor = F.interpolate(
+                tensor[None], size=(self.image_size,) * 2, mode="bilinear", align_corners=False
+            )[0]
+        out["image"] = tensor
+        for key, value in sample.items():
+            if key == "image" or value is None:
+                continue
+            out[key] = self._label_tensor(key, value)
+        return out
+
+    def _label_tensor(self, key: str, value: Any) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            tensor = value
+        elif np.isscalar(value):
+            tensor = torch.tensor(value)
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(value))
+        if tensor.ndim == 2 and tensor.shape != (self.image_size, self.image_size):
+            # a per-pixel label map: nearest neighbour keeps class ids intact
+            tensor = F.interpolate(
+                tensor[None, None].float(), size=(self.image_size,) * 2, mode="nearest"
+            )[0, 0]
+        space = self.label_spaces.get(key)
+        if space is not None and space.kind == "vector":
+            return tensor.float()
+        if not tensor.is_floating_point() or space is not None:
+            return tensor.long()
+        return tensor
+
+
+def collate_samples(samples: Sequence[Sample]) -> Batch:
+    """Stack tensor samples; a label missing from some samples gets a zero placeholder.
+
+    ``batch["present"][key]`` is a bool vector marking the samples that really carry ``key``.
+    """
+    batch: Batch = {"image": torch.stack([s["image"] for s in samples])}
+    keys = sorted({k for s in samples for k in s if k != "image"})
+    present: dict[str, torch.Tensor] = {}
+    for key in keys:
+        template = next(s[key] for s in samples if key in s)
+        mask = torch.tensor([key in s for s in samples], dtype=torch.bool)
+        batch[key] = torch.stack([s[key] if key in s else torch.zeros_like(template) for s in samples])
+        present[key] = mask
+    batch[PRESENT] = present
+    return batch

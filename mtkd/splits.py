@@ -1,0 +1,60 @@
+"""Deterministic train/validation/test splits, per group (e.g. per identity).
+
+Per-group splitting is how the paper splits: of each person's views, a fraction is held out
+for testing, and the rest is divided into training and validation.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def _take(n: int, fraction: float, keep: int) -> int:
+    """How many of n to hold out: rounded, at least one when fraction > 0, leaving ``keep``."""
+    if fraction <= 0 or n <= keep:
+        return 0
+    return min(max(1, round(n * fraction)), n - keep)
+
+
+def split_indices(
+    groups: Sequence[int] | None,
+    n: int,
+    test: float,
+    val: float,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Indices per split; each group's samples are shuffled with ``seed`` and divided."""
+    if not 0 <= test < 1 or not 0 <= val < 1:
+        raise ValueError(f"split fractions must be in [0, 1): test={test}, val={val}")
+    rng = np.random.default_rng(seed)
+    members: dict[int, list[int]] = defaultdict(list)
+    keys = groups if groups is not None else [0] * n
+    for index, group in enumerate(keys):
+        members[int(group)].append(index)
+    out: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for group in sorted(members):
+        idx = np.array(members[group])
+        rng.shuffle(idx)
+        n_test = _take(len(idx), test, keep=1)
+        rest = idx[n_test:]
+        n_val = _take(len(rest), val, keep=1)
+        out["test"].extend(idx[:n_test].tolist())
+        out["val"].extend(rest[:n_val].tolist())
+        out["train"].extend(rest[n_val:].tolist())
+    return {name: np.array(sorted(v), dtype=np.int64) for name, v in out.items()}
+
+
+def fixed_split_indices(labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """Indices per split from a data set's own ``train``/``val``/``test`` label per sample."""
+    unknown = sorted(set(labels) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown split names {unknown}; expected {', '.join(SPLITS)}")
+    return {
+        name: np.array([i for i, s in enumerate(labels) if s == name], dtype=np.int64)
+        for name in SPLITS
+    }

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny recipes that train in a second on the CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+import mtkd
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+torch.set_num_threads(2)
+
+
+def tiny_overrides(tmp: Path, **extra: Any) -> list[str]:
+    """Dot-list overrides that shrink any recipe to a one-epoch smoke run."""
+    values: dict[str, Any] = {
+        "data.image_size": 32,
+        "data.batch_size": 8,
+        "data.dataset.identities": 4,
+        "data.dataset.views": 6,
+        "trainer.max_epochs": 1,
+        "trainer.progress": False,
+        "output.root": str(tmp / "runs"),
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``tiny_recipe("seg_distilled_id", **overrides)`` loads a real recipe at smoke size."""
+
+    def load(name: str = "seg_distilled_id", **extra: Any) -> DictConfig:
+        if name == "seg_distilled_id":
+            extra.setdefault("encoder.name", "mobilenetv2_035")
+        return mtkd.load_recipe(RECIPES / f"{name}.yaml", tiny_overrides(tmp_path, **extra))
+
+    return load
+
+
+@pytest.fixture(autouse=True)
+def _plugins_from_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests see every installed plugin unless they restrict it themselves."""
+    monkeypatch.delenv("MTKD_PLUGINS", raising=False)
+    yield
+
+
+def label_spaces(identities: int = 5, classes: int = 4) -> dict[str, mtkd.LabelSpace]:
+    return {
+        "identity": mtkd.LabelSpace(tuple(f"id{i}" for i in range(identities))),
+        "mask": mtkd.LabelSpace(tuple(f"c{i}" for i in range(classes))),
+    }

@@ -1,0 +1,86 @@
+"""Partial labels: each task's loss sees exactly the samples that carry its label."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+import mtkd
+from mtkd.losses import task_losses
+from mtkd.samples import SampleToTensors, collate_samples
+
+
+def make_samples(with_mask: list[bool]) -> list[dict[str, Any]]:
+    samples = []
+    for i, has_mask in enumerate(with_mask):
+        sample: dict[str, Any] = {"image": np.full((32, 32, 3), i, np.uint8), "identity": i % 3}
+        if has_mask:
+            sample["mask"] = np.full((32, 32), i % 2, np.uint8)
+        samples.append(sample)
+    return samples
+
+
+def test_collate_marks_which_samples_carry_each_label() -> None:
+    to_tensors = SampleToTensors(32)
+    batch = collate_samples([to_tensors(s) for s in make_samples([True, False, True, False])])
+    assert batch["present"]["mask"].tolist() == [True, False, True, False]
+    assert batch["present"]["identity"].tolist() == [True] * 4
+    assert batch["mask"].shape == (4, 32, 32)
+    assert batch["mask"].dtype == torch.long
+
+
+def test_only_masked_samples_reach_the_segmentation_loss(
+    tiny_recipe: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_recipe()
+    spaces = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}
+    model = mtkd.build_model(cfg, spaces)
+    to_tensors = SampleToTensors(32, spaces)
+    batch = collate_samples([to_tensors(s) for s in make_samples([True, False, False, True, False])])
+    seen: dict[str, torch.Tensor] = {}
+    seg = model.tasks["segmentation"]
+    original = seg.loss
+
+    def spy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seen["output"], seen["target"] = output, target
+        return original(output, target)
+
+    monkeypatch.setattr(seg, "loss", spy)
+    losses, counts = task_losses(model(batch["image"]), batch, model.tasks)
+    assert counts == {"identification": 5, "segmentation": 2}
+    assert seen["output"].shape[0] == 2 and seen["target"].shape[0] == 2
+    # the two masked samples were images 0 and 3: their masks are 0 and 1 everywhere
+    assert seen["target"][0].unique().tolist() == [0] and seen["target"][1].unique().tolist() == [1]
+
+
+def test_a_batch_without_any_mask_keeps_the_decoder_in_the_graph(
+    tiny_recipe: Callable[..., DictConfig],
+) -> None:
+    cfg = tiny_recipe()
+    spaces = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}
+    model = mtkd.build_model(cfg, spaces)
+    to_tensors = SampleToTensors(32, spaces)
+    batch = collate_samples([to_tensors(s) for s in make_samples([False, False])])
+    losses, counts = task_losses(model(batch["image"]), batch, model.tasks)
+    assert counts["segmentation"] == 0 and float(losses["segmentation"].detach()) == 0.0
+    sum(losses.values()).backward()
+    decoder_grads = [p.grad for p in model.heads["segmentation"].parameters()]
+    assert all(g is not None and float(g.abs().sum()) == 0.0 for g in decoder_grads)
+
+
+def test_mixed_masked_and_unmasked_data_trains_and_scores_only_masked(
+    tiny_recipe: Callable[..., DictConfig],
+) -> None:
+    cfg = tiny_recipe(**{"data.dataset.mask_fraction": 0.5, "trainer.max_epochs": 2})
+    result = mtkd.run(cfg, console=Console(quiet=True))
+    data = mtkd.build_data(cfg)
+    masked = sum("mask" in data.source[int(i)] for i in data.test.indices)
+    full = result.results["test"]["full"]
+    assert full["segmentation/count"] == masked < full["identification/count"]
+    assert 0 < masked

@@ -1,0 +1,201 @@
+"""Plugin loading: third-party plugins end to end, and every way a plugin can be wrong."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+import mtkd
+from conftest import RECIPES, tiny_overrides
+
+THIRD_PARTY = '''
+"""A third-party plugin: a data set with a brightness label and a task that regresses it."""
+from dataclasses import dataclass
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+import mtkd
+
+CALLS = []
+
+
+@dataclass
+class BrightOptions:
+    count: int = 24
+
+
+class BrightSquares(mtkd.SampleSource):
+    name = "bright_squares"
+    Options = BrightOptions
+
+    def __init__(self, options, image_size, seed):
+        super().__init__(options, image_size, seed)
+        self.label_spaces = {"brightness": mtkd.LabelSpace(("level",), kind="vector")}
+
+    def __len__(self):
+        return self.options.count
+
+    def __getitem__(self, i):
+        level = (i % 8) / 8
+        image = np.full((self.image_size, self.image_size, 3), int(level * 255), np.uint8)
+        return {"image": image, "brightness": np.array([level], np.float32)}
+
+
+class Brightness(mtkd.Task):
+    name = "brightness"
+    label_key = "brightness"
+
+    def build_head(self, features):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features.final_channels, 1))
+
+    def loss(self, output, target):
+        return F.mse_loss(output, target)
+
+    def metrics(self):
+        return torchmetrics.MetricCollection({"mae": torchmetrics.MeanAbsoluteError()})
+
+
+@mtkd.hookimpl
+def register_tasks(register):
+    register(Brightness)
+
+
+@mtkd.hookimpl
+def register_datasets(register):
+    register(BrightSquares)
+
+
+@mtkd.hookimpl
+def on_epoch_end(context, epoch, metrics):
+    CALLS.append(("epoch_end", epoch, "val/brightness/mae" in metrics))
+'''
+
+
+def write_plugin(tmp_path: Path, text: str, name: str = "third_party.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_third_party_task_plugin_runs_end_to_end(tmp_path: Path) -> None:
+    plugin = write_plugin(tmp_path, THIRD_PARTY)
+    overrides = [
+        o for o in tiny_overrides(tmp_path, **{"trainer.max_epochs": 2})
+        if not o.startswith("data.dataset.")
+    ]
+    cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml",
+        [
+            *overrides,
+            "encoder.name=test_efficientnet",
+            f"plugins=[{plugin}]",
+            "data.dataset={name: bright_squares, count: 24}",
+            "tasks.identification=null",
+            "tasks.brightness.weight=1.0",
+        ],
+    )
+    result = mtkd.run(cfg, console=Console(quiet=True))
+    saved = json.loads((result.run_dir / "results.json").read_text())
+    assert "brightness/mae" in saved["test"]["distilled"]
+    module = next(m for name, m in __import__("sys").modules.items() if "third_party" in name)
+    assert module.CALLS == [("epoch_end", 1, True), ("epoch_end", 2, True)]
+
+
+def test_builtins_load_through_the_entry_point_group() -> None:
+    plugins = mtkd.load_plugins()
+    assert {"identification", "segmentation", "random_images"} <= set(plugins.origins)
+    assert plugins.origins["identification"].startswith("entry point mtkd_plugins.")
+    assert plugins.tasks.by_plugin("segmentation") == ["segmentation"]
+    assert plugins.hooks_of("mtkd.core") == ["distill"]
+
+
+def test_environment_variable_restricts_which_plugins_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTKD_PLUGINS", "identification")
+    plugins = mtkd.load_plugins()
+    assert plugins.tasks.names() == ["identification"]
+    assert plugins.datasets.names() == []
+
+
+def test_unknown_hook_implementation_is_rejected(tmp_path: Path) -> None:
+    plugin = write_plugin(
+        tmp_path,
+        """
+        import mtkd
+
+        @mtkd.hookimpl
+        def register_taks(register):
+            pass
+        """,
+        "typo_hook.py",
+    )
+    with pytest.raises(mtkd.PluginError, match=r"typo_hook\.py.*unknown hook.*register_taks"):
+        mtkd.load_plugins([str(plugin)])
+
+
+def test_plugin_that_fails_to_import_is_named(tmp_path: Path) -> None:
+    plugin = write_plugin(tmp_path, "raise RuntimeError('boom')\n", "broken.py")
+    with pytest.raises(mtkd.PluginError, match=r"broken\.py.*RuntimeError: boom"):
+        mtkd.load_plugins([str(plugin)])
+
+
+def test_same_task_name_from_two_plugins_names_both(tmp_path: Path) -> None:
+    plugin = write_plugin(
+        tmp_path,
+        """
+        import mtkd
+
+        class Clash(mtkd.Task):
+            name = "identification"
+            label_key = "identity"
+
+        @mtkd.hookimpl
+        def register_tasks(register):
+            register(Clash)
+        """,
+        "clash.py",
+    )
+    with pytest.raises(mtkd.PluginError, match=r"'identification' is registered twice.*identification.*clash\.py"):
+        mtkd.load_plugins([str(plugin)])
+
+
+def test_registering_something_that_is_not_a_task_is_named(tmp_path: Path) -> None:
+    plugin = write_plugin(
+        tmp_path,
+        """
+        import mtkd
+
+        @mtkd.hookimpl
+        def register_tasks(register):
+            register(object)
+        """,
+        "not_a_task.py",
+    )
+    with pytest.raises(mtkd.PluginError, match=r"not_a_task\.py.*not a subclass of Task"):
+        mtkd.load_plugins([str(plugin)])
+
+
+def test_a_plugin_can_replace_the_distillation_hook(tmp_path: Path) -> None:
+    plugin = write_plugin(
+        tmp_path,
+        """
+        import mtkd
+
+        @mtkd.hookimpl
+        def distill(model):
+            return model  # keep teachers: a plugin may decide differently from the default
+        """,
+        "keep_all.py",
+    )
+    plugins = mtkd.load_plugins([str(plugin)])
+    cfg = mtkd.load_recipe(RECIPES / "seg_distilled_id.yaml", ["encoder.name=mobilenetv2_035", "data.image_size=32"])
+    from conftest import label_spaces
+
+    model = mtkd.build_model(cfg, label_spaces(), plugins)
+    assert set(mtkd.distill(model, plugins).tasks) == {"identification", "segmentation"}
+    assert set(mtkd.distill(model).tasks) == {"identification"}

@@ -1,0 +1,103 @@
+"""The training loop: early stopping, best weights, the run folder, lifecycle hooks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+import mtkd
+from mtkd.checkpoint import load_weights
+
+
+class Recorder:
+    """A plugin object implementing every lifecycle hook."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @mtkd.hookimpl
+    def on_train_start(self, context: Any) -> None:
+        self.calls.append(("start", context.epoch))
+
+    @mtkd.hookimpl
+    def on_epoch_end(self, context: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        self.calls.append(("epoch", epoch))
+        if epoch == 2:
+            context.stop_requested = True
+
+    @mtkd.hookimpl
+    def on_train_end(self, context: Any) -> None:
+        self.calls.append(("end", len(context.history)))
+
+
+def test_lifecycle_hooks_are_called_in_order_and_can_stop_training(
+    tiny_recipe: Callable[..., DictConfig],
+) -> None:
+    cfg = tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet", "trainer.max_epochs": 5})
+    recorder = Recorder()
+    plugins = mtkd.load_plugins(objects=[("recorder", recorder)])
+    result = mtkd.run(cfg, plugins=plugins, console=Console(quiet=True))
+    assert recorder.calls == [("start", 0), ("epoch", 1), ("epoch", 2), ("end", 2)]
+    assert result.results["epochs_run"] == 2
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_recipe: Callable[..., DictConfig]) -> None:
+    # a learning rate this large makes validation loss worse after the first epochs
+    cfg = tiny_recipe(
+        "mobilenetv2_id",
+        **{"encoder.name": "test_efficientnet", "trainer.max_epochs": 30, "trainer.patience": 2,
+           "trainer.lr": 0.5, "trainer.optimizer": "sgd"},
+    )
+    result = mtkd.run(cfg, console=Console(quiet=True))
+    history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = min(history, key=lambda r: r["val/loss"])
+    assert result.results["stopped_early"]
+    assert len(history) == best["epoch"] + 2  # patience 2 after the best epoch
+    assert result.results["best_epoch"] == best["epoch"]
+    reloaded = mtkd.build_model(cfg, mtkd.build_data(cfg).label_spaces)
+    load_weights(reloaded, result.run_dir / "checkpoints" / "best.safetensors")
+    for a, b in zip(reloaded.state_dict().values(), result.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b.cpu())
+
+
+def test_run_folder_holds_everything_a_user_needs(tiny_recipe: Callable[..., DictConfig]) -> None:
+    cfg = tiny_recipe(**{"trainer.max_epochs": 2})
+    result = mtkd.run(cfg, console=Console(quiet=True))
+    run_dir: Path = result.run_dir
+    assert run_dir.name.startswith("seg_distilled_id-")
+    for name in [
+        "config.yaml", "labels.json", "metrics.jsonl", "results.json",
+        "checkpoints/best.safetensors", "checkpoints/last/model.safetensors",
+        "checkpoints/last/optimizer.pt", "checkpoints/last/state.json",
+        "distilled/model.safetensors", "distilled/tasks.json",
+    ]:
+        assert (run_dir / name).is_file(), name
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["removed_tasks"] == ["segmentation"]
+    assert results["params"]["inference"]["trainable"] < results["params"]["training"]["trainable"]
+    assert "segmentation/miou" in results["test"]["full"]
+    assert "segmentation/miou" not in results["test"]["distilled"]
+    # the saved inference model rebuilds from the folder alone and answers the same
+    student = mtkd.load_run(run_dir)
+    images = torch.rand(2, 3, 32, 32)
+    result.inference_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student(images)["identification"]["logits"],
+            result.inference_model(images)["identification"]["logits"],
+        )
+    rerun = mtkd.load_recipe(run_dir / "config.yaml")
+    assert rerun.tasks.segmentation.role == "teacher"
+
+
+def test_same_seed_gives_the_same_result(tiny_recipe: Callable[..., DictConfig]) -> None:
+    first = mtkd.run(tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet"}), console=Console(quiet=True))
+    second = mtkd.run(tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet"}), console=Console(quiet=True))
+    assert first.results["test"] == second.results["test"]
