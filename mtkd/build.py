@@ -43,11 +43,14 @@ def build_tasks(
     raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
     assert isinstance(raw_tasks, dict)
     tasks: dict[str, Task] = {}
-    for key, raw in raw_tasks.items():
+    for raw_key, raw in raw_tasks.items():
+        key = str(raw_key)
         if raw is None:  # `tasks.<key>=null` removes a task inherited from a base recipe
             continue
-        kind, role, weight, values = _task_entry(str(key), raw)
-        task_cls = plugins.tasks.get(kind, key=f"tasks.{key}.type" if kind != key else f"tasks.{key}")
+        kind, role, weight, values = _task_entry(key, raw)
+        task_cls = plugins.tasks.get(
+            kind, key=f"tasks.{key}.type" if kind != key else f"tasks.{key}"
+        )
         role = role or task_cls.default_role
         if role not in ROLES:
             raise RecipeError(f"tasks.{key}.role: '{role}' is not one of {', '.join(ROLES)}")
@@ -59,10 +62,10 @@ def build_tasks(
         space = label_spaces.get(task_cls.label_key)
         if space is None:
             raise RecipeError(
-                f"tasks.{key}: task '{kind}' needs label '{task_cls.label_key}', which the data set "
-                f"does not provide (it provides: {', '.join(sorted(label_spaces)) or 'no labels'})"
+                f"tasks.{key}: task '{kind}' needs label '{task_cls.label_key}', which the data "
+                f"set does not provide (it provides: {', '.join(sorted(label_spaces)) or 'none'})"
             )
-        tasks[str(key)] = task_cls(str(key), options, role=role, weight=weight, label_space=space)
+        tasks[key] = task_cls(key, options, role=role, weight=weight, label_space=space)
     if not tasks:
         raise RecipeError("tasks: a recipe needs at least one task")
     if all(t.role == "teacher" for t in tasks.values()):
@@ -78,8 +81,8 @@ def build_model(
     """The encoder named in ``cfg.encoder`` with one head per task of ``cfg.tasks``."""
     tasks = build_tasks(cfg, label_spaces, plugins)
     enc = cfg.encoder
-    kwargs = OmegaConf.to_container(enc.kwargs, resolve=True)
-    assert isinstance(kwargs, dict)
+    raw_kwargs: Any = OmegaConf.to_container(enc.kwargs, resolve=True)
+    kwargs = {str(k): v for k, v in raw_kwargs.items()}
     trunk = create_timm_trunk(enc.name, pretrained=enc.pretrained, weights=enc.weights, **kwargs)
     needs_taps = any(task.uses_taps for task in tasks.values())
     taps_cfg = enc.taps if isinstance(enc.taps, str) else list(enc.taps)
@@ -87,6 +90,8 @@ def build_model(
     taps = resolve_taps(trunk, taps_cfg, out_indices) if needs_taps else []
     if needs_taps and not taps:
         readers = [k for k, t in tasks.items() if t.uses_taps]
-        raise RecipeError(f"encoder.taps: task(s) {readers} read encoder taps, but none are configured")
+        raise RecipeError(
+            f"encoder.taps: task(s) {readers} read encoder taps, but none are configured"
+        )
     encoder = Encoder(trunk, taps, cfg.data.image_size)
     return MultiTaskModel(encoder, tasks)

@@ -56,18 +56,16 @@ def _print_summary(results: dict, console: Console) -> None:
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     plugins = load_plugins(args.plugin or [])
-    table = Table(title="mtkd plugins")
-    for column in ("plugin", "from", "tasks", "data sets", "hooks"):
-        table.add_column(column)
     for name, origin in plugins.origins.items():
-        table.add_row(
-            name,
-            origin,
-            ", ".join(plugins.tasks.by_plugin(name)) or "—",
-            ", ".join(plugins.datasets.by_plugin(name)) or "—",
-            ", ".join(plugins.hooks_of(name)) or "—",
-        )
-    console.print(table)
+        console.print(f"[bold]{name}[/bold]  [dim]({origin})[/dim]", highlight=False)
+        registered = {
+            "tasks": plugins.tasks.by_plugin(name),
+            "data sets": plugins.datasets.by_plugin(name),
+            "hooks": plugins.hooks_of(name),
+        }
+        for label, names in registered.items():
+            if names:
+                console.print(f"  {label}: {', '.join(names)}", highlight=False)
     return 0
 
 

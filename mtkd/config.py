@@ -123,17 +123,19 @@ def _with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
     for ref in defaults:
         base = _resolve_default(str(ref), path.parent)
         if not base.is_file():
-            raise RecipeError(f"{path}: defaults: base recipe '{ref}' not found (looked for {base})")
+            raise RecipeError(
+                f"{path}: defaults: base recipe '{ref}' not found (looked for {base})"
+            )
         layers.extend(_with_defaults(base, (*chain, path)))
     layers.append((path, data))
     return layers
 
 
 def _new_dataset_name(layer: Any) -> str | None:
-    data = layer.get("data") if hasattr(layer, "get") else None
-    dataset = data.get("dataset") if hasattr(data, "get") else None
-    name = dataset.get("name") if hasattr(dataset, "get") else None
-    return None if name is None else str(name)
+    node = layer
+    for key in ("data", "dataset", "name"):
+        node = node.get(key) if isinstance(node, dict | DictConfig) else None
+    return None if node is None else str(node)
 
 
 def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
@@ -210,7 +212,9 @@ def load_recipe(
         cfg = _merge(cfg, data, str(overlay_path))
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)")
+            raise RecipeError(
+                f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)"
+            )
         try:
             dotlist = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as exc:

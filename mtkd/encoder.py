@@ -28,7 +28,9 @@ def create_timm_trunk(
 ) -> nn.Module:
     """A timm model without its classifier; ``weights`` is a local file (no network needed)."""
     if name not in timm.list_models() and not timm.is_model(name):
-        raise RecipeError(f"encoder.name: unknown timm model '{name}'" + did_you_mean(name, timm.list_models()))
+        raise RecipeError(
+            f"encoder.name: unknown timm model '{name}'" + did_you_mean(name, timm.list_models())
+        )
     options: dict[str, Any] = dict(kwargs)
     if weights:
         if not Path(weights).is_file():
@@ -38,7 +40,9 @@ def create_timm_trunk(
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, **options)
     except TypeError as exc:
-        raise RecipeError(f"encoder.kwargs: timm model '{name}' rejected an argument: {exc}") from exc
+        raise RecipeError(
+            f"encoder.kwargs: timm model '{name}' rejected an argument: {exc}"
+        ) from exc
     return model
 
 
@@ -63,14 +67,18 @@ def _resolve_stage_taps(model: nn.Module, out_indices: Sequence[int] | None) -> 
     return chosen
 
 
-def resolve_taps(model: nn.Module, taps: str | Sequence[str], out_indices: Sequence[int] | None) -> list[str]:
+def resolve_taps(
+    model: nn.Module, taps: str | Sequence[str], out_indices: Sequence[int] | None
+) -> list[str]:
     """Module names to hook, validated against the model (unknown names are errors, not drops)."""
     if isinstance(taps, str):
         if taps == STAGES:
             return _resolve_stage_taps(model, out_indices)
         if taps in ("", "none"):
             return []
-        raise RecipeError(f"encoder.taps: expected 'stages', 'none' or a list of module names, got '{taps}'")
+        raise RecipeError(
+            f"encoder.taps: expected 'stages', 'none' or a list of module names, got '{taps}'"
+        )
     if out_indices is not None:
         raise RecipeError("encoder.out_indices: only valid with encoder.taps: stages")
     names = dict(model.named_modules())
@@ -85,6 +93,9 @@ def resolve_taps(model: nn.Module, taps: str | Sequence[str], out_indices: Seque
 
 class Encoder(nn.Module):
     """timm trunk → (taps, final feature map). Input: float images in [0, 1], normalized here."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, trunk: nn.Module, taps: Sequence[str], image_size: int) -> None:
         super().__init__()
@@ -129,10 +140,11 @@ class Encoder(nn.Module):
         was_training = self.trunk.training
         self.trunk.eval()
         try:
-            self.trunk.forward_features(torch.zeros(1, 3, image_size, image_size))
+            self._forward_features(torch.zeros(1, 3, image_size, image_size))
         except Exception as exc:
             raise RecipeError(
-                f"encoder: '{type(self.trunk).__name__}' cannot run at data.image_size={image_size}: {exc}"
+                f"encoder: '{type(self.trunk).__name__}' cannot run at "
+                f"data.image_size={image_size}: {exc}"
             ) from exc
         finally:
             for h in handles:
@@ -178,10 +190,14 @@ class Encoder(nn.Module):
             image_size=self.feature_info.image_size,
         )
 
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        forward_features: Any = self.trunk.forward_features
+        return forward_features(x)
+
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = (images - self.mean) / self.std
         self._captured = {}
-        final = self.trunk.forward_features(x)
+        final = self._forward_features(x)
         taps = [self._captured[name] for name in self.tap_names]
         self._captured = {}
         return taps, final

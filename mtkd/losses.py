@@ -17,7 +17,9 @@ def select_samples(output: Output, keep: torch.Tensor) -> Output:
         return output[keep]
     if isinstance(output, Mapping):
         return {k: select_samples(v, keep) for k, v in output.items()}
-    raise TypeError(f"head outputs must be tensors or dicts of tensors, got {type(output).__name__}")
+    raise TypeError(
+        f"head outputs must be tensors or dicts of tensors, got {type(output).__name__}"
+    )
 
 
 def _zero_like(output: Output) -> torch.Tensor:

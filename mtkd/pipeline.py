@@ -30,7 +30,9 @@ def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTas
     plugins = plugins or load_plugins()
     student = plugins.hook.distill(model=model)
     if not isinstance(student, MultiTaskModel):
-        raise PluginError(f"the distill hook returned {type(student).__name__}, not a MultiTaskModel")
+        raise PluginError(
+            f"the distill hook returned {type(student).__name__}, not a MultiTaskModel"
+        )
     return student
 
 
@@ -46,11 +48,18 @@ def train(
     """Train ``model`` on ``data.train``, early-stopping on ``data.val`` (library entry point)."""
     seed_everything(cfg.trainer.seed)
     train_loader = make_loader(
-        data.train, cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed,
+        data.train,
+        cfg.data.batch_size,
+        shuffle=True,
+        seed=cfg.trainer.seed,
         num_workers=cfg.data.num_workers,
     )
-    val_loader = make_loader(data.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
-    return fit(model, train_loader, val_loader, cfg, plugins=plugins, run_dir=run_dir, console=console)
+    val_loader = make_loader(
+        data.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
+    )
+    return fit(
+        model, train_loader, val_loader, cfg, plugins=plugins, run_dir=run_dir, console=console
+    )
 
 
 @dataclass
@@ -64,10 +73,16 @@ class RunResult:
 def _versions() -> dict[str, str]:
     import timm
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
 
 
-def run(cfg: DictConfig, *, plugins: PluginSet | None = None, console: Console | None = None) -> RunResult:
+def run(
+    cfg: DictConfig, *, plugins: PluginSet | None = None, console: Console | None = None
+) -> RunResult:
     """Train, distil, evaluate and write the run folder for a loaded recipe."""
     console = console or Console()
     plugins = plugins_for(cfg, plugins)

@@ -13,11 +13,11 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pluggy
 
@@ -49,18 +49,22 @@ class Registry(Generic[T]):
                 f"but it is not a subclass of {self.base.__name__}"
             )
         if not name:
-            raise PluginError(f"plugin '{plugin}' registered {self.kind} {item.__name__} without a name")
+            raise PluginError(
+                f"plugin '{plugin}' registered {self.kind} {item.__name__} without a name"
+            )
         if name in self._items:
             other = self._items[name][1]
             raise PluginError(
                 f"{self.kind} '{name}' is registered twice: by plugin '{other}' and by '{plugin}'"
             )
-        self._items[name] = (item, plugin)
+        self._items[name] = (cast(T, item), plugin)
 
     def get(self, name: str, *, key: str) -> T:
         """Look a name up; ``key`` is the config key that asked for it, named in the error."""
         if name not in self._items:
-            raise PluginError(f"{key}: unknown {self.kind} '{name}'" + did_you_mean(name, self._items))
+            raise PluginError(
+                f"{key}: unknown {self.kind} '{name}'" + did_you_mean(name, self._items)
+            )
         return self._items[name][0]
 
     def names(self) -> list[str]:
@@ -132,7 +136,9 @@ def _allowed_from_env() -> set[str] | None:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
-def load_plugins(extra: Sequence[str] = (), objects: Sequence[tuple[str, object]] = ()) -> PluginSet:
+def load_plugins(
+    extra: Sequence[str] = (), objects: Sequence[tuple[str, object]] = ()
+) -> PluginSet:
     """Load entry-point plugins, then ``extra`` modules/files, then ``objects`` (name, plugin).
 
     Every failure names the plugin at fault: an import error, an implementation of a hook
@@ -169,7 +175,9 @@ def load_plugins(extra: Sequence[str] = (), objects: Sequence[tuple[str, object]
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"plugin '{ref}' failed to import: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"plugin '{ref}' failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
         if not pm.is_registered(module):
             add(module, ref, "recipe")
     for name, obj in objects:
@@ -191,7 +199,10 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry[Any]) 
     caller = getattr(pm.hook, hook_name)
     for impl in caller.get_hookimpls():
         plugin_name = impl.plugin_name
-        register: Callable[[Any], None] = lambda item, _p=plugin_name: registry.add(item, _p)  # noqa: E731
+
+        def register(item: Any, _plugin: str = plugin_name) -> None:
+            registry.add(item, _plugin)
+
         try:
             impl.function(**{n: register for n in impl.argnames if n == "register"})
         except PluginError:

@@ -1,11 +1,11 @@
 """The run folder: what a run writes, and how a saved run becomes a model again.
 
-    <run>/config.yaml          the merged recipe (rerun it with ``mtkd run <run>/config.yaml``)
-    <run>/labels.json          the label spaces (class names) the heads were built for
-    <run>/metrics.jsonl        one line per epoch
-    <run>/checkpoints/         last/ (weights, optimizer, counters) and best.safetensors
-    <run>/distilled/           model.safetensors + tasks.json: the inference model
-    <run>/results.json         parameter counts, test metrics before and after distillation
+<run>/config.yaml          the merged recipe (rerun it with ``mtkd run <run>/config.yaml``)
+<run>/labels.json          the label spaces (class names) the heads were built for
+<run>/metrics.jsonl        one line per epoch
+<run>/checkpoints/         last/ (weights, optimizer, counters) and best.safetensors
+<run>/distilled/           model.safetensors + tasks.json: the inference model
+<run>/results.json         parameter counts, test metrics before and after distillation
 """
 
 from __future__ import annotations

@@ -138,7 +138,9 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
     for key in keys:
         template = next(s[key] for s in samples if key in s)
         mask = torch.tensor([key in s for s in samples], dtype=torch.bool)
-        batch[key] = torch.stack([s[key] if key in s else torch.zeros_like(template) for s in samples])
+        batch[key] = torch.stack(
+            [s[key] if key in s else torch.zeros_like(template) for s in samples]
+        )
         present[key] = mask
     batch[PRESENT] = present
     return batch

@@ -48,7 +48,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, trainer: DictConfig) -> torch.optim.Optimizer:
-    known = list_optimizers()
+    known = [str(name) for name in list_optimizers()]
     if trainer.optimizer.lower() not in known:
         raise RecipeError(
             f"trainer.optimizer: unknown optimizer '{trainer.optimizer}'"
@@ -64,7 +64,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig) -> Any
     if name in ("none", "", None):
         return None
     if name not in SCHEDULERS:
-        raise RecipeError(f"trainer.scheduler: unknown scheduler '{name}'" + did_you_mean(name, SCHEDULERS))
+        raise RecipeError(
+            f"trainer.scheduler: unknown scheduler '{name}'" + did_you_mean(name, SCHEDULERS)
+        )
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=name, num_epochs=trainer.max_epochs, warmup_epochs=trainer.warmup_epochs
     )
@@ -204,7 +206,11 @@ def fit(
             if log_path:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                state = {"epoch": epoch + 1, "best_epoch": ctx.best_epoch, "best_value": ctx.best_value}
+                state = {
+                    "epoch": epoch + 1,
+                    "best_epoch": ctx.best_epoch,
+                    "best_value": ctx.best_value,
+                }
                 save_checkpoint(run_dir / "checkpoints" / "last", model, optimizer, state)  # type: ignore[operator]
                 if improved:
                     save_weights(model, run_dir / "checkpoints" / "best.safetensors")  # type: ignore[operator]
@@ -229,7 +235,11 @@ def fit(
 def _epoch_line(record: dict[str, Any], monitor: str) -> str:
     shown = [f"epoch {record['epoch']}"]
     for key, value in record.items():
-        if key.startswith(("train/", "val/")) and isinstance(value, float) and not key.endswith("/count"):
+        if (
+            key.startswith(("train/", "val/"))
+            and isinstance(value, float)
+            and not key.endswith("/count")
+        ):
             shown.append(f"{key} {value:.4f}")
     mark = " [green]*[/green]" if record["best"] else ""
     return "  ".join(shown) + f"  ({record['time_s']:.1f}s){mark}"

@@ -52,9 +52,13 @@ class Identification(mtkd.Task):
 
     def metrics(self) -> torchmetrics.MetricCollection:
         n = self.num_classes
-        metrics = {"top1": torchmetrics.classification.MulticlassAccuracy(n, top_k=1, average="micro")}
+        metrics: dict[str, torchmetrics.Metric | torchmetrics.MetricCollection] = {
+            "top1": torchmetrics.classification.MulticlassAccuracy(n, top_k=1, average="micro")
+        }
         if n > 5:
-            metrics["top5"] = torchmetrics.classification.MulticlassAccuracy(n, top_k=5, average="micro")
+            metrics["top5"] = torchmetrics.classification.MulticlassAccuracy(
+                n, top_k=5, average="micro"
+            )
         return torchmetrics.MetricCollection(metrics)
 
 

@@ -31,8 +31,13 @@ def upsample_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.
     pad = (kernel_size - 1) // 2
     return nn.Sequential(
         nn.ConvTranspose2d(
-            in_channels, out_channels, kernel_size, stride=2, padding=pad,
-            output_padding=kernel_size % 2, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=2,
+            padding=pad,
+            output_padding=kernel_size % 2,
+            bias=False,
         ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
@@ -60,7 +65,11 @@ class UNetDecoder(nn.Module):
             channels = width + skip
         pad = (kernel_size - 1) // 2
         self.last = nn.ConvTranspose2d(
-            channels, num_classes, kernel_size, stride=2, padding=pad,
+            channels,
+            num_classes,
+            kernel_size,
+            stride=2,
+            padding=pad,
             output_padding=kernel_size % 2,
         )
         self.output_size = output_size
@@ -102,7 +111,9 @@ class Segmentation(mtkd.Task):
             {
                 "miou": torchmetrics.classification.MulticlassJaccardIndex(n, average="macro"),
                 "iou": torchmetrics.classification.MulticlassJaccardIndex(n, average="none"),
-                "pixel_accuracy": torchmetrics.classification.MulticlassAccuracy(n, average="micro"),
+                "pixel_accuracy": torchmetrics.classification.MulticlassAccuracy(
+                    n, average="micro"
+                ),
             }
         )
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import RECIPES, label_spaces
 
 import mtkd
-from conftest import RECIPES, label_spaces
 
 
 def write(path: Path, text: str) -> Path:
@@ -25,8 +25,12 @@ def test_recipe_inherits_base_and_keeps_its_own_values() -> None:
 
 
 def test_baselines_share_the_base_and_differ_only_in_encoder() -> None:
-    names = {"mobilenetv2_id": "mobilenetv2_100", "resnet101_id": "resnet101",
-             "vgg19_id": "vgg19", "inceptionv3_id": "inception_v3"}
+    names = {
+        "mobilenetv2_id": "mobilenetv2_100",
+        "resnet101_id": "resnet101",
+        "vgg19_id": "vgg19",
+        "inceptionv3_id": "inception_v3",
+    }
     for recipe, encoder in names.items():
         cfg = mtkd.load_recipe(RECIPES / f"{recipe}.yaml")
         assert cfg.encoder.name == encoder
@@ -63,7 +67,9 @@ def test_missing_recipe_and_missing_base_are_named(tmp_path: Path) -> None:
     with pytest.raises(mtkd.RecipeError, match=r"nope\.yaml' not found"):
         mtkd.load_recipe(tmp_path / "nope.yaml")
     recipe = write(tmp_path / "child.yaml", "defaults: [missing_base]\n")
-    with pytest.raises(mtkd.RecipeError, match=r"child\.yaml.*base recipe 'missing_base' not found"):
+    with pytest.raises(
+        mtkd.RecipeError, match=r"child\.yaml.*base recipe 'missing_base' not found"
+    ):
         mtkd.load_recipe(recipe)
 
 
@@ -91,7 +97,9 @@ def test_unknown_task_name_suggests_the_closest() -> None:
 
 
 def test_unknown_task_option_is_named() -> None:
-    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", ["tasks.identification.embeding_dim=64"])
+    cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml", ["tasks.identification.embeding_dim=64"]
+    )
     with pytest.raises(
         mtkd.RecipeError, match=r"tasks\.identification\.embeding_dim.*'embedding_dim'"
     ):
@@ -123,7 +131,9 @@ def test_unknown_dataset_option_is_named() -> None:
 
 
 def test_missing_local_weights_file_is_named() -> None:
-    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", ["encoder.weights=/no/such.safetensors"])
+    cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml", ["encoder.weights=/no/such.safetensors"]
+    )
     with pytest.raises(mtkd.RecipeError, match=r"encoder\.weights.*/no/such\.safetensors"):
         mtkd.build_model(cfg, label_spaces())
 

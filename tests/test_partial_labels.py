@@ -42,7 +42,9 @@ def test_only_masked_samples_reach_the_segmentation_loss(
     spaces = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}
     model = mtkd.build_model(cfg, spaces)
     to_tensors = SampleToTensors(32, spaces)
-    batch = collate_samples([to_tensors(s) for s in make_samples([True, False, False, True, False])])
+    batch = collate_samples(
+        [to_tensors(s) for s in make_samples([True, False, False, True, False])]
+    )
     seen: dict[str, torch.Tensor] = {}
     seg = model.tasks["segmentation"]
     original = seg.loss
@@ -52,7 +54,7 @@ def test_only_masked_samples_reach_the_segmentation_loss(
         return original(output, target)
 
     monkeypatch.setattr(seg, "loss", spy)
-    losses, counts = task_losses(model(batch["image"]), batch, model.tasks)
+    _, counts = task_losses(model(batch["image"]), batch, model.tasks)
     assert counts == {"identification": 5, "segmentation": 2}
     assert seen["output"].shape[0] == 2 and seen["target"].shape[0] == 2
     # the two masked samples were images 0 and 3: their masks are 0 and 1 everywhere
@@ -83,4 +85,4 @@ def test_mixed_masked_and_unmasked_data_trains_and_scores_only_masked(
     masked = sum("mask" in data.source[int(i)] for i in data.test.indices)
     full = result.results["test"]["full"]
     assert full["segmentation/count"] == masked < full["identification/count"]
-    assert 0 < masked
+    assert masked > 0

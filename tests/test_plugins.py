@@ -7,10 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import RECIPES, tiny_overrides
 from rich.console import Console
 
 import mtkd
-from conftest import RECIPES, tiny_overrides
 
 THIRD_PARTY = '''
 """A third-party plugin: a data set with a brightness label and a task that regresses it."""
@@ -52,7 +52,8 @@ class Brightness(mtkd.Task):
     label_key = "brightness"
 
     def build_head(self, features):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features.final_channels, 1))
+        pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return nn.Sequential(pool, nn.Linear(features.final_channels, 1))
 
     def loss(self, output, target):
         return F.mse_loss(output, target)
@@ -86,7 +87,8 @@ def write_plugin(tmp_path: Path, text: str, name: str = "third_party.py") -> Pat
 def test_third_party_task_plugin_runs_end_to_end(tmp_path: Path) -> None:
     plugin = write_plugin(tmp_path, THIRD_PARTY)
     overrides = [
-        o for o in tiny_overrides(tmp_path, **{"trainer.max_epochs": 2})
+        o
+        for o in tiny_overrides(tmp_path, **{"trainer.max_epochs": 2})
         if not o.startswith("data.dataset.")
     ]
     cfg = mtkd.load_recipe(
@@ -160,7 +162,9 @@ def test_same_task_name_from_two_plugins_names_both(tmp_path: Path) -> None:
         """,
         "clash.py",
     )
-    with pytest.raises(mtkd.PluginError, match=r"'identification' is registered twice.*identification.*clash\.py"):
+    with pytest.raises(
+        mtkd.PluginError, match=r"'identification' is registered twice.*identification.*clash\.py"
+    ):
         mtkd.load_plugins([str(plugin)])
 
 
@@ -193,7 +197,9 @@ def test_a_plugin_can_replace_the_distillation_hook(tmp_path: Path) -> None:
         "keep_all.py",
     )
     plugins = mtkd.load_plugins([str(plugin)])
-    cfg = mtkd.load_recipe(RECIPES / "seg_distilled_id.yaml", ["encoder.name=mobilenetv2_035", "data.image_size=32"])
+    cfg = mtkd.load_recipe(
+        RECIPES / "seg_distilled_id.yaml", ["encoder.name=mobilenetv2_035", "data.image_size=32"]
+    )
     from conftest import label_spaces
 
     model = mtkd.build_model(cfg, label_spaces(), plugins)
