@@ -38,7 +38,7 @@ class SplitConfig:
 
 @dataclass
 class DataConfig:
-    dataset: dict[str, Any] = field(default_factory=lambda: {"name": "random_images"})
+    dataset: dict[str, Any] = field(default_factory=dict)  # {name: <data-set plugin>, **options}
     image_size: int = 128
     batch_size: int = 32
     eval_batch_size: int | None = None

@@ -53,7 +53,7 @@ def build_source(cfg: DictConfig, plugins: PluginSet | None = None) -> SampleSou
     plugins = plugins_for(cfg, plugins)
     raw = OmegaConf.to_container(cfg.data.dataset, resolve=True)
     if not isinstance(raw, dict) or "name" not in raw:
-        raise RecipeError("data.dataset: needs a 'name' (e.g. data.dataset.name=random_images)")
+        raise RecipeError("data.dataset: needs a 'name' (the data-set plugin; see `mtkd plugins`)")
     values = dict(raw)
     name = str(values.pop("name"))
     source_cls = plugins.datasets.get(name, key="data.dataset.name")

@@ -39,7 +39,9 @@ class Recorder:
 def test_lifecycle_hooks_are_called_in_order_and_can_stop_training(
     tiny_recipe: Callable[..., DictConfig],
 ) -> None:
-    cfg = tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet", "trainer.max_epochs": 5})
+    cfg = tiny_recipe(
+        "mobilenetv2_id", **{"encoder.name": "test_efficientnet", "trainer.max_epochs": 5}
+    )
     recorder = Recorder()
     plugins = mtkd.load_plugins(objects=[("recorder", recorder)])
     result = mtkd.run(cfg, plugins=plugins, console=Console(quiet=True))
@@ -51,18 +53,27 @@ def test_early_stopping_restores_the_best_epoch(tiny_recipe: Callable[..., DictC
     # a learning rate this large makes validation loss worse after the first epochs
     cfg = tiny_recipe(
         "mobilenetv2_id",
-        **{"encoder.name": "test_efficientnet", "trainer.max_epochs": 30, "trainer.patience": 2,
-           "trainer.lr": 0.5, "trainer.optimizer": "sgd"},
+        **{
+            "encoder.name": "test_efficientnet",
+            "trainer.max_epochs": 30,
+            "trainer.patience": 2,
+            "trainer.lr": 0.5,
+            "trainer.optimizer": "sgd",
+        },
     )
     result = mtkd.run(cfg, console=Console(quiet=True))
-    history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     best = min(history, key=lambda r: r["val/loss"])
     assert result.results["stopped_early"]
     assert len(history) == best["epoch"] + 2  # patience 2 after the best epoch
     assert result.results["best_epoch"] == best["epoch"]
     reloaded = mtkd.build_model(cfg, mtkd.build_data(cfg).label_spaces)
     load_weights(reloaded, result.run_dir / "checkpoints" / "best.safetensors")
-    for a, b in zip(reloaded.state_dict().values(), result.model.state_dict().values(), strict=True):
+    for a, b in zip(
+        reloaded.state_dict().values(), result.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b.cpu())
 
 
@@ -72,10 +83,16 @@ def test_run_folder_holds_everything_a_user_needs(tiny_recipe: Callable[..., Dic
     run_dir: Path = result.run_dir
     assert run_dir.name.startswith("seg_distilled_id-")
     for name in [
-        "config.yaml", "labels.json", "metrics.jsonl", "results.json",
-        "checkpoints/best.safetensors", "checkpoints/last/model.safetensors",
-        "checkpoints/last/optimizer.pt", "checkpoints/last/state.json",
-        "distilled/model.safetensors", "distilled/tasks.json",
+        "config.yaml",
+        "labels.json",
+        "metrics.jsonl",
+        "results.json",
+        "checkpoints/best.safetensors",
+        "checkpoints/last/model.safetensors",
+        "checkpoints/last/optimizer.pt",
+        "checkpoints/last/state.json",
+        "distilled/model.safetensors",
+        "distilled/tasks.json",
     ]:
         assert (run_dir / name).is_file(), name
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
@@ -98,6 +115,12 @@ def test_run_folder_holds_everything_a_user_needs(tiny_recipe: Callable[..., Dic
 
 
 def test_same_seed_gives_the_same_result(tiny_recipe: Callable[..., DictConfig]) -> None:
-    first = mtkd.run(tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet"}), console=Console(quiet=True))
-    second = mtkd.run(tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet"}), console=Console(quiet=True))
+    first = mtkd.run(
+        tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet"}),
+        console=Console(quiet=True),
+    )
+    second = mtkd.run(
+        tiny_recipe("mobilenetv2_id", **{"encoder.name": "test_efficientnet"}),
+        console=Console(quiet=True),
+    )
     assert first.results["test"] == second.results["test"]

@@ -1,0 +1,112 @@
+"""synthetic_heads: the embedded default data set, generated on the fly (no files, no network).
+
+Every sample is a pure function of (seed, identity, view), so any split, order or worker
+gets the same images. Rendered samples are kept in memory (uint8) after first use, so later
+epochs never render again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import mtkd
+
+from .render import CLASS_NAMES, render_view, sample_identities
+
+POSE_NAMES = ("yaw", "pitch", "roll")
+
+
+@dataclass
+class SyntheticHeadsOptions:
+    identities: int = 67  # the paper's 67 synthetic people
+    views: int = 200  # mean views per identity (the paper: 150-250)
+    views_spread: int = 50  # each identity gets views ± spread (uniform, deterministic)
+    yaw_range: list[float] = field(default_factory=lambda: [-90.0, 90.0])
+    pitch_range: list[float] = field(default_factory=lambda: [-40.0, 40.0])
+    roll_range: list[float] = field(default_factory=lambda: [-15.0, 15.0])
+    seed: int = 0  # generation seed: fixes the people and their views
+    cache: bool = True  # keep rendered samples in memory
+
+
+def _range(values: Sequence[float], key: str) -> tuple[float, float]:
+    if len(values) != 2 or values[0] > values[1]:
+        raise mtkd.RecipeError(f"data.dataset.{key}: expected [low, high], got {list(values)}")
+    return float(values[0]), float(values[1])
+
+
+def views_per_identity(options: SyntheticHeadsOptions) -> list[int]:
+    """How many views each person has: a pure function of the options."""
+    rng = np.random.default_rng([options.seed, 1_000_003])
+    low = max(1, options.views - options.views_spread)
+    high = max(low, options.views + options.views_spread)
+    return [int(v) for v in rng.integers(low, high + 1, size=options.identities)]
+
+
+class SyntheticHeads(mtkd.SampleSource):
+    name = "synthetic_heads"
+    Options = SyntheticHeadsOptions
+
+    def __init__(self, options: SyntheticHeadsOptions, image_size: int, seed: int) -> None:
+        super().__init__(options, image_size, seed)
+        if options.identities < 1 or options.views < 1 or options.views_spread < 0:
+            raise mtkd.RecipeError(
+                "data.dataset: synthetic_heads needs identities >= 1, views >= 1, views_spread >= 0"
+            )
+        self._ranges = {
+            "yaw_range": _range(options.yaw_range, "yaw_range"),
+            "pitch_range": _range(options.pitch_range, "pitch_range"),
+            "roll_range": _range(options.roll_range, "roll_range"),
+        }
+        self._people = sample_identities(options.identities, options.seed)
+        counts = views_per_identity(options)
+        self._identity = np.repeat(np.arange(options.identities), counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._view = np.arange(len(self._identity)) - starts[self._identity]
+        self._cache: dict[int, dict[str, Any]] = {}
+        self.label_spaces = {
+            "identity": mtkd.LabelSpace(
+                tuple(f"person_{i:03d}" for i in range(options.identities))
+            ),
+            "mask": mtkd.LabelSpace(CLASS_NAMES),
+            "pose": mtkd.LabelSpace(POSE_NAMES, kind="vector"),
+        }
+
+    def __len__(self) -> int:
+        return len(self._identity)
+
+    def groups(self) -> Sequence[int]:
+        return self._identity.tolist()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        identity = int(self._identity[index])
+        image, mask, nuisance = render_view(
+            self._people,
+            identity,
+            int(self._view[index]),
+            self.image_size,
+            self.options.seed,
+            **self._ranges,
+        )
+        sample = {
+            "image": image,
+            "mask": mask,
+            "identity": identity,
+            "pose": np.array([nuisance.yaw, nuisance.pitch, nuisance.roll], dtype=np.float32),
+        }
+        if self.options.cache:
+            self._cache[index] = sample
+        return sample
+
+
+@mtkd.hookimpl
+def register_datasets(register: Any) -> None:
+    register(SyntheticHeads)
