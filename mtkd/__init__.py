@@ -16,12 +16,13 @@ The library in ten lines::
 from .build import build_model, build_tasks
 from .config import RecipeConfig, load_recipe, recipe_from_dict
 from .data import DataBundle, build_data, build_source, make_loader
-from .errors import DataError, MtkdError, PluginError, RecipeError
+from .errors import DataError, MtkdError, PluginError, RecipeError, SampleError
 from .evaluate import evaluate
 from .hookspecs import hookimpl
 from .model import MultiTaskModel, ParameterCounts, count_parameters
 from .pipeline import RunResult, distill, run, train
 from .plugins import PluginSet, load_plugins
+from .preprocess import Preprocessor
 from .runs import load_run
 from .samples import LabelSpace, NoOptions, Sample, SampleSource
 from .tasks import FeatureInfo, Task
@@ -39,10 +40,12 @@ __all__ = [
     "ParameterCounts",
     "PluginError",
     "PluginSet",
+    "Preprocessor",
     "RecipeConfig",
     "RecipeError",
     "RunResult",
     "Sample",
+    "SampleError",
     "SampleSource",
     "Task",
     "build_data",

@@ -61,6 +61,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
         registered = {
             "tasks": plugins.tasks.by_plugin(name),
             "data sets": plugins.datasets.by_plugin(name),
+            "preprocessors": plugins.preprocessors.by_plugin(name),
             "hooks": plugins.hooks_of(name),
         }
         for label, names in registered.items():

@@ -25,6 +25,19 @@ class DataError(MtkdError):
     """A data set cannot deliver what the recipe asks of it."""
 
 
+class SampleError(DataError):
+    """One sample cannot be read (corrupt image, missing or mismatched mask, unknown colour).
+
+    Data-set plugins raise it from ``__getitem__`` naming the file; the engine then stops or
+    skips the sample and counts it, as ``data.on_error`` says.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return a ' (did you mean ...?)' hint, or the list of known names when nothing is close."""
     options = sorted(set(known))

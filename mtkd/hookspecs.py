@@ -15,6 +15,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .model import MultiTaskModel
+    from .preprocess import Preprocessor
     from .samples import SampleSource
     from .tasks import Task
     from .train import TrainContext
@@ -32,6 +33,11 @@ def register_tasks(register: Callable[[type[Task]], None]) -> None:
 @hookspec
 def register_datasets(register: Callable[[type[SampleSource]], None]) -> None:
     """Register data-set classes (subclasses of ``mtkd.SampleSource``)."""
+
+
+@hookspec
+def register_preprocessors(register: Callable[[type[Preprocessor]], None]) -> None:
+    """Register preprocessing steps (subclasses of ``mtkd.Preprocessor``)."""
 
 
 @hookspec(firstresult=True)

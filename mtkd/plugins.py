@@ -23,6 +23,7 @@ import pluggy
 
 from . import _default_hooks, hookspecs
 from .errors import PluginError, did_you_mean
+from .preprocess import Preprocessor
 from .samples import SampleSource
 from .tasks import Task
 
@@ -84,6 +85,7 @@ class PluginSet:
     manager: pluggy.PluginManager
     tasks: Registry[type[Task]]
     datasets: Registry[type[SampleSource]]
+    preprocessors: Registry[type[Preprocessor]]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -191,7 +193,11 @@ def load_plugins(
     datasets: Registry[type[SampleSource]] = Registry("data set", SampleSource)
     _collect(pm, "register_tasks", tasks)
     _collect(pm, "register_datasets", datasets)
-    return PluginSet(manager=pm, tasks=tasks, datasets=datasets, origins=origins)
+    preprocessors: Registry[type[Preprocessor]] = Registry("preprocessor", Preprocessor)
+    _collect(pm, "register_preprocessors", preprocessors)
+    return PluginSet(
+        manager=pm, tasks=tasks, datasets=datasets, preprocessors=preprocessors, origins=origins
+    )
 
 
 def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry[Any]) -> None:

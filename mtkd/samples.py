@@ -77,6 +77,10 @@ class SampleSource:
         """``train``/``val``/``test`` per sample when the data set defines its own split."""
         return None
 
+    def report(self) -> dict[str, int]:
+        """Counts worth telling the user once per data set (e.g. off-palette mask pixels)."""
+        return {}
+
 
 @dataclass
 class SampleToTensors:
