@@ -32,5 +32,8 @@ class Preprocessor:
 
     def fingerprint(self) -> str:
         """Identifies this step and its options in the cache key: change it, rebuild the cache."""
-        options = asdict(self.options) if is_dataclass(self.options) else repr(self.options)
-        return f"{self.name}:{options}"
+        options = self.options
+        shown = (
+            asdict(options) if is_dataclass(options) and not isinstance(options, type) else options
+        )
+        return f"{self.name}:{shown!r}"
