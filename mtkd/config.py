@@ -16,6 +16,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .augment import AugmentConfig
 from .errors import RecipeError, did_you_mean
 
 
@@ -39,11 +40,16 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     dataset: dict[str, Any] = field(default_factory=dict)  # {name: <data-set plugin>, **options}
+    preprocess: list[Any] = field(default_factory=list)  # [{name: <preprocessor>, **options}]
     image_size: int = 128
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training split only
+    on_error: str = "fail"  # an unreadable sample: fail, or skip it and count it
+    cache: str = "disk"  # decoded samples: disk (reused by later runs) or memory
+    cache_dir: str | None = None  # default $MTKD_CACHE_DIR or ~/.cache/mtkd
 
 
 @dataclass

@@ -1,61 +1,79 @@
-"""Data for a run: the recipe's data-set plugin, split, turned into tensors and batched."""
+"""Data for a run: the recipe's data-set plugin, preprocessed and cached once, split, batched."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import AugmentConfig, augment
 from .build import plugins_for
+from .cache import CachedSamples, DataReport, materialize
 from .config import parse_options
 from .errors import DataError, RecipeError
 from .plugins import PluginSet
-from .samples import LabelSpace, SampleSource, SampleToTensors, collate_samples
+from .preprocess import Preprocessor
+from .samples import LabelSpace, SampleSource, collate_samples, sample_to_tensors
 from .splits import fixed_split_indices, split_indices
 
 
 class TensorView(Dataset):
-    """A subset of a sample source, delivered as tensors."""
+    """A subset of the cached samples, delivered as tensors (augmented when ``augment`` is on)."""
 
-    def __init__(self, source: SampleSource, indices: np.ndarray, image_size: int) -> None:
-        self.source = source
+    def __init__(
+        self, cached: CachedSamples, indices: np.ndarray, augment: AugmentConfig | None = None
+    ) -> None:
+        self.cached = cached
         self.indices = indices
-        self.to_tensors = SampleToTensors(image_size, source.label_spaces)
+        self.augment = augment if augment is not None and augment.enabled else None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.to_tensors(self.source[int(self.indices[i])])
+        spaces = self.cached.label_spaces
+        sample = sample_to_tensors(self.cached.sample(int(self.indices[i])), spaces)
+        if self.augment is not None:
+            sample = augment(sample, self.augment, spaces)
+        return sample
 
 
 @dataclass
 class DataBundle:
-    """The three splits of one data set and the meaning of its labels."""
+    """The three splits of one data set, the meaning of its labels, and what loading did."""
 
-    source: SampleSource
+    cached: CachedSamples
     train: TensorView
     val: TensorView
     test: TensorView
     label_spaces: Mapping[str, LabelSpace]
+    report: DataReport
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
+def _named_entry(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise RecipeError(f"{key}: needs a 'name' (the plugin; see `mtkd plugins`)")
+    values = dict(raw)
+    return str(values.pop("name")), values
+
+
 def build_source(cfg: DictConfig, plugins: PluginSet | None = None) -> SampleSource:
     """Instantiate the data-set plugin named by ``data.dataset.name`` with its options."""
     plugins = plugins_for(cfg, plugins)
-    raw = OmegaConf.to_container(cfg.data.dataset, resolve=True)
-    if not isinstance(raw, dict) or "name" not in raw:
-        raise RecipeError("data.dataset: needs a 'name' (the data-set plugin; see `mtkd plugins`)")
-    values = dict(raw)
-    name = str(values.pop("name"))
+    name, values = _named_entry(
+        OmegaConf.to_container(cfg.data.dataset, resolve=True), "data.dataset"
+    )
     source_cls = plugins.datasets.get(name, key="data.dataset.name")
     options = parse_options(source_cls.Options, values, "data.dataset")
     source = source_cls(options, image_size=cfg.data.image_size, seed=cfg.data.split.seed)
@@ -64,27 +82,61 @@ def build_source(cfg: DictConfig, plugins: PluginSet | None = None) -> SampleSou
     return source
 
 
-def build_data(cfg: DictConfig, plugins: PluginSet | None = None) -> DataBundle:
-    """The recipe's data set, split per group as ``data.split`` says."""
+def build_preprocessors(cfg: DictConfig, plugins: PluginSet | None = None) -> list[Preprocessor]:
+    """The steps of ``data.preprocess``, in order, each validated against its plugin."""
+    plugins = plugins_for(cfg, plugins)
+    steps = []
+    for i, raw in enumerate(OmegaConf.to_container(cfg.data.preprocess, resolve=True) or []):
+        key = f"data.preprocess[{i}]"
+        name, values = _named_entry(raw, key)
+        step_cls = plugins.preprocessors.get(name, key=f"{key}.name")
+        steps.append(step_cls(parse_options(step_cls.Options, values, key), cfg.data.image_size))
+    return steps
+
+
+def build_data(
+    cfg: DictConfig, plugins: PluginSet | None = None, console: Console | None = None
+) -> DataBundle:
+    """The recipe's data set: preprocessed and cached once, then split per group."""
+    plugins = plugins_for(cfg, plugins)
     source = build_source(cfg, plugins)
-    fixed = source.fixed_split()
-    split = cfg.data.split
+    steps = build_preprocessors(cfg, plugins)
+    data = cfg.data
+    console = console or Console(quiet=True)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task(f"preparing {source.name}", total=len(source))
+        cached, report = materialize(
+            source,
+            steps,
+            data.image_size,
+            on_error=data.on_error,
+            mode=data.cache,
+            cache_dir=Path(data.cache_dir) if data.cache_dir else None,
+            progress=lambda i, _n: progress.update(bar, completed=i + 1) if i % 64 == 0 else None,
+        )
+    for line in report.lines():
+        console.print(line, highlight=False)
+    if len(cached) == 0:
+        raise DataError(f"data set '{source.name}': no sample is left after loading")
+    split = data.split
     try:
-        if fixed is not None:
-            parts = fixed_split_indices(list(fixed))
+        if cached.split is not None:
+            parts = fixed_split_indices(cached.split)
         else:
-            parts = split_indices(source.groups(), len(source), split.test, split.val, split.seed)
+            groups = None if cached.groups is None else cached.groups.tolist()
+            parts = split_indices(groups, len(cached), split.test, split.val, split.seed)
     except ValueError as exc:
         raise RecipeError(f"data.split: {exc}") from exc
     if len(parts["train"]) == 0:
         raise DataError(f"data set '{source.name}': the split leaves no training samples")
-    size = cfg.data.image_size
+    augment_cfg: AugmentConfig = OmegaConf.to_object(data.augment)  # type: ignore[assignment]
     return DataBundle(
-        source=source,
-        train=TensorView(source, parts["train"], size),
-        val=TensorView(source, parts["val"], size),
-        test=TensorView(source, parts["test"], size),
-        label_spaces=dict(source.label_spaces),
+        cached=cached,
+        train=TensorView(cached, parts["train"], augment_cfg),
+        val=TensorView(cached, parts["val"]),
+        test=TensorView(cached, parts["test"]),
+        label_spaces=dict(cached.label_spaces),
+        report=report,
     )
 
 

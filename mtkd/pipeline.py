@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def run(
     console = console or Console()
     plugins = plugins_for(cfg, plugins)
     seed_everything(cfg.trainer.seed)
-    data = build_data(cfg, plugins)
+    data = build_data(cfg, plugins, console)
     model = build_model(cfg, data.label_spaces, plugins)
     run_dir = new_run_dir(cfg)
     write_run_header(run_dir, cfg, dict(data.label_spaces))
@@ -103,6 +103,7 @@ def run(
         "recipe": cfg.name,
         "run_dir": str(run_dir),
         "data": data.sizes(),
+        "data_report": asdict(data.report),
         "epochs_run": len(ctx.history),
         "best_epoch": ctx.best_epoch,
         "stopped_early": ctx.stopped_early,

@@ -9,12 +9,11 @@ each task's loss averages over exactly those samples.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 Sample = dict[str, Any]
 Batch = dict[str, Any]
@@ -23,21 +22,32 @@ PRESENT = "present"
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """What the values of one label key mean: class names, or a named vector for regression."""
+    """What the values of one label key mean: class names, or a named vector for regression.
+
+    ``flip`` says how a horizontal flip changes a label: for classes, the class each class
+    becomes (left_eye <-> right_eye); for vectors, the sign each component takes (yaw -> -yaw).
+    None means the label does not change under a flip.
+    """
 
     names: tuple[str, ...]
     kind: str = "class"  # "class" (integer labels, per sample or per pixel) or "vector" (floats)
+    flip: tuple[float, ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "kind": self.kind}
+        return {"names": list(self.names), "kind": self.kind, "flip": self.flip}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabelSpace:
-        return cls(names=tuple(data["names"]), kind=str(data.get("kind", "class")))
+        flip = data.get("flip")
+        return cls(
+            names=tuple(data["names"]),
+            kind=str(data.get("kind", "class")),
+            flip=None if flip is None else tuple(flip),
+        )
 
 
 @dataclass(frozen=True)
@@ -81,54 +91,24 @@ class SampleSource:
         """Counts worth telling the user once per data set (e.g. off-palette mask pixels)."""
         return {}
 
+    def fingerprint(self) -> str:
+        """What identifies the content beyond the options (e.g. file names and times), so the
+        sample cache is rebuilt when it changes; options are part of the cache key already."""
+        return ""
 
-@dataclass
-class SampleToTensors:
-    """Turns a sample dict into tensors at the model's input size (image float in [0, 1])."""
 
-    image_size: int
-    label_spaces: Mapping[str, LabelSpace] = field(default_factory=dict)
-
-    def __call__(self, sample: Sample) -> Sample:
-        out: Sample = {}
-        image = np.asarray(sample["image"])
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        elif image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
-        elif image.shape[2] == 4:
-            image = image[:, :, :3]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        tensor = tensor.float().div_(255.0)
-        if tensor.shape[1:] != (self.image_size, self.image_size):
-            tensor = F.interpolate(
-                tensor[None], size=(self.image_size,) * 2, mode="bilinear", align_corners=False
-            )[0]
-        out["image"] = tensor
-        for key, value in sample.items():
-            if key == "image" or value is None:
-                continue
-            out[key] = self._label_tensor(key, value)
-        return out
-
-    def _label_tensor(self, key: str, value: Any) -> torch.Tensor:
-        if isinstance(value, torch.Tensor):
-            tensor = value
-        elif np.isscalar(value):
-            tensor = torch.tensor(value)
-        else:
-            tensor = torch.from_numpy(np.ascontiguousarray(value))
-        if tensor.ndim == 2 and tensor.shape != (self.image_size, self.image_size):
-            # a per-pixel label map: nearest neighbour keeps class ids intact
-            tensor = F.interpolate(
-                tensor[None, None].float(), size=(self.image_size,) * 2, mode="nearest"
-            )[0, 0]
-        space = self.label_spaces.get(key)
-        if space is not None and space.kind == "vector":
-            return tensor.float()
-        if not tensor.is_floating_point() or space is not None:
-            return tensor.long()
-        return tensor
+def sample_to_tensors(sample: Sample, label_spaces: Mapping[str, LabelSpace]) -> Sample:
+    """A cached sample (uint8 image at the model's size, labels) as tensors; image in [0, 1]."""
+    image = torch.tensor(np.asarray(sample["image"])).permute(2, 0, 1)  # a copy: caches are r/o
+    out: Sample = {"image": image.float().div_(255.0)}
+    for key, value in sample.items():
+        if key == "image" or value is None:
+            continue
+        tensor = torch.tensor(np.asarray(value))
+        space = label_spaces.get(key)
+        vector = (space.kind == "vector") if space is not None else tensor.is_floating_point()
+        out[key] = tensor.float() if vector else tensor.long()
+    return out
 
 
 def collate_samples(samples: Sequence[Sample]) -> Batch:

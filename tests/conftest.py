@@ -47,9 +47,12 @@ def tiny_recipe(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture(autouse=True)
-def _plugins_from_entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests see every installed plugin unless they restrict it themselves."""
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Every installed plugin loads, and the sample cache lives in a per-session folder."""
     monkeypatch.delenv("MTKD_PLUGINS", raising=False)
+    monkeypatch.setenv("MTKD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sample-cache"))
     yield
 
 

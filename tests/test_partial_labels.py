@@ -13,7 +13,9 @@ from rich.console import Console
 
 import mtkd
 from mtkd.losses import task_losses
-from mtkd.samples import SampleToTensors, collate_samples
+from mtkd.samples import collate_samples, sample_to_tensors
+
+SPACES = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}
 
 
 def make_samples(with_mask: list[bool]) -> list[dict[str, Any]]:
@@ -27,8 +29,9 @@ def make_samples(with_mask: list[bool]) -> list[dict[str, Any]]:
 
 
 def test_collate_marks_which_samples_carry_each_label() -> None:
-    to_tensors = SampleToTensors(32)
-    batch = collate_samples([to_tensors(s) for s in make_samples([True, False, True, False])])
+    batch = collate_samples(
+        [sample_to_tensors(s, SPACES) for s in make_samples([True, False, True, False])]
+    )
     assert batch["present"]["mask"].tolist() == [True, False, True, False]
     assert batch["present"]["identity"].tolist() == [True] * 4
     assert batch["mask"].shape == (4, 32, 32)
@@ -39,11 +42,9 @@ def test_only_masked_samples_reach_the_segmentation_loss(
     tiny_recipe: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tiny_recipe()
-    spaces = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}
-    model = mtkd.build_model(cfg, spaces)
-    to_tensors = SampleToTensors(32, spaces)
+    model = mtkd.build_model(cfg, SPACES)
     batch = collate_samples(
-        [to_tensors(s) for s in make_samples([True, False, False, True, False])]
+        [sample_to_tensors(s, SPACES) for s in make_samples([True, False, False, True, False])]
     )
     seen: dict[str, torch.Tensor] = {}
     seg = model.tasks["segmentation"]
@@ -65,10 +66,8 @@ def test_a_batch_without_any_mask_keeps_the_decoder_in_the_graph(
     tiny_recipe: Callable[..., DictConfig],
 ) -> None:
     cfg = tiny_recipe()
-    spaces = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}
-    model = mtkd.build_model(cfg, spaces)
-    to_tensors = SampleToTensors(32, spaces)
-    batch = collate_samples([to_tensors(s) for s in make_samples([False, False])])
+    model = mtkd.build_model(cfg, SPACES)
+    batch = collate_samples([sample_to_tensors(s, SPACES) for s in make_samples([False, False])])
     losses, counts = task_losses(model(batch["image"]), batch, model.tasks)
     assert counts["segmentation"] == 0 and float(losses["segmentation"].detach()) == 0.0
     sum(losses.values()).backward()
@@ -82,7 +81,7 @@ def test_mixed_masked_and_unmasked_data_trains_and_scores_only_masked(
     cfg = tiny_recipe(**{"data.dataset.mask_fraction": 0.5, "trainer.max_epochs": 2})
     result = mtkd.run(cfg, console=Console(quiet=True))
     data = mtkd.build_data(cfg)
-    masked = sum("mask" in data.source[int(i)] for i in data.test.indices)
+    masked = int(data.cached.present["mask"][data.test.indices].sum())
     full = result.results["test"]["full"]
     assert full["segmentation/count"] == masked < full["identification/count"]
     assert masked > 0

@@ -1,8 +1,7 @@
 """synthetic_heads: the embedded default data set, generated on the fly (no files, no network).
 
 Every sample is a pure function of (seed, identity, view), so any split, order or worker
-gets the same images. Rendered samples are kept in memory (uint8) after first use, so later
-epochs never render again.
+gets the same images. The engine renders each sample once into its sample cache.
 """
 
 from __future__ import annotations
@@ -18,6 +17,20 @@ import mtkd
 from .render import CLASS_NAMES, render_view, sample_identities
 
 POSE_NAMES = ("yaw", "pitch", "roll")
+POSE_FLIP = (-1.0, 1.0, -1.0)  # a mirror image turns the other way and rolls the other way
+
+
+def mirrored_classes(names: Sequence[str]) -> tuple[float, ...]:
+    """For each class, the class it becomes in a mirror image (left_* <-> right_*)."""
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for name in names:
+        if name.startswith("left_"):
+            name = "right_" + name[5:]
+        elif name.startswith("right_"):
+            name = "left_" + name[6:]
+        out.append(float(index[name]))
+    return tuple(out)
 
 
 @dataclass
@@ -29,7 +42,6 @@ class SyntheticHeadsOptions:
     pitch_range: list[float] = field(default_factory=lambda: [-40.0, 40.0])
     roll_range: list[float] = field(default_factory=lambda: [-15.0, 15.0])
     seed: int = 0  # generation seed: fixes the people and their views
-    cache: bool = True  # keep rendered samples in memory
 
 
 def _range(values: Sequence[float], key: str) -> tuple[float, float]:
@@ -66,13 +78,12 @@ class SyntheticHeads(mtkd.SampleSource):
         self._identity = np.repeat(np.arange(options.identities), counts)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self._view = np.arange(len(self._identity)) - starts[self._identity]
-        self._cache: dict[int, dict[str, Any]] = {}
         self.label_spaces = {
             "identity": mtkd.LabelSpace(
                 tuple(f"person_{i:03d}" for i in range(options.identities))
             ),
-            "mask": mtkd.LabelSpace(CLASS_NAMES),
-            "pose": mtkd.LabelSpace(POSE_NAMES, kind="vector"),
+            "mask": mtkd.LabelSpace(CLASS_NAMES, flip=mirrored_classes(CLASS_NAMES)),
+            "pose": mtkd.LabelSpace(POSE_NAMES, kind="vector", flip=POSE_FLIP),
         }
 
     def __len__(self) -> int:
@@ -84,9 +95,6 @@ class SyntheticHeads(mtkd.SampleSource):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        cached = self._cache.get(index)
-        if cached is not None:
-            return cached
         identity = int(self._identity[index])
         image, mask, nuisance = render_view(
             self._people,
@@ -96,15 +104,12 @@ class SyntheticHeads(mtkd.SampleSource):
             self.options.seed,
             **self._ranges,
         )
-        sample = {
+        return {
             "image": image,
             "mask": mask,
             "identity": identity,
             "pose": np.array([nuisance.yaw, nuisance.pitch, nuisance.roll], dtype=np.float32),
         }
-        if self.options.cache:
-            self._cache[index] = sample
-        return sample
 
 
 @mtkd.hookimpl

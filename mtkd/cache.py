@@ -1,0 +1,333 @@
+"""Decode, preprocess and resize every sample once, into uint8 arrays in memory or on disk.
+
+Epochs then only read arrays (no decoding, no face detection), and a disk cache means a second
+run with the same data settings never decodes or detects again. A sample that fails to load
+(``SampleError``) stops the run or is skipped and counted, as ``data.on_error`` says; a sample
+a preprocessor drops is counted too. Nothing disappears without a count in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from PIL import Image
+
+from .errors import DataError, RecipeError, SampleError
+from .preprocess import Preprocessor
+from .samples import LabelSpace, Sample, SampleSource
+
+CACHE_VERSION = 1
+ON_ERROR = ("fail", "skip")
+MODES = ("memory", "disk")
+
+
+def default_cache_dir() -> Path:
+    """``$MTKD_CACHE_DIR``, else ``$XDG_CACHE_HOME/mtkd``, else ``~/.cache/mtkd``."""
+    if os.environ.get("MTKD_CACHE_DIR"):
+        return Path(os.environ["MTKD_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mtkd"
+
+
+@dataclass
+class DataReport:
+    """What happened to the samples of one data set on the way into the cache."""
+
+    source: str
+    total: int
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # load errors, by reason
+    skipped_examples: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)  # by the preprocessor that dropped
+    source_counts: dict[str, int] = field(default_factory=dict)
+    preprocess_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    from_cache: bool = False
+
+    def lines(self) -> list[str]:
+        out = [f"data set '{self.source}': {self.kept} of {self.total} samples kept"]
+        if self.from_cache:
+            out[0] += " (from the cache)"
+        for reason, n in sorted(self.skipped.items()):
+            out.append(f"  skipped {n} unreadable: {reason}")
+        for example in self.skipped_examples:
+            out.append(f"    e.g. {example}")
+        for name, n in sorted(self.dropped.items()):
+            out.append(f"  dropped {n} by {name}")
+        for key, n in sorted(self.source_counts.items()):
+            out.append(f"  {key}: {n}")
+        for name, counts in sorted(self.preprocess_counts.items()):
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            out.append(f"  {name}: {shown}")
+        return out
+
+
+class CachedSamples:
+    """Uint8 images at the model's size, each label with a flag per sample saying it is there."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: dict[str, np.ndarray],
+        present: dict[str, np.ndarray],
+        groups: np.ndarray | None,
+        split: list[str] | None,
+        label_spaces: dict[str, LabelSpace],
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.present = present
+        self.groups = groups
+        self.split = split
+        self.label_spaces = label_spaces
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def sample(self, index: int) -> Sample:
+        out: Sample = {"image": self.images[index]}
+        for key, values in self.labels.items():
+            if self.present[key][index]:
+                out[key] = values[index]
+        return out
+
+
+def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.dtype != np.uint8:
+        raise DataError(f"images must be uint8, got {image.dtype}")
+    if image.shape[:2] == (size, size):
+        return image
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized)
+
+
+def _resize_label(value: np.ndarray, size: int) -> np.ndarray:
+    if value.shape == (size, size):
+        return value
+    if value.max(initial=0) > 255 or value.min(initial=0) < 0:
+        raise DataError(f"per-pixel labels must be class ids in 0..255, got {value.max()}")
+    resized = Image.fromarray(value.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(resized)
+
+
+def _label_array(value: Any, image_shape: tuple[int, ...], size: int) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim == 2 and array.shape == image_shape[:2]:
+        return _resize_label(array, size)
+    return array
+
+
+def cache_key(
+    source: SampleSource, preprocessors: Sequence[Preprocessor], size: int, on_error: str
+) -> str:
+    options = source.options
+    shown = asdict(options) if is_dataclass(options) and not isinstance(options, type) else options
+    blob = json.dumps(
+        {
+            "version": CACHE_VERSION,
+            "source": source.name,
+            "options": shown,
+            "content": source.fingerprint(),
+            "image_size": size,
+            "preprocess": [p.fingerprint() for p in preprocessors],
+            "on_error": on_error,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class _Writer:
+    """Preallocated arrays (in memory, or .npy files being written) filled sample by sample."""
+
+    def __init__(self, n: int, size: int, folder: Path | None) -> None:
+        self.n, self.size, self.folder = n, size, folder
+        self.images = self._alloc("images", (n, size, size, 3), np.dtype(np.uint8))
+        self.labels: dict[str, np.ndarray] = {}
+        self.present: dict[str, np.ndarray] = {}
+
+    def _alloc(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        if self.folder is None:
+            return np.zeros(shape, dtype=dtype)
+        return open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+    def put(self, row: int, sample: Sample) -> None:
+        image = np.asarray(sample["image"])
+        self.images[row] = _resize_image(image, self.size)
+        for key, value in sample.items():
+            if key == "image" or value is None:
+                continue
+            array = _label_array(value, image.shape, self.size)
+            if key not in self.labels:
+                dtype: np.dtype[Any]
+                if array.ndim == 2:
+                    dtype = np.dtype(np.uint8)  # per-pixel class ids
+                elif array.dtype.kind == "f":
+                    dtype = np.dtype(np.float32)
+                else:
+                    dtype = np.dtype(np.int64)
+                self.labels[key] = self._alloc(f"label-{key}", (self.n, *array.shape), dtype)
+                self.present[key] = self._alloc(f"present-{key}", (self.n,), np.dtype(bool))
+            if array.shape != self.labels[key].shape[1:]:
+                raise DataError(
+                    f"label '{key}' has shape {array.shape} here but "
+                    f"{self.labels[key].shape[1:]} in earlier samples"
+                )
+            self.labels[key][row] = array
+            self.present[key][row] = True
+
+
+def _build(
+    source: SampleSource,
+    preprocessors: Sequence[Preprocessor],
+    size: int,
+    on_error: str,
+    folder: Path | None,
+    progress: Any,
+) -> tuple[CachedSamples, DataReport, list[int]]:
+    n = len(source)
+    writer = _Writer(n, size, folder)
+    report = DataReport(source=source.name, total=n)
+    skipped: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    kept: list[int] = []
+    for index in range(n):
+        progress(index, n)
+        try:
+            sample: Sample | None = source[index]
+        except SampleError as exc:
+            if on_error == "fail":
+                raise DataError(
+                    f"data set '{source.name}': {exc} (set data.on_error=skip to skip such samples)"
+                ) from exc
+            skipped[exc.reason] += 1
+            if len(report.skipped_examples) < 3:
+                report.skipped_examples.append(str(exc))
+            continue
+        for step in preprocessors:
+            assert sample is not None
+            sample = step(sample)
+            if sample is None:
+                dropped[step.name] += 1
+                break
+        if sample is None:
+            continue
+        writer.put(len(kept), sample)
+        kept.append(index)
+    report.kept = len(kept)
+    report.skipped, report.dropped = dict(skipped), dict(dropped)
+    report.source_counts = dict(source.report())
+    report.preprocess_counts = {p.name: dict(p.counts) for p in preprocessors if p.counts}
+    k = len(kept)
+    groups_all, split_all = source.groups(), source.fixed_split()
+    groups = np.asarray([groups_all[i] for i in kept], dtype=np.int64) if groups_all else None
+    split = [str(split_all[i]) for i in kept] if split_all is not None else None
+    cached = CachedSamples(
+        writer.images[:k],
+        {key: values[:k] for key, values in writer.labels.items()},
+        {key: flags[:k] for key, flags in writer.present.items()},
+        groups,
+        split,
+        dict(source.label_spaces),
+    )
+    return cached, report, kept
+
+
+def _save_meta(folder: Path, cached: CachedSamples, report: DataReport) -> None:
+    meta = {
+        "version": CACHE_VERSION,
+        "n": len(cached),
+        "labels": sorted(cached.labels),
+        "groups": None if cached.groups is None else cached.groups.tolist(),
+        "split": cached.split,
+        "label_spaces": {k: v.to_dict() for k, v in cached.label_spaces.items()},
+        "report": asdict(report),
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _load(folder: Path) -> tuple[CachedSamples, DataReport]:
+    meta = json.loads((folder / "meta.json").read_text())
+    n = int(meta["n"])
+
+    def load(name: str) -> np.ndarray:
+        return np.load(folder / f"{name}.npy", mmap_mode="r")[:n]
+
+    cached = CachedSamples(
+        load("images"),
+        {key: load(f"label-{key}") for key in meta["labels"]},
+        {key: load(f"present-{key}") for key in meta["labels"]},
+        None if meta["groups"] is None else np.asarray(meta["groups"], dtype=np.int64),
+        meta["split"],
+        {k: LabelSpace.from_dict(v) for k, v in meta["label_spaces"].items()},
+    )
+    report = DataReport(**meta["report"])
+    report.from_cache = True
+    return cached, report
+
+
+def materialize(
+    source: SampleSource,
+    preprocessors: Sequence[Preprocessor],
+    size: int,
+    *,
+    on_error: str = "fail",
+    mode: str = "memory",
+    cache_dir: Path | None = None,
+    progress: Any = None,
+) -> tuple[CachedSamples, DataReport]:
+    """Every sample of ``source``, preprocessed and resized to ``size``, as cached arrays."""
+    if on_error not in ON_ERROR:
+        raise RecipeError(f"data.on_error: '{on_error}' is not one of {', '.join(ON_ERROR)}")
+    if mode not in MODES:
+        raise RecipeError(f"data.cache: '{mode}' is not one of {', '.join(MODES)}")
+    tick = progress or (lambda _i, _n: None)
+    if mode == "memory":
+        cached, report, _ = _build(source, preprocessors, size, on_error, None, tick)
+        return cached, report
+    root = cache_dir or default_cache_dir()
+    key = cache_key(source, preprocessors, size, on_error)
+    folder = root / f"{source.name}-{size}px-{key}"
+    if (folder / "meta.json").is_file():
+        return _load(folder)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        partial = root / f".{folder.name}.{os.getpid()}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+    except OSError as exc:
+        raise DataError(
+            f"data.cache_dir: cannot write the sample cache in '{root}': {exc}"
+        ) from exc
+    try:
+        cached, report, _ = _build(source, preprocessors, size, on_error, partial, tick)
+        _save_meta(partial, cached, report)
+        del cached
+        if (folder / "meta.json").is_file():  # another process finished the same cache first
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            os.replace(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    cached, report = _load(folder)
+    report.from_cache = False
+    return cached, report
