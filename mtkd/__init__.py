@@ -14,6 +14,7 @@ The library in ten lines::
 """
 
 from .build import build_model, build_tasks
+from .commands import Command
 from .config import RecipeConfig, load_recipe, recipe_from_dict
 from .data import DataBundle, build_data, build_source, make_loader
 from .errors import DataError, MtkdError, PluginError, RecipeError, SampleError
@@ -30,6 +31,7 @@ from .tasks import FeatureInfo, Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "Command",
     "DataBundle",
     "DataError",
     "FeatureInfo",

@@ -1,4 +1,4 @@
-"""The ``mtkd`` command: run recipes, list plugins."""
+"""The mtkd command: run recipes, list plugins, and the commands plugins add."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import load_recipe
-from .errors import MtkdError
-from .plugins import load_plugins
+from .errors import MtkdError, PluginError
+from .plugins import PluginSet, load_plugins
 
 
 def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -62,6 +62,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             "tasks": plugins.tasks.by_plugin(name),
             "data sets": plugins.datasets.by_plugin(name),
             "preprocessors": plugins.preprocessors.by_plugin(name),
+            "commands": plugins.commands.by_plugin(name),
             "hooks": plugins.hooks_of(name),
         }
         for label, names in registered.items():
@@ -70,7 +71,8 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
+    """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
     parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
@@ -85,13 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)
+    for name in plugins.commands.names() if plugins else []:
+        if name in sub.choices:
+            raise PluginError(f"command '{name}' clashes with a built-in mtkd command")
+        command = plugins.commands.get(name, key="command")()  # type: ignore[union-attr]
+        p_cmd = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(p_cmd)
+        p_cmd.set_defaults(func=command.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     console = Console()
     try:
+        args = build_parser(load_plugins()).parse_args(argv)
         return int(args.func(args, console))
     except MtkdError as exc:
         Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .commands import Command
     from .model import MultiTaskModel
     from .preprocess import Preprocessor
     from .samples import SampleSource
@@ -38,6 +39,11 @@ def register_datasets(register: Callable[[type[SampleSource]], None]) -> None:
 @hookspec
 def register_preprocessors(register: Callable[[type[Preprocessor]], None]) -> None:
     """Register preprocessing steps (subclasses of ``mtkd.Preprocessor``)."""
+
+
+@hookspec
+def register_commands(register: Callable[[type[Command]], None]) -> None:
+    """Register ``mtkd`` subcommands (subclasses of ``mtkd.Command``)."""
 
 
 @hookspec(firstresult=True)

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar, cast
 import pluggy
 
 from . import _default_hooks, hookspecs
+from .commands import Command
 from .errors import PluginError, did_you_mean
 from .preprocess import Preprocessor
 from .samples import SampleSource
@@ -86,6 +87,7 @@ class PluginSet:
     tasks: Registry[type[Task]]
     datasets: Registry[type[SampleSource]]
     preprocessors: Registry[type[Preprocessor]]
+    commands: Registry[type[Command]]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -195,8 +197,15 @@ def load_plugins(
     _collect(pm, "register_datasets", datasets)
     preprocessors: Registry[type[Preprocessor]] = Registry("preprocessor", Preprocessor)
     _collect(pm, "register_preprocessors", preprocessors)
+    commands: Registry[type[Command]] = Registry("command", Command)
+    _collect(pm, "register_commands", commands)
     return PluginSet(
-        manager=pm, tasks=tasks, datasets=datasets, preprocessors=preprocessors, origins=origins
+        manager=pm,
+        tasks=tasks,
+        datasets=datasets,
+        preprocessors=preprocessors,
+        commands=commands,
+        origins=origins,
     )
 
 

@@ -205,3 +205,50 @@ def test_a_plugin_can_replace_the_distillation_hook(tmp_path: Path) -> None:
     model = mtkd.build_model(cfg, label_spaces(), plugins)
     assert set(mtkd.distill(model, plugins).tasks) == {"identification", "segmentation"}
     assert set(mtkd.distill(model).tasks) == {"identification"}
+
+
+def test_plugin_commands_join_the_cli_and_cannot_shadow_built_ins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtkd.cli import build_parser
+
+    plugin = write_plugin(
+        tmp_path,
+        """
+        import mtkd
+
+        class Hello(mtkd.Command):
+            name = "hello"
+            help = "say hello"
+
+            def configure(self, parser):
+                parser.add_argument("who")
+
+            def run(self, args, console):
+                console.print(f"hello {args.who}")
+                return 0
+
+        @mtkd.hookimpl
+        def register_commands(register):
+            register(Hello)
+        """,
+        "hello_cmd.py",
+    )
+    plugins = mtkd.load_plugins([str(plugin)])
+    args = build_parser(plugins).parse_args(["hello", "world"])
+    assert args.func(args, Console()) == 0
+    assert "hello world" in capsys.readouterr().out
+    shadow = mtkd.load_plugins(objects=[("shadow", _Shadowing())])
+    with pytest.raises(mtkd.PluginError, match="command 'run' clashes"):
+        build_parser(shadow)
+
+
+class _ShadowCommand(mtkd.Command):
+    name = "run"
+    help = "pretends to be run"
+
+
+class _Shadowing:
+    @mtkd.hookimpl
+    def register_commands(self, register: object) -> None:
+        register(_ShadowCommand)  # type: ignore[operator]

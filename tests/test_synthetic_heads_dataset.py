@@ -65,3 +65,25 @@ def test_paper_recipe_trains_on_synthetic_heads(tmp_path: Path) -> None:
     full = result.results["test"]["full"]
     assert full["segmentation/count"] == full["identification/count"] > 0
     assert len(full["segmentation/iou"]) == 14
+
+
+def test_synth_command_writes_images_palette_masks_and_an_index(tmp_path: Path) -> None:
+    import csv
+
+    from mtkd_plugins.synthetic_heads.labels import PALETTE
+    from PIL import Image
+
+    from mtkd.cli import main
+
+    out = tmp_path / "heads"
+    args = ["synth", str(out), "--identities", "2", "--views", "3", "--views-spread", "0"]
+    assert main([*args, "--size", "48"]) == 0
+    rows = list(csv.DictReader((out / "index.csv").open()))
+    assert len(rows) == 6 and {r["identity"] for r in rows} == {"person_000", "person_001"}
+    image = np.asarray(Image.open(out / rows[0]["image"]))
+    mask = np.asarray(Image.open(out / rows[0]["mask"]))
+    assert image.shape == (48, 48, 3) and mask.shape == (48, 48, 3)
+    colours = {tuple(c) for c in mask.reshape(-1, 3).tolist()}
+    assert colours <= set(PALETTE) and len(colours) > 3
+    assert -90 <= float(rows[0]["yaw"]) <= 90
+    assert main([*args, "--size", "48"]) == 2  # never overwrites a written data set

@@ -115,3 +115,10 @@ class SyntheticHeads(mtkd.SampleSource):
 @mtkd.hookimpl
 def register_datasets(register: Any) -> None:
     register(SyntheticHeads)
+
+
+@mtkd.hookimpl
+def register_commands(register: Any) -> None:
+    from .export import SynthCommand  # imported here: export imports this module
+
+    register(SynthCommand)
