@@ -90,7 +90,11 @@ def build_preprocessors(cfg: DictConfig, plugins: PluginSet | None = None) -> li
         key = f"data.preprocess[{i}]"
         name, values = _named_entry(raw, key)
         step_cls = plugins.preprocessors.get(name, key=f"{key}.name")
-        steps.append(step_cls(parse_options(step_cls.Options, values, key), cfg.data.image_size))
+        options = parse_options(step_cls.Options, values, key)
+        try:
+            steps.append(step_cls(options, cfg.data.image_size))
+        except RecipeError as exc:
+            raise RecipeError(f"{key} ({name}): {exc}") from exc
     return steps
 
 
