@@ -110,3 +110,17 @@ def test_vgg_trunk_drops_fc6_fc7_as_in_the_paper() -> None:
     cfg = mtkd.load_recipe(RECIPES / "vgg19_id.yaml", ["data.image_size=32"])
     model = mtkd.build_model(cfg, label_spaces(identities=67))
     assert model.parameter_counts().trainable == 20_098_691  # design notes, section 1
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pth"])
+def test_encoder_loads_a_local_weights_file_without_network(tmp_path, suffix: str) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("test_efficientnet")
+    path = tmp_path / f"weights.{suffix}"
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(path)) if suffix == "safetensors" else torch.save(state, path)
+    cfg = recipe("test_efficientnet", f"encoder.weights={path}")
+    model = mtkd.build_model(cfg, label_spaces())
+    torch.testing.assert_close(model.encoder.trunk.conv_stem.weight, reference.conv_stem.weight)

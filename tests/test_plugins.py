@@ -252,3 +252,20 @@ class _Shadowing:
     @mtkd.hookimpl
     def register_commands(self, register: object) -> None:
         register(_ShadowCommand)  # type: ignore[operator]
+
+
+def test_every_hook_is_documented_for_plugin_authors() -> None:
+    import inspect
+
+    from conftest import REPO
+    from mtkd import hookspecs
+
+    guide = (REPO / "docs" / "writing-plugins.md").read_text()
+    hooks = [
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, "mtkd_spec")
+    ]
+    assert len(hooks) >= 8
+    for name in hooks:
+        assert f"| `{name}` | `{name}(" in guide, f"hook {name} is not in docs/writing-plugins.md"
