@@ -258,6 +258,7 @@ def test_every_hook_is_documented_for_plugin_authors() -> None:
     import inspect
 
     from conftest import REPO
+
     from mtkd import hookspecs
 
     guide = (REPO / "docs" / "writing-plugins.md").read_text()
