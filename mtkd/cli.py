@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -23,8 +24,14 @@ def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .pipeline import run
+    from .study import is_study, run_study
 
     overlays, overrides = _split_run_args(args.overrides)
+    if is_study(args.recipe):
+        if args.out:
+            overrides.append(f"study.dir={args.out}")
+        run_study(args.recipe, overrides, overlays, console=console)
+        return 0
     cfg = load_recipe(args.recipe, overrides, overlays)
     if args.out:
         cfg.output.dir = args.out
@@ -71,12 +78,25 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from .report import comparison_rows, markdown_table, read_results, rich_table
+
+    rows = comparison_rows([read_results(d) for d in args.run_dirs])
+    console.print(rich_table(rows, "comparison"))
+    if args.markdown:
+        args.markdown.write_text(markdown_table(rows))
+        console.print(f"markdown table: {args.markdown}")
+    return 0
+
+
 def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
     parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
-    p_run.add_argument("recipe", help="recipe YAML file, e.g. recipes/seg_distilled_id.yaml")
+    p_run.add_argument(
+        "recipe", help="recipe or study YAML file, e.g. recipes/seg_distilled_id.yaml"
+    )
     p_run.add_argument(
         "overrides",
         nargs="*",
@@ -84,6 +104,10 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     )
     p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
     p_run.set_defaults(func=cmd_run)
+    p_compare = sub.add_parser("compare", help="compare finished runs in one table")
+    p_compare.add_argument("run_dirs", nargs="+", type=Path, help="run folders")
+    p_compare.add_argument("--markdown", type=Path, help="also write the table as Markdown")
+    p_compare.set_defaults(func=cmd_compare)
     p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)

@@ -1,0 +1,123 @@
+"""Comparison tables from run folders: the paper's Table 1 layout plus what mtkd measures.
+
+Runs of the same recipe (different seeds) are aggregated into mean ± std. Every number comes
+from a run's ``results.json``; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .errors import MtkdError
+from .runs import RESULTS
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        raise MtkdError(f"'{run_dir}' has no {RESULTS}: not a finished run")
+    return json.loads(path.read_text())
+
+
+def _dig(results: dict[str, Any], *keys: str) -> Any:
+    node: Any = results
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a title, how to read it from results.json, and how to show it."""
+
+    title: str
+    read: Callable[[dict[str, Any]], float | None]
+    fmt: str  # "pct", "params", "ms", "num"
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("params (training)", lambda r: _dig(r, "params", "training", "trainable"), "params"),
+    Column("params (inference)", lambda r: _dig(r, "params", "inference", "trainable"), "params"),
+    Column("test accuracy", lambda r: _dig(r, "test", "distilled", "identification/top1"), "pct"),
+    Column("top-5", lambda r: _dig(r, "test", "distilled", "identification/top5"), "pct"),
+    Column("verification", lambda r: _dig(r, "verification", "mean"), "pct"),
+    Column("mIoU (teacher)", lambda r: _dig(r, "test", "full", "segmentation/miou"), "pct"),
+    Column("latency b1 (ms)", lambda r: _dig(r, "latency", "inference", "batch1_ms"), "ms"),
+    Column("epochs", lambda r: _dig(r, "epochs_run"), "num"),
+)
+
+
+def _show(values: Sequence[float], fmt: str) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    std = statistics.pstdev(values) if len(values) > 1 else None
+    if fmt == "pct":
+        text = f"{100 * mean:.1f}"
+        return text + (f" ± {100 * std:.1f}" if std is not None else "") + " %"
+    if fmt == "params":
+        return f"{mean / 1e6:.2f}M"
+    if fmt == "ms":
+        return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+    return f"{mean:.0f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+@dataclass
+class ComparisonRow:
+    recipe: str
+    runs: list[dict[str, Any]]
+
+    def cells(self, columns: Sequence[Column]) -> list[str]:
+        out = []
+        for column in columns:
+            values = [v for r in self.runs if (v := column.read(r)) is not None]
+            out.append(_show([float(v) for v in values], column.fmt))
+        return out
+
+
+def comparison_rows(
+    results: Iterable[dict[str, Any]], order: Sequence[str] = ()
+) -> list[ComparisonRow]:
+    """One row per recipe (runs of one recipe are its seeds), in ``order`` first."""
+    by_recipe: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_recipe[str(r["recipe"])].append(r)
+    names = [n for n in order if n in by_recipe] + sorted(n for n in by_recipe if n not in order)
+    return [ComparisonRow(n, by_recipe[n]) for n in names]
+
+
+def _used_columns(rows: Sequence[ComparisonRow]) -> list[Column]:
+    return [c for c in COLUMNS if any(c.read(r) is not None for row in rows for r in row.runs)]
+
+
+def rich_table(rows: Sequence[ComparisonRow], title: str) -> Table:
+    columns = _used_columns(rows)
+    table = Table(title=title)
+    table.add_column("network", no_wrap=True)
+    table.add_column("runs", justify="right")
+    for column in columns:
+        table.add_column(column.title, justify="right")
+    for row in rows:
+        table.add_row(row.recipe, str(len(row.runs)), *row.cells(columns))
+    return table
+
+
+def markdown_table(rows: Sequence[ComparisonRow]) -> str:
+    columns = _used_columns(rows)
+    header = ["network", "runs", *(c.title for c in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join([row.recipe, str(len(row.runs)), *row.cells(columns)]) + " |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,141 @@
+"""Studies: several recipes (and seeds) run under shared overrides, compared in one table.
+
+A study file has a top-level ``study:`` key::
+
+    study:
+      members: [mobilenetv2_id, seg_distilled_id]   # recipe files beside this one
+      seeds: [0, 1, 2]
+      overlays: [profiles/cpu_quick.yaml]            # applied to every member
+      overrides: [trainer.max_epochs=20]             # applied to every member
+
+Each member x seed trains into ``<study folder>/<member>-seed<k>/``. A member whose folder
+already holds ``results.json`` is not run again, so an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from .config import load_recipe
+from .errors import RecipeError, did_you_mean
+from .pipeline import run
+from .report import comparison_rows, markdown_table, read_results, rich_table
+from .runs import RESULTS
+
+
+@dataclass
+class StudyConfig:
+    members: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overlays: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    root: str = "runs"  # the study folder is <root>/<study name> unless dir is set
+    dir: str | None = None
+
+
+def is_study(path: str | Path) -> bool:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "study" in data
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Read a study file; ``study.*`` overrides apply to the study itself."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    unknown = set(data) - {"study"}
+    if unknown:
+        raise RecipeError(f"{path}: a study file holds only 'study:', found {sorted(unknown)}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(StudyConfig), data["study"] or {})
+        for item in overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item.removeprefix("study.")]))
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "?")
+        leaf = key.rpartition(".")[2]
+        raise RecipeError(
+            f"{path}: study.{key}: {str(exc).splitlines()[0]}"
+            + did_you_mean(leaf, StudyConfig.__dataclass_fields__)
+        ) from exc
+    study: StudyConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if not study.members:
+        raise RecipeError(f"{path}: study.members lists no recipe")
+    for i, member in enumerate(study.members):
+        if not _member_path(path, member).is_file():
+            raise RecipeError(f"{path}: study.members[{i}]: recipe '{member}' not found")
+    return study
+
+
+def _member_path(study_path: Path, member: str) -> Path:
+    candidate = study_path.parent / member
+    return candidate if candidate.suffix in (".yaml", ".yml") else candidate.with_suffix(".yaml")
+
+
+def run_study(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    overlays: Sequence[str | Path] = (),
+    console: Console | None = None,
+) -> Path:
+    """Run every member x seed not already finished; write ``table.md`` and ``study.json``."""
+    path = Path(path)
+    console = console or Console()
+    study_overrides = [o for o in overrides if o.startswith("study.")]
+    member_overrides = [o for o in overrides if not o.startswith("study.")]
+    study = load_study(path, study_overrides)
+    folder = Path(study.dir) if study.dir else Path(study.root) / path.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    shared_overlays = [path.parent / o for o in study.overlays] + [Path(o) for o in overlays]
+    planned: list[tuple[str, int, Path]] = [
+        (member, seed, folder / f"{Path(member).stem}-seed{seed}")
+        for member in study.members
+        for seed in study.seeds
+    ]
+    # every member's recipe is checked before the first one trains
+    configs = {}
+    for member, seed, run_dir in planned:
+        cfg = load_recipe(
+            _member_path(path, member),
+            [
+                *study.overrides,
+                *member_overrides,
+                f"trainer.seed={seed}",
+                f"data.split.seed={seed}",
+            ],
+            shared_overlays,
+        )
+        cfg.output.dir = str(run_dir)
+        configs[run_dir] = cfg
+    for index, (member, seed, run_dir) in enumerate(planned, 1):
+        if (run_dir / RESULTS).is_file():
+            console.print(f"[{index}/{len(planned)}] {member} seed {seed}: done before, skipped")
+            continue
+        if run_dir.exists():  # an interrupted member: start it again from scratch
+            shutil.rmtree(run_dir)
+        console.print(f"[bold][{index}/{len(planned)}] {member} seed {seed}[/bold]")
+        run(configs[run_dir], console=console)
+    results = [read_results(run_dir) for _, _, run_dir in planned]
+    rows = comparison_rows(results, order=[configs[d].name for _, _, d in planned])
+    console.print(rich_table(rows, f"study {path.stem}"))
+    (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
+    summary: dict[str, Any] = {
+        "study": path.stem,
+        "members": study.members,
+        "seeds": study.seeds,
+        "runs": [str(d) for _, _, d in planned],
+    }
+    (folder / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"study folder: {folder}")
+    return folder

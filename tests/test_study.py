@@ -1,0 +1,86 @@
+"""Studies: members x seeds under shared overrides, a comparison table, and resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, tiny_overrides
+from rich.console import Console
+
+import mtkd
+from mtkd.cli import main
+from mtkd.study import run_study
+
+
+def write_study(tmp_path: Path, seeds: str = "[0, 1]") -> Path:
+    study = tmp_path / "mini.yaml"
+    study.write_text(
+        "study:\n"
+        f"  members: [{RECIPES / 'mobilenetv2_id'}, {RECIPES / 'seg_distilled_id'}]\n"
+        f"  seeds: {seeds}\n"
+        "  overrides: [encoder.name=mobilenetv2_035]\n"
+        f"  dir: {tmp_path / 'study'}\n"
+    )
+    return study
+
+
+def test_study_runs_every_member_and_seed_and_writes_the_table(tmp_path: Path) -> None:
+    folder = run_study(write_study(tmp_path), tiny_overrides(tmp_path), console=Console(quiet=True))
+    runs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    assert runs == [
+        "mobilenetv2_id-seed0",
+        "mobilenetv2_id-seed1",
+        "seg_distilled_id-seed0",
+        "seg_distilled_id-seed1",
+    ]
+    seeds = {json.loads((folder / r / "results.json").read_text())["seed"] for r in runs}
+    assert seeds == {0, 1}
+    table = (folder / "table.md").read_text()
+    assert "| mobilenetv2_id | 2 |" in table and "| seg_distilled_id | 2 |" in table
+    assert " ± " in table  # two seeds: mean ± std
+    assert "mIoU (teacher)" in table
+
+
+def test_study_resumes_without_rerunning_finished_members(tmp_path: Path) -> None:
+    study = write_study(tmp_path, seeds="[0]")
+    folder = run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    stamp = (folder / "mobilenetv2_id-seed0" / "results.json").stat().st_mtime_ns
+    partial = folder / "seg_distilled_id-seed0"
+    (partial / "results.json").unlink()  # as if the run was killed before finishing
+    run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    assert (folder / "mobilenetv2_id-seed0" / "results.json").stat().st_mtime_ns == stamp
+    assert (partial / "results.json").is_file()
+
+
+def test_study_errors_name_the_member_or_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study:\n  members: [no_such_recipe]\n")
+    with pytest.raises(mtkd.RecipeError, match=r"study\.members\[0\]: recipe 'no_such_recipe'"):
+        run_study(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("study:\n  member: [mobilenetv2_id]\n")
+    with pytest.raises(mtkd.RecipeError, match=r"member.*did you mean 'members'"):
+        run_study(typo)
+
+
+def test_compare_prints_the_same_table_for_any_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = run_study(
+        write_study(tmp_path, seeds="[0]"), tiny_overrides(tmp_path), console=Console(quiet=True)
+    )
+    markdown = tmp_path / "cmp.md"
+    runs = [str(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+    assert main(["compare", *runs, "--markdown", str(markdown)]) == 0
+    assert "seg_distilled_id" in capsys.readouterr().out
+    assert markdown.read_text().count("\n") == 4  # header, rule, two rows
+    assert main(["compare", str(tmp_path)]) == 2  # not a run folder
+
+
+def test_the_table1_study_lists_the_paper_networks() -> None:
+    from mtkd.study import load_study
+
+    study = load_study(RECIPES / "table1.yaml")
+    assert study.members[-1] == "seg_distilled_id" and len(study.members) == 5
