@@ -87,3 +87,10 @@ def test_synth_command_writes_images_palette_masks_and_an_index(tmp_path: Path) 
     assert colours <= set(PALETTE) and len(colours) > 3
     assert -90 <= float(rows[0]["yaw"]) <= 90
     assert main([*args, "--size", "48"]) == 2  # never overwrites a written data set
+    # the overlay it writes reads the folder back, masks and pose intact
+    overlay = [out / "dataset.yaml"]
+    cfg = mtkd.load_recipe(RECIPES / "seg_distilled_id.yaml", ["data.image_size=48"], overlay)
+    read_back = mtkd.build_source(cfg)
+    assert read_back.name == "palette_folder" and len(read_back) == 6
+    np.testing.assert_array_equal(np.asarray(read_back[0]["image"]), image)
+    assert read_back.report().get("off_palette_pixels", 0) == 0

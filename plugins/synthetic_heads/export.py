@@ -1,8 +1,9 @@
 """``mtkd synth OUT_DIR``: write the generated data set to disk as a palette-mask folder.
 
 Layout: ``images/<person>/<view>.png``, ``masks/<person>/<view>.png`` (RGB palette colours),
-``index.csv`` (image, mask, identity, yaw, pitch, roll) and ``palette.yaml`` (class → colour),
-so the files can be read back by the folder adapters or by any other tool.
+``index.csv`` (image, mask, identity, yaw, pitch, roll) and ``dataset.yaml``: a recipe overlay
+that reads the folder back with the ``palette_folder`` adapter
+(``mtkd run recipes/seg_distilled_id.yaml OUT_DIR/dataset.yaml``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def write_dataset(
         writer.writerow(["image", "mask", "identity", "yaw", "pitch", "roll"])
         writer.writerows(rows)
     palette = {name: list(colour) for name, colour in zip(CLASS_NAMES, PALETTE, strict=True)}
-    (out_dir / "palette.yaml").write_text(
-        yaml.safe_dump({"palette": palette}, sort_keys=False, default_flow_style=None)
+    dataset = {"name": "palette_folder", "root": str(out_dir.resolve()), "csv": "index.csv"}
+    overlay = {"data": {"dataset": {**dataset, "palette": palette}}}
+    (out_dir / "dataset.yaml").write_text(
+        "# A recipe overlay: mtkd run RECIPE this-file.yaml\n"
+        + yaml.safe_dump(overlay, sort_keys=False, default_flow_style=None)
     )
     return len(rows)
 
