@@ -34,6 +34,7 @@ class EncoderConfig:
 class SplitConfig:
     test: float = 0.1  # fraction of each group's samples held out for testing
     val: float = 0.2  # fraction of the remaining samples used for validation
+    holdout: float = 0.0  # fraction of whole groups (people) never trained on: verification
     seed: int = 0
 
 
@@ -70,6 +71,21 @@ class TrainerConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    verification: bool = True  # 10-fold pair verification on every task with an embedding
+    folds: int = 10
+    pairs_per_fold: int = 300  # matched and as many mismatched pairs per fold (LFW: 300)
+    bin_label: str = "pose"  # accuracy per bin of this vector label's component, if present
+    bin_component: str = "yaw"
+    bin_width: float = 15.0
+    bin_low: float = -90.0
+    bin_high: float = 90.0
+    latency: bool = True  # time the full and the inference model
+    latency_batches: list[int] = field(default_factory=lambda: [1, 32])
+    latency_repeats: int = 10
+
+
+@dataclass
 class DistillConfig:
     enabled: bool = True
 
@@ -89,6 +105,7 @@ class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -54,11 +54,13 @@ class DataBundle:
     train: TensorView
     val: TensorView
     test: TensorView
+    holdout: TensorView  # whole groups never trained on (empty unless data.split.holdout > 0)
     label_spaces: Mapping[str, LabelSpace]
     report: DataReport
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        views = {"train": self.train, "val": self.val, "test": self.test, "holdout": self.holdout}
+        return {name: len(view) for name, view in views.items()}
 
 
 def _named_entry(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
@@ -128,7 +130,9 @@ def build_data(
             parts = fixed_split_indices(cached.split)
         else:
             groups = None if cached.groups is None else cached.groups.tolist()
-            parts = split_indices(groups, len(cached), split.test, split.val, split.seed)
+            parts = split_indices(
+                groups, len(cached), split.test, split.val, split.seed, split.holdout
+            )
     except ValueError as exc:
         raise RecipeError(f"data.split: {exc}") from exc
     if len(parts["train"]) == 0:
@@ -139,6 +143,7 @@ def build_data(
         train=TensorView(cached, parts["train"], augment_cfg),
         val=TensorView(cached, parts["val"]),
         test=TensorView(cached, parts["test"]),
+        holdout=TensorView(cached, parts["holdout"]),
         label_spaces=dict(cached.label_spaces),
         report=report,
     )

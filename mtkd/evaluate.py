@@ -61,8 +61,8 @@ def evaluate_loader(
         mean = float(sums[key]) / counts[key]
         results[f"{key}/loss"] = mean
         total += task.weight * mean
-        for name, value in metrics[key].compute().items():
-            results[f"{key}/{name}"] = _plain(value)
+        for name, value in task.summarize(metrics[key]).items():
+            results[f"{key}/{name}"] = _plain(value) if isinstance(value, torch.Tensor) else value
     if any(counts.values()):
         results["loss"] = total
     return results

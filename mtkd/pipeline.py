@@ -12,11 +12,11 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from .assess import assess
 from .build import build_model, plugins_for
 from .checkpoint import write_json
 from .data import DataBundle, build_data, make_loader
 from .errors import PluginError
-from .evaluate import evaluate_loader
 from .model import MultiTaskModel
 from .plugins import PluginSet
 from .runs import RESULTS, new_run_dir, save_distilled, write_run_header
@@ -97,8 +97,9 @@ def run(
     ctx = train(model, data, cfg, plugins=plugins, run_dir=run_dir, console=console)
     train_time = time.perf_counter() - started
     device = resolve_device(cfg.trainer.device)
-    eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
-    test_loader = make_loader(data.test, eval_bs, shuffle=False)
+    inference_model = distill(model, plugins) if cfg.distill.enabled else model
+    if cfg.distill.enabled:
+        save_distilled(run_dir, inference_model)
     results: dict[str, Any] = {
         "recipe": cfg.name,
         "run_dir": str(run_dir),
@@ -110,15 +111,12 @@ def run(
         "train_time_s": round(train_time, 2),
         "seed": cfg.trainer.seed,
         "versions": _versions(),
-        "params": {"training": model.parameter_counts().to_dict()},
-        "test": {"full": evaluate_loader(model, test_loader, device)},
+        "params": {
+            "training": model.parameter_counts().to_dict(),
+            "inference": inference_model.parameter_counts().to_dict(),
+        },
+        "removed_tasks": sorted(set(model.tasks) - set(inference_model.tasks)),
     }
-    inference_model = model
-    if cfg.distill.enabled:
-        inference_model = distill(model, plugins)
-        save_distilled(run_dir, inference_model)
-        results["test"]["distilled"] = evaluate_loader(inference_model, test_loader, device)
-        results["removed_tasks"] = sorted(set(model.tasks) - set(inference_model.tasks))
-    results["params"]["inference"] = inference_model.parameter_counts().to_dict()
+    results.update(assess(model, inference_model, data, cfg, device))
     write_json(run_dir / RESULTS, results)
     return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results=results)

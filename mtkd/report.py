@@ -36,6 +36,17 @@ def _dig(results: dict[str, Any], *keys: str) -> Any:
     return node
 
 
+def _first_task(results: dict[str, Any], section: str, field: str) -> Any:
+    """``results[section][<first task>][field]`` (e.g. the identification task's verification)."""
+    tasks = results.get(section) or {}
+    return next((t[field] for t in tasks.values() if isinstance(t, dict) and field in t), None)
+
+
+def _latency(results: dict[str, Any], model: str, batch: int) -> float | None:
+    rows = _dig(results, "latency", model) or []
+    return next((r["median_ms"] for r in rows if r.get("batch") == batch), None)
+
+
 @dataclass(frozen=True)
 class Column:
     """One table column: a title, how to read it from results.json, and how to show it."""
@@ -50,9 +61,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("params (inference)", lambda r: _dig(r, "params", "inference", "trainable"), "params"),
     Column("test accuracy", lambda r: _dig(r, "test", "distilled", "identification/top1"), "pct"),
     Column("top-5", lambda r: _dig(r, "test", "distilled", "identification/top5"), "pct"),
-    Column("verification", lambda r: _dig(r, "verification", "mean"), "pct"),
+    Column("verification", lambda r: _first_task(r, "verification", "accuracy_mean"), "pct"),
     Column("mIoU (teacher)", lambda r: _dig(r, "test", "full", "segmentation/miou"), "pct"),
-    Column("latency b1 (ms)", lambda r: _dig(r, "latency", "inference", "batch1_ms"), "ms"),
+    Column("latency b1 (ms)", lambda r: _latency(r, "inference", 1), "ms"),
     Column("epochs", lambda r: _dig(r, "epochs_run"), "num"),
 )
 

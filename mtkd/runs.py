@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .build import build_model
@@ -87,3 +88,45 @@ def load_run(
         load_weights(model, run_dir / "checkpoints" / "best.safetensors")
     model.eval()
     return model
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    overlays: list[str | Path] | None = None,
+    plugins: PluginSet | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Evaluate a saved run again, on its own data or another data set (overrides/overlays).
+
+    When the data's classes are the ones the heads were trained on, everything is scored;
+    otherwise (other people) only verification on all samples, and latency.
+    """
+    from .assess import assess
+    from .data import build_data
+    from .train import resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise MtkdError(f"'{run_dir}' is not a run folder (no {CONFIG})")
+    cfg = load_recipe(run_dir / CONFIG, overrides or [], overlays or [])
+    data = build_data(cfg, plugins, console)
+    trained = read_label_spaces(run_dir)
+    same_classes = all(
+        data.label_spaces.get(key) is not None and data.label_spaces[key].names == space.names
+        for key, space in trained.items()
+        if space.kind == "class"
+    )
+    if not same_classes:
+        everything = np.arange(len(data.cached))
+        data.holdout = type(data.test)(data.cached, everything)
+    full = load_run(run_dir, distilled=False, plugins=plugins)
+    inference = load_run(run_dir, distilled=True, plugins=plugins)
+    device = resolve_device(cfg.trainer.device)
+    results = assess(
+        full.to(device), inference.to(device), data, cfg, device, closed_set=same_classes
+    )
+    results.update({"run_dir": str(run_dir), "data": data.sizes(), "same_classes": same_classes})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    write_json(run_dir / f"eval-{stamp}.json", results)
+    return results

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+HOLDOUT = "holdout"
 
 
 def _take(n: int, fraction: float, keep: int) -> int:
@@ -27,19 +28,33 @@ def split_indices(
     test: float,
     val: float,
     seed: int,
+    holdout: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Indices per split; each group's samples are shuffled with ``seed`` and divided."""
-    if not 0 <= test < 1 or not 0 <= val < 1:
-        raise ValueError(f"split fractions must be in [0, 1): test={test}, val={val}")
-    rng = np.random.default_rng(seed)
+    """Indices per split; each group's samples are shuffled with ``seed`` and divided.
+
+    With ``holdout`` > 0 that fraction of whole groups goes to the ``holdout`` split first
+    (never trained, validated or tested on: verification on unseen groups).
+    """
+    if not 0 <= test < 1 or not 0 <= val < 1 or not 0 <= holdout < 1:
+        raise ValueError(
+            f"split fractions must be in [0, 1): test={test}, val={val}, holdout={holdout}"
+        )
     members: dict[int, list[int]] = defaultdict(list)
     keys = groups if groups is not None else [0] * n
     for index, group in enumerate(keys):
         members[int(group)].append(index)
-    out: dict[str, list[int]] = {name: [] for name in SPLITS}
-    for group in sorted(members):
+    ordered = sorted(members)
+    n_held = _take(len(ordered), holdout, keep=1)
+    held_rng = np.random.default_rng([seed, 7])  # its own stream: holdout leaves splits as is
+    held = set(held_rng.permutation(ordered)[:n_held].tolist())
+    out: dict[str, list[int]] = {name: [] for name in (*SPLITS, HOLDOUT)}
+    for group in ordered:
+        if group in held:
+            out[HOLDOUT].extend(members[group])
+            continue
         idx = np.array(members[group])
-        rng.shuffle(idx)
+        # each group its own stream: one group's split never depends on which others exist
+        np.random.default_rng([seed, group & 0xFFFFFFFF]).shuffle(idx)
         n_test = _take(len(idx), test, keep=1)
         rest = idx[n_test:]
         n_val = _take(len(rest), val, keep=1)
@@ -51,10 +66,11 @@ def split_indices(
 
 def fixed_split_indices(labels: Sequence[str]) -> dict[str, np.ndarray]:
     """Indices per split from a data set's own ``train``/``val``/``test`` label per sample."""
-    unknown = sorted(set(labels) - set(SPLITS))
+    names = (*SPLITS, HOLDOUT)
+    unknown = sorted(set(labels) - set(names))
     if unknown:
-        raise ValueError(f"unknown split names {unknown}; expected {', '.join(SPLITS)}")
+        raise ValueError(f"unknown split names {unknown}; expected {', '.join(names)}")
     return {
         name: np.array([i for i, s in enumerate(labels) if s == name], dtype=np.int64)
-        for name in SPLITS
+        for name in names
     }

@@ -89,5 +89,9 @@ class Task:
         if len(metrics):
             metrics.update(self.predictions(output), target)
 
+    def summarize(self, metrics: torchmetrics.MetricCollection) -> dict[str, Any]:
+        """Final values of the updated metrics; override to add derived figures."""
+        return {name: value for name, value in metrics.compute().items()}
+
     def describe(self) -> str:
         return f"{self.key} ({self.name}, {self.role}, weight {self.weight:g})"

@@ -18,6 +18,7 @@ import torchmetrics
 from torch import nn
 
 import mtkd
+from mtkd.seg_metrics import iou_summary, jaccard_per_class
 
 
 @dataclass
@@ -104,6 +105,22 @@ class Segmentation(mtkd.Task):
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)
+
+    def summarize(self, metrics: torchmetrics.MetricCollection) -> dict[str, Any]:
+        """Adds mean IoU over the classes present, with and without background, and per class.
+
+        torchmetrics gives 0 IoU to a class absent from both targets and predictions; the
+        summary leaves such classes out instead of averaging in a meaningless 0.
+        """
+        values: dict[str, Any] = dict(metrics.compute())
+        iou_metric: Any = metrics["iou"]
+        per_class, present = jaccard_per_class(iou_metric)
+        names = self.label_space.names if self.label_space else ()
+        summary = iou_summary(per_class, present, names, background_index=0)
+        values["miou_present"] = summary["mean_iou"]
+        values["miou_no_background"] = summary["mean_iou_no_background"]
+        values["iou_by_class"] = summary["per_class"]
+        return values
 
     def metrics(self) -> torchmetrics.MetricCollection:
         n = self.num_classes

@@ -1,0 +1,195 @@
+"""The full evaluation of a trained model: what ``results.json`` reports beyond the losses.
+
+- task metrics on the test split, for the full model (teachers included) and the inference
+  model;
+- accuracy per bin of a vector label (yaw by default), for every classification task;
+- the confusion matrix of every classification task;
+- 10-fold pair verification (LFW protocol) for every task whose head outputs an
+  ``embedding``: on the held-out groups when ``data.split.holdout`` > 0, else on the test split;
+- latency of both models at batch 1 and 32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from .data import DataBundle, make_loader
+from .evaluate import evaluate_loader, to_device
+from .latency import measure_latency
+from .losses import labelled_outputs
+from .model import MultiTaskModel
+from .pose_metrics import accuracy_by_bin
+from .verification import embed_with_flip, generate_pairs, pair_distances, pair_labels
+from .verification import verification_accuracy as lfw_accuracy
+
+
+def _bin_column(data: DataBundle, cfg: DictConfig) -> int | None:
+    space = data.label_spaces.get(cfg.evaluate.bin_label)
+    if space is None or space.kind != "vector" or cfg.evaluate.bin_component not in space.names:
+        return None
+    return space.names.index(cfg.evaluate.bin_component)
+
+
+@torch.no_grad()
+def _classification_outputs(
+    model: MultiTaskModel,
+    loader: DataLoader,
+    device: torch.device,
+    bin_label: str,
+    column: int | None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per classification task (per-sample class labels): predictions, targets, bin values."""
+    model.eval()
+    found: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for raw in loader:
+        batch = to_device(raw, device)
+        outputs = model(batch["image"])
+        for key, task, output, target in labelled_outputs(outputs, batch, model.tasks):
+            scores = task.predictions(output)
+            if target is None or scores.ndim != 2 or target.ndim != 1:
+                continue
+            found[key]["pred"].append(scores.argmax(1).cpu().numpy())
+            found[key]["target"].append(target.cpu().numpy())
+            present = raw["present"][task.label_key]
+            has_bin = raw["present"].get(bin_label)
+            if column is not None and has_bin is not None and bool(has_bin[present].all()):
+                found[key]["bin"].append(raw[bin_label][present][:, column].numpy())
+    return {k: {n: np.concatenate(v) for n, v in parts.items()} for k, parts in found.items()}
+
+
+def _confusion(pred: np.ndarray, target: np.ndarray, n: int) -> list[list[int]]:
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (target, pred), 1)
+    return matrix.tolist()
+
+
+@torch.no_grad()
+def _embeddings(
+    model: MultiTaskModel, key: str, loader: DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip-summed, normalised embeddings of the samples carrying the task's label."""
+    task = model.tasks[key]
+    chunks, groups = [], []
+    model.eval()
+    for raw in loader:
+        present = raw["present"].get(task.label_key)
+        if present is None or not bool(present.any()):
+            continue
+        images = raw["image"][present].to(device)
+        chunks.append(embed_with_flip(lambda x: model(x)[key]["embedding"], images))
+        groups.append(raw[task.label_key][present].numpy())
+    if not chunks:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(chunks), np.concatenate(groups)
+
+
+def _verification(
+    model: MultiTaskModel, data: DataBundle, cfg: DictConfig, device: torch.device
+) -> dict[str, Any]:
+    on, view = ("holdout", data.holdout) if len(data.holdout) else ("test", data.test)
+    loader = make_loader(view, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    out: dict[str, Any] = {}
+    sample_output = model(data.test[0]["image"][None].to(device)) if len(data.test) else {}
+    for key, output in sample_output.items():
+        if not (isinstance(output, dict) and "embedding" in output):
+            continue
+        embeddings, groups = _embeddings(model, key, loader, device)
+        if len(np.unique(groups)) < 2:
+            out[key] = {"on": on, "skipped": "fewer than two groups to pair"}
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                pairs = generate_pairs(
+                    groups.tolist(),
+                    cfg.evaluate.folds,
+                    cfg.evaluate.pairs_per_fold,
+                    seed=cfg.data.split.seed,
+                )
+            except Exception as exc:  # too few samples for the protocol: say so, do not crash
+                out[key] = {"on": on, "skipped": str(exc)}
+                continue
+        same, folds = pair_labels(pairs)
+        result = lfw_accuracy(pair_distances(embeddings, pairs), same, folds)
+        out[key] = {"on": on, **result.to_dict(), "notes": [str(w.message) for w in caught]}
+    return out
+
+
+def assess(
+    model: MultiTaskModel,
+    inference_model: MultiTaskModel,
+    data: DataBundle,
+    cfg: DictConfig,
+    device: torch.device,
+    *,
+    closed_set: bool = True,
+) -> dict[str, Any]:
+    """Everything after training, for ``results.json``.
+
+    ``closed_set=False`` (data whose classes are not the ones the heads were trained on):
+    only verification, on every sample, and latency.
+    """
+    evaluation = cfg.evaluate
+    results: dict[str, Any] = {}
+    if closed_set:
+        results.update(_closed_set(model, inference_model, data, cfg, device))
+    if evaluation.verification:
+        results["verification"] = _verification(inference_model, data, cfg, device)
+    if evaluation.latency:
+        size = cfg.data.image_size
+        batches, repeats = list(evaluation.latency_batches), evaluation.latency_repeats
+        results["latency"] = {
+            name: [r.to_dict() for r in measure_latency(m, size, batches, repeats, device=device)]
+            for name, m in (("full", model), ("inference", inference_model))
+        }
+    return results
+
+
+def _closed_set(
+    model: MultiTaskModel,
+    inference_model: MultiTaskModel,
+    data: DataBundle,
+    cfg: DictConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    evaluation = cfg.evaluate
+    loader = make_loader(data.test, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    results: dict[str, Any] = {
+        "test": {
+            "full": evaluate_loader(model, loader, device),
+            "distilled": evaluate_loader(inference_model, loader, device),
+        }
+    }
+    column = _bin_column(data, cfg)
+    outputs = _classification_outputs(inference_model, loader, device, evaluation.bin_label, column)
+    results["confusion"] = {
+        key: _confusion(o["pred"], o["target"], inference_model.tasks[key].num_classes)
+        for key, o in outputs.items()
+    }
+    if column is not None:
+        results["accuracy_by_bin"] = {
+            "label": evaluation.bin_label,
+            "component": evaluation.bin_component,
+            "tasks": {
+                key: [
+                    b.to_dict()
+                    for b in accuracy_by_bin(
+                        o["pred"] == o["target"],
+                        o["bin"],
+                        evaluation.bin_width,
+                        evaluation.bin_low,
+                        evaluation.bin_high,
+                    )
+                ]
+                for key, o in outputs.items()
+                if len(o.get("bin", ())) == len(o["target"])
+            },
+        }
+    return results
