@@ -92,6 +92,7 @@ class DistillConfig:
 
 @dataclass
 class OutputConfig:
+    plots: bool = True  # curves, confusion, predicted masks, accuracy by bin (PNG)
     root: str = "runs"
     dir: str | None = None  # the run folder; default <root>/<name>-<timestamp>
 

@@ -118,5 +118,9 @@ def run(
         "removed_tasks": sorted(set(model.tasks) - set(inference_model.tasks)),
     }
     results.update(assess(model, inference_model, data, cfg, device))
-    write_json(run_dir / RESULTS, results)
+    write_json(run_dir / RESULTS, results)  # saved before the figures: plotting loses nothing
+    if cfg.output.plots:
+        from .figures import write_run_figures
+
+        write_run_figures(run_dir, model, data, results, device)
     return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results=results)

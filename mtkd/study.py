@@ -130,6 +130,11 @@ def run_study(
     rows = comparison_rows(results, order=[configs[d].name for _, _, d in planned])
     console.print(rich_table(rows, f"study {path.stem}"))
     (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
+    binned = [r for r in results if r.get("accuracy_by_bin")]
+    for task in sorted({t for r in binned for t in r["accuracy_by_bin"]["tasks"]}):
+        from .plots import plot_accuracy_by_bin
+
+        plot_accuracy_by_bin(binned, folder / f"accuracy_by_bin-{task}.png", task=task)
     summary: dict[str, Any] = {
         "study": path.stem,
         "members": study.members,

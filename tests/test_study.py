@@ -84,3 +84,15 @@ def test_the_table1_study_lists_the_paper_networks() -> None:
 
     study = load_study(RECIPES / "table1.yaml")
     assert study.members[-1] == "seg_distilled_id" and len(study.members) == 5
+
+
+def test_study_on_posed_data_plots_accuracy_by_bin_for_all_members(tmp_path: Path) -> None:
+    study = write_study(tmp_path, seeds="[0]")
+    overrides = [
+        "data.cache=memory",
+        "evaluate.latency=false",
+        "trainer.progress=false",
+        f"output.root={tmp_path}",
+    ]
+    folder = run_study(study, overrides, [RECIPES / "profiles" / "tiny.yaml"], Console(quiet=True))
+    assert (folder / "accuracy_by_bin-identification.png").stat().st_size > 1000

@@ -93,6 +93,9 @@ def test_run_folder_holds_everything_a_user_needs(tiny_recipe: Callable[..., Dic
         "checkpoints/last/state.json",
         "distilled/model.safetensors",
         "distilled/tasks.json",
+        "curves.png",
+        "confusion-identification.png",
+        "predictions-segmentation.png",
     ]:
         assert (run_dir / name).is_file(), name
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
