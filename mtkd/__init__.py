@@ -19,7 +19,9 @@ from .config import RecipeConfig, load_recipe, recipe_from_dict
 from .data import DataBundle, build_data, build_source, make_loader
 from .errors import DataError, MtkdError, PluginError, RecipeError, SampleError
 from .evaluate import evaluate
+from .export import export_run, load_exported
 from .hookspecs import hookimpl
+from .inference import Predictor
 from .model import MultiTaskModel, ParameterCounts, count_parameters
 from .pipeline import RunResult, distill, run, train
 from .plugins import PluginSet, load_plugins
@@ -42,6 +44,7 @@ __all__ = [
     "ParameterCounts",
     "PluginError",
     "PluginSet",
+    "Predictor",
     "Preprocessor",
     "RecipeConfig",
     "RecipeError",
@@ -57,7 +60,9 @@ __all__ = [
     "count_parameters",
     "distill",
     "evaluate",
+    "export_run",
     "hookimpl",
+    "load_exported",
     "load_plugins",
     "load_recipe",
     "load_run",

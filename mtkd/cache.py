@@ -101,7 +101,8 @@ class CachedSamples:
         return out
 
 
-def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """3-channel uint8 at ``size`` x ``size``: how every cached (and predicted-on) image is made."""
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 4:
@@ -171,7 +172,7 @@ class _Writer:
 
     def put(self, row: int, sample: Sample) -> None:
         image = np.asarray(sample["image"])
-        self.images[row] = _resize_image(image, self.size)
+        self.images[row] = resize_image(image, self.size)
         for key, value in sample.items():
             if key == "image" or value is None:
                 continue

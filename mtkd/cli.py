@@ -1,4 +1,5 @@
-"""The mtkd command: run recipes, list plugins, and the commands plugins add."""
+"""The mtkd command: run recipes, export and query their models, list plugins, and the commands
+plugins add."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -42,23 +44,42 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _print_summary(results: dict, console: Console) -> None:
+    """Test metrics and parameter counts per model, then verification and latency."""
     table = Table(title=f"{results['recipe']}: test results")
     table.add_column("metric")
     table.add_column("full model", justify="right")
     table.add_column("inference model", justify="right")
-    full, distilled = results["test"]["full"], results["test"].get("distilled", {})
+    test = results.get("test") or {}
+    full, distilled = test.get("full", {}), test.get("distilled", {})
     for key, value in full.items():
         if isinstance(value, float) and key != "loss":  # the weighted sum differs by model
             other = distilled.get(key)
             table.add_row(key, f"{value:.4f}", f"{other:.4f}" if isinstance(other, float) else "—")
-    params = results["params"]
-    for kind in ("trainable", "keras"):
+    params: dict = results.get("params") or {}
+    for kind in ("trainable", "keras") if params else ():
         table.add_row(
             f"parameters ({kind})",
             f"{params['training'][kind]:,}",
             f"{params['inference'][kind]:,}",
         )
-    console.print(table)
+    for batch in (1, 32):
+        rows = [
+            next((r for r in results.get("latency", {}).get(m, []) if r["batch"] == batch), None)
+            for m in ("full", "inference")
+        ]
+        if all(rows):
+            shown = [f"{r['median_ms']:.1f}" for r in rows if r]
+            table.add_row(f"latency batch {batch} (ms)", *shown)
+    if table.row_count:
+        console.print(table)
+    for key, result in (results.get("verification") or {}).items():
+        if "accuracy_mean" in result:
+            console.print(
+                f"verification ({key}, {result['n_pairs']} pairs on the {result['on']} split): "
+                f"{100 * result['accuracy_mean']:.1f} ± {100 * result['accuracy_std']:.1f} %"
+            )
+        else:
+            console.print(f"verification ({key}): skipped: {result.get('skipped')}")
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
@@ -78,6 +99,15 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from .runs import evaluate_run
+
+    overlays, overrides = _split_run_args(args.overrides)
+    results = evaluate_run(args.run_dir, overrides, list(overlays), console=console)
+    _print_summary({"recipe": str(args.run_dir), **results}, console)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from .report import comparison_rows, markdown_table, read_results, rich_table
 
@@ -87,6 +117,78 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         args.markdown.write_text(markdown_table(rows))
         console.print(f"markdown table: {args.markdown}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from .export import export_run
+
+    export_run(args.run_dir, args.format, args.out, console=console)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace, console: Console) -> int:
+    import numpy as np
+
+    from .inference import Predictor
+
+    predictor = Predictor(args.run_dir, task=args.task)
+    embeddings = predictor.embed(args.images, flip=not args.no_flip)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, embeddings)
+        console.print(f"saved {embeddings.shape[0]} x {embeddings.shape[1]} embeddings: {out}")
+        return 0
+    for path, row in zip(args.images, embeddings, strict=True):
+        head = " ".join(f"{v:+.3f}" for v in row[:4])
+        console.print(
+            f"{path}: {row.shape[0]}-d, norm {np.linalg.norm(row):.3f}, [{head} …]",
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from .inference import Predictor
+
+    predictor = Predictor(args.run_dir, task=args.task)
+    predictions = predictor.predict(args.images, top_k=args.top_k)
+    table = Table(title=f"{predictor.run_dir.resolve().name}: top {args.top_k} identities")
+    table.add_column("image", overflow="fold")
+    table.add_column("identity")
+    table.add_column("probability", justify="right")
+    for path, ranked in zip(args.images, predictions, strict=True):
+        names = "\n".join(name for name, _ in ranked)
+        probs = "\n".join(f"{p:.3f}" for _, p in ranked)
+        table.add_row(str(path), names, probs, end_section=True)
+    console.print(table)
+    return 0
+
+
+def _add_inference_commands(sub: Any) -> None:
+    from .export import FORMATS
+
+    p_export = sub.add_parser(
+        "export", help="export a run's inference model (ONNX, TorchScript, safetensors)"
+    )
+    p_export.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
+    p_export.add_argument("--format", required=True, choices=list(FORMATS))
+    p_export.add_argument("--out", help="output file (default: <run>/export/model.<ext>)")
+    p_export.set_defaults(func=cmd_export)
+    for name, helptext, func in (
+        ("embed", "L2-normalised identity embeddings of image files", cmd_embed),
+        ("predict", "the most probable identities of image files", cmd_predict),
+    ):
+        p_cmd = sub.add_parser(name, help=helptext)
+        p_cmd.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
+        p_cmd.add_argument("images", nargs="+", help="image files")
+        p_cmd.add_argument("--task", default="identification", help="the identification task")
+        p_cmd.set_defaults(func=func)
+        if name == "embed":
+            p_cmd.add_argument("--out", help="save an (N, D) float32 array to this .npy file")
+            p_cmd.add_argument("--no-flip", action="store_true", help="skip the mirror average")
+        else:
+            p_cmd.add_argument("--top-k", type=int, default=5, help="identities per image")
 
 
 def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
@@ -104,6 +206,12 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     )
     p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
     p_run.set_defaults(func=cmd_run)
+    p_eval = sub.add_parser("eval", help="evaluate a saved run again, also on other data")
+    p_eval.add_argument("run_dir", type=Path, help="a run folder")
+    p_eval.add_argument(
+        "overrides", nargs="*", help="overlays and key=value overrides, e.g. data.dataset.name=…"
+    )
+    p_eval.set_defaults(func=cmd_eval)
     p_compare = sub.add_parser("compare", help="compare finished runs in one table")
     p_compare.add_argument("run_dirs", nargs="+", type=Path, help="run folders")
     p_compare.add_argument("--markdown", type=Path, help="also write the table as Markdown")
@@ -111,6 +219,7 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)
+    _add_inference_commands(sub)
     for name in plugins.commands.names() if plugins else []:
         if name in sub.choices:
             raise PluginError(f"command '{name}' clashes with a built-in mtkd command")

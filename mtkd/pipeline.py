@@ -98,8 +98,7 @@ def run(
     train_time = time.perf_counter() - started
     device = resolve_device(cfg.trainer.device)
     inference_model = distill(model, plugins) if cfg.distill.enabled else model
-    if cfg.distill.enabled:
-        save_distilled(run_dir, inference_model)
+    save_distilled(run_dir, inference_model)  # the inference model, whether distilled or not
     results: dict[str, Any] = {
         "recipe": cfg.name,
         "run_dir": str(run_dir),

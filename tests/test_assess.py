@@ -1,0 +1,124 @@
+"""The evaluation written to results.json: holdout groups, verification, accuracy by pose bin,
+confusion, IoU with and without background, latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import RECIPES
+from rich.console import Console
+
+import mtkd
+from mtkd.splits import split_indices
+
+TINY = RECIPES / "profiles" / "tiny.yaml"
+
+
+def test_holdout_groups_never_reach_training_validation_or_test() -> None:
+    groups = [i // 10 for i in range(200)]  # 20 groups of 10
+    parts = split_indices(groups, 200, test=0.1, val=0.2, seed=3, holdout=0.2)
+    held = {groups[i] for i in parts["holdout"]}
+    seen = {groups[i] for name in ("train", "val", "test") for i in parts[name]}
+    assert len(held) == 4 and not held & seen and len(seen) == 16
+    without = split_indices(groups, 200, test=0.1, val=0.2, seed=3)
+    kept = [i for i in without["train"] if groups[i] not in held]
+    assert set(kept) <= set(parts["train"])  # holding groups out leaves the others' split alone
+
+
+@pytest.fixture(scope="module")
+def assessed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("assess")
+    cfg = mtkd.load_recipe(
+        RECIPES / "seg_distilled_id.yaml",
+        [
+            "encoder.name=mobilenetv2_035",
+            "data.dataset.identities=8",
+            "data.split.holdout=0.25",
+            "data.cache=memory",
+            "evaluate.latency_repeats=2",
+            "trainer.progress=false",
+            f"output.root={tmp}",
+        ],
+        overlays=[TINY],
+    )
+    return mtkd.run(cfg, console=Console(quiet=True)).results
+
+
+def test_verification_runs_on_the_held_out_groups(assessed: dict) -> None:
+    result = assessed["verification"]["identification"]
+    assert result["on"] == "holdout" and assessed["data"]["holdout"] == 20
+    assert 0.0 <= result["accuracy_mean"] <= 1.0 and len(result["fold_accuracies"]) == 10
+
+
+def test_accuracy_by_yaw_bin_covers_the_test_samples(assessed: dict) -> None:
+    by_bin = assessed["accuracy_by_bin"]
+    assert (by_bin["label"], by_bin["component"]) == ("pose", "yaw")
+    bins = by_bin["tasks"]["identification"]
+    assert len(bins) == 12 and bins[0]["low"] == -90.0
+    assert sum(b["count"] for b in bins) == assessed["test"]["distilled"]["identification/count"]
+
+
+def test_confusion_counts_every_test_sample(assessed: dict) -> None:
+    matrix = np.array(assessed["confusion"]["identification"])
+    assert matrix.shape == (8, 8)
+    assert matrix.sum() == assessed["test"]["distilled"]["identification/count"]
+    top1 = np.trace(matrix) / matrix.sum()
+    assert top1 == pytest.approx(assessed["test"]["distilled"]["identification/top1"])
+
+
+def test_segmentation_iou_with_and_without_background(assessed: dict) -> None:
+    full = assessed["test"]["full"]
+    by_class = full["segmentation/iou_by_class"]
+    assert set(by_class) >= {"background", "skin", "left_eye"}
+    present = [v for v in by_class.values() if v is not None]
+    assert full["segmentation/miou_present"] == pytest.approx(np.mean(present))
+    foreground = [v for k, v in by_class.items() if v is not None and k != "background"]
+    assert full["segmentation/miou_no_background"] == pytest.approx(np.mean(foreground))
+    assert "segmentation/miou" not in assessed["test"]["distilled"]
+
+
+def test_latency_is_reported_for_both_models(assessed: dict) -> None:
+    for model in ("full", "inference"):
+        rows = assessed["latency"][model]
+        assert [r["batch"] for r in rows] == [1, 32]
+        assert all(r["median_ms"] > 0 and r["threads"] >= 1 for r in rows)
+
+
+def test_comparison_table_reads_the_new_figures(assessed: dict, tmp_path: Path) -> None:
+    from mtkd.report import comparison_rows, markdown_table
+
+    table = markdown_table(comparison_rows([assessed]))
+    for title in ("verification", "latency b1 (ms)", "mIoU (teacher)", "test accuracy"):
+        assert title in table
+
+
+def test_eval_command_rescores_a_saved_run(
+    assessed: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtkd.cli import main
+
+    run_dir = Path(assessed["run_dir"])
+    assert main(["eval", str(run_dir), "data.cache=memory", "evaluate.latency=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "identification/top1" in printed and "verification (identification" in printed
+    saved = sorted(run_dir.glob("eval-*.json"))
+    assert saved, "the evaluation is saved in the run folder"
+
+
+def test_eval_on_data_with_other_classes_scores_verification_only(assessed: dict) -> None:
+    from mtkd.runs import evaluate_run
+
+    other = evaluate_run(
+        assessed["run_dir"],
+        ["data.cache=memory", "data.dataset.identities=5", "evaluate.latency=false"],
+    )
+    assert other["same_classes"] is False and "test" not in other
+    assert other["verification"]["identification"]["on"] == "holdout"
+
+
+def test_run_folder_has_the_accuracy_by_bin_figure(assessed: dict) -> None:
+    run_dir = Path(assessed["run_dir"])
+    for name in ("accuracy_by_bin-identification.png", "predictions-segmentation.png"):
+        assert (run_dir / name).stat().st_size > 1000
