@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from omegaconf import DictConfig
+from rich.console import Console
 
 import mtkd
 
@@ -54,6 +55,22 @@ def _isolated_environment(
     monkeypatch.delenv("MTKD_PLUGINS", raising=False)
     monkeypatch.setenv("MTKD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sample-cache"))
     yield
+
+
+def run_tiny_synthetic(root: Path, *overrides: str) -> mtkd.RunResult:
+    """The paper's recipe on the tiny synthetic-heads profile, quietly (seconds on a CPU)."""
+    cfg = mtkd.load_recipe(
+        RECIPES / "seg_distilled_id.yaml",
+        [
+            "encoder.name=mobilenetv2_035",  # same module names as mobilenetv2_100: taps resolve
+            "trainer.progress=false",
+            "data.cache=memory",
+            f"output.root={root}",
+            *overrides,
+        ],
+        overlays=[RECIPES / "profiles" / "tiny.yaml"],
+    )
+    return mtkd.run(cfg, console=Console(quiet=True))
 
 
 def label_spaces(identities: int = 5, classes: int = 4) -> dict[str, mtkd.LabelSpace]:

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RECIPES
-from rich.console import Console
+from conftest import RECIPES, run_tiny_synthetic
 
-import mtkd
 from mtkd.splits import split_indices
 
 TINY = RECIPES / "profiles" / "tiny.yaml"
@@ -30,20 +28,12 @@ def test_holdout_groups_never_reach_training_validation_or_test() -> None:
 @pytest.fixture(scope="module")
 def assessed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("assess")
-    cfg = mtkd.load_recipe(
-        RECIPES / "seg_distilled_id.yaml",
-        [
-            "encoder.name=mobilenetv2_035",
-            "data.dataset.identities=8",
-            "data.split.holdout=0.25",
-            "data.cache=memory",
-            "evaluate.latency_repeats=2",
-            "trainer.progress=false",
-            f"output.root={tmp}",
-        ],
-        overlays=[TINY],
-    )
-    return mtkd.run(cfg, console=Console(quiet=True)).results
+    overrides = [
+        "data.dataset.identities=8",
+        "data.split.holdout=0.25",
+        "evaluate.latency_repeats=2",
+    ]
+    return run_tiny_synthetic(tmp, *overrides).results
 
 
 def test_verification_runs_on_the_held_out_groups(assessed: dict) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rich.console
 import torch
-from conftest import RECIPES, REPO
+from conftest import REPO, run_tiny_synthetic
 from mtkd_plugins.synthetic_heads.render import render_view, sample_identities
 from PIL import Image
 
@@ -31,18 +31,7 @@ EXPECTED_OUTPUTS = ["identification.logits", "identification.embedding"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export-run")
-    cfg = mtkd.load_recipe(
-        RECIPES / "seg_distilled_id.yaml",
-        [
-            "encoder.name=mobilenetv2_035",
-            "trainer.progress=false",
-            "trainer.max_epochs=1",
-            f"output.root={root}",
-            "data.cache=memory",
-        ],
-        overlays=[RECIPES / "profiles" / "tiny.yaml"],
-    )
-    return mtkd.run(cfg, console=QUIET).run_dir
+    return run_tiny_synthetic(root, "trainer.max_epochs=1").run_dir
 
 
 @pytest.fixture(scope="module")

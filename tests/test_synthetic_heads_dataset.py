@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import RECIPES
-from rich.console import Console
+from conftest import RECIPES, run_tiny_synthetic
 
 import mtkd
 
@@ -56,12 +55,7 @@ def test_pose_ranges_are_validated() -> None:
 
 
 def test_paper_recipe_trains_on_synthetic_heads(tmp_path: Path) -> None:
-    cfg = mtkd.load_recipe(
-        RECIPES / "seg_distilled_id.yaml",
-        ["encoder.name=mobilenetv2_035", f"output.root={tmp_path}", "trainer.progress=false"],
-        overlays=[TINY],
-    )
-    result = mtkd.run(cfg, console=Console(quiet=True))
+    result = run_tiny_synthetic(tmp_path, "data.cache=disk")
     full = result.results["test"]["full"]
     assert full["segmentation/count"] == full["identification/count"] > 0
     assert len(full["segmentation/iou"]) == 14
