@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,24 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from .data import DataBundle, make_loader
+from .data import DataBundle, TensorView, make_loader
+from .errors import DataError
 from .evaluate import evaluate_loader, to_device
 from .latency import measure_latency
 from .losses import labelled_outputs
 from .model import MultiTaskModel
 from .pose_metrics import accuracy_by_bin
-from .verification import embed_with_flip, generate_pairs, pair_distances, pair_labels
+from .verification import (
+    NamedKey,
+    Pair,
+    PairList,
+    embed_with_flip,
+    generate_pairs,
+    index_pairs,
+    pair_distances,
+    pair_labels,
+    read_lfw_pairs,
+)
 from .verification import verification_accuracy as lfw_accuracy
 
 
@@ -72,35 +84,73 @@ def _confusion(pred: np.ndarray, target: np.ndarray, n: int) -> list[list[int]]:
 
 @torch.no_grad()
 def _embeddings(
-    model: MultiTaskModel, key: str, loader: DataLoader, device: torch.device
+    model: MultiTaskModel, key: str, loader: DataLoader, device: torch.device, label_key: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flip-summed, normalised embeddings of the samples carrying the task's label."""
-    task = model.tasks[key]
-    chunks, groups = [], []
+    """Flip-summed, normalised embeddings of the samples carrying ``label_key``, with those
+    labels as groups; ``label_key`` None: every sample in order (a pairs file's people need
+    not be classes of the head), no groups."""
     model.eval()
+    chunks, groups = [], []
     for raw in loader:
-        present = raw["present"].get(task.label_key)
-        if present is None or not bool(present.any()):
+        every = torch.ones(raw["image"].shape[0], dtype=torch.bool)
+        keep = raw["present"].get(label_key) if label_key else every
+        if keep is None or not bool(keep.any()):
             continue
-        images = raw["image"][present].to(device)
+        images = raw["image"][keep].to(device)
         chunks.append(embed_with_flip(lambda x: model(x)[key]["embedding"], images))
-        groups.append(raw[task.label_key][present].numpy())
-    if not chunks:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(chunks), np.concatenate(groups)
+        if label_key:
+            groups.append(raw[label_key][keep].numpy())
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return embeddings, np.concatenate(groups) if groups else np.zeros(0, np.int64)
+
+
+def _pairs_from_file(data: DataBundle, path: str) -> tuple[PairList[int], TensorView]:
+    """The pairs of an LFW pairs.txt as indices into a view of just the samples they name."""
+    names = data.cached.names
+    if names is None:
+        raise DataError(f"evaluate.pairs_file: the data set gives its samples no names ({path})")
+    listed = read_lfw_pairs(path)
+    by_name = {name: i for i, name in enumerate(names)}
+    index = {(p, n): by_name[f"{p}_{n:04d}"] for p, n in _keys(listed) if f"{p}_{n:04d}" in by_name}
+    pairs = index_pairs(listed, index, source=path)  # names every sample the file lacks
+    used = sorted({i for p in pairs for i in (p.a, p.b)})
+    position = {sample: row for row, sample in enumerate(used)}
+    view = TensorView(data.cached, np.asarray(used, dtype=np.int64))
+    return [Pair(position[p.a], position[p.b], p.same, p.fold) for p in pairs], view
+
+
+def _keys(pairs: PairList[NamedKey]) -> set[NamedKey]:
+    return {k for p in pairs for k in (p.a, p.b)}
 
 
 def _verification(
     model: MultiTaskModel, data: DataBundle, cfg: DictConfig, device: torch.device
 ) -> dict[str, Any]:
-    on, view = ("holdout", data.holdout) if len(data.holdout) else ("test", data.test)
+    listed: PairList[int] | None = None
+    if cfg.evaluate.pairs_file:
+        listed, view = _pairs_from_file(data, cfg.evaluate.pairs_file)
+        on = Path(cfg.evaluate.pairs_file).name
+    elif len(data.holdout):
+        on, view = "holdout", data.holdout
+    else:
+        on, view = "test", data.test
+    if len(view) == 0:
+        return {}
     loader = make_loader(view, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
     out: dict[str, Any] = {}
-    sample_output = model(data.test[0]["image"][None].to(device)) if len(data.test) else {}
+    model.eval()
+    with torch.no_grad():
+        sample_output = model(view[0]["image"][None].to(device))
     for key, output in sample_output.items():
         if not (isinstance(output, dict) and "embedding" in output):
             continue
-        embeddings, groups = _embeddings(model, key, loader, device)
+        label_key = None if listed is not None else model.tasks[key].label_key
+        embeddings, groups = _embeddings(model, key, loader, device, label_key)
+        if listed is not None:
+            same, folds = pair_labels(listed)
+            result = lfw_accuracy(pair_distances(embeddings, listed), same, folds)
+            out[key] = {"on": on, **result.to_dict()}
+            continue
         if len(np.unique(groups)) < 2:
             out[key] = {"on": on, "skipped": "fewer than two groups to pair"}
             continue

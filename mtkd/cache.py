@@ -82,7 +82,9 @@ class CachedSamples:
         groups: np.ndarray | None,
         split: list[str] | None,
         label_spaces: dict[str, LabelSpace],
+        names: list[str] | None = None,
     ) -> None:
+        self.names = names  # the data set's sample names, for pair files
         self.images = images
         self.labels = labels
         self.present = present
@@ -238,7 +240,7 @@ def _build(
     report.source_counts = dict(source.report())
     report.preprocess_counts = {p.name: dict(p.counts) for p in preprocessors if p.counts}
     k = len(kept)
-    groups_all, split_all = source.groups(), source.fixed_split()
+    groups_all, split_all, names_all = source.groups(), source.fixed_split(), source.sample_names()
     groups = np.asarray([groups_all[i] for i in kept], dtype=np.int64) if groups_all else None
     split = [str(split_all[i]) for i in kept] if split_all is not None else None
     cached = CachedSamples(
@@ -248,6 +250,7 @@ def _build(
         groups,
         split,
         dict(source.label_spaces),
+        [str(names_all[i]) for i in kept] if names_all is not None else None,
     )
     return cached, report, kept
 
@@ -259,6 +262,7 @@ def _save_meta(folder: Path, cached: CachedSamples, report: DataReport) -> None:
         "labels": sorted(cached.labels),
         "groups": None if cached.groups is None else cached.groups.tolist(),
         "split": cached.split,
+        "names": cached.names,
         "label_spaces": {k: v.to_dict() for k, v in cached.label_spaces.items()},
         "report": asdict(report),
     }
@@ -279,6 +283,7 @@ def _load(folder: Path) -> tuple[CachedSamples, DataReport]:
         None if meta["groups"] is None else np.asarray(meta["groups"], dtype=np.int64),
         meta["split"],
         {k: LabelSpace.from_dict(v) for k, v in meta["label_spaces"].items()},
+        meta.get("names"),
     )
     report = DataReport(**meta["report"])
     report.from_cache = True

@@ -75,6 +75,7 @@ class EvaluateConfig:
     verification: bool = True  # 10-fold pair verification on every task with an embedding
     folds: int = 10
     pairs_per_fold: int = 300  # matched and as many mismatched pairs per fold (LFW: 300)
+    pairs_file: str | None = None  # an LFW pairs.txt: "name n" is the sample named name_000n
     bin_label: str = "pose"  # accuracy per bin of this vector label's component, if present
     bin_component: str = "yaw"
     bin_width: float = 15.0

@@ -87,6 +87,11 @@ class SampleSource:
         """``train``/``val``/``test`` per sample when the data set defines its own split."""
         return None
 
+    def sample_names(self) -> Sequence[str] | None:
+        """A name per sample (e.g. its file stem, ``Aaron_Peirsol_0001``): how pair files such
+        as LFW's ``pairs.txt`` refer to samples. None when samples have no names."""
+        return None
+
     def report(self) -> dict[str, int]:
         """Counts worth telling the user once per data set (e.g. off-palette mask pixels)."""
         return {}

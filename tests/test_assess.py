@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import RECIPES, run_tiny_synthetic
 
+import mtkd
 from mtkd.splits import split_indices
 
 TINY = RECIPES / "profiles" / "tiny.yaml"
@@ -112,3 +113,54 @@ def test_run_folder_has_the_accuracy_by_bin_figure(assessed: dict) -> None:
     run_dir = Path(assessed["run_dir"])
     for name in ("accuracy_by_bin-identification.png", "predictions-segmentation.png"):
         assert (run_dir / name).stat().st_size > 1000
+
+
+def lfw_tree(root: Path, people: tuple[str, ...] = ("Ann_A", "Ben_B", "Cat_C"), n: int = 4) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for person in people:
+        (root / person).mkdir(parents=True)
+        for k in range(1, n + 1):
+            pixels = rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / person / f"{person}_{k:04d}.png")
+    return root
+
+
+def test_verification_follows_an_lfw_pairs_file(tmp_path: Path) -> None:
+    root = lfw_tree(tmp_path / "lfw")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(
+        "2\t2\nAnn_A\t1\t2\nBen_B\t1\t3\nAnn_A\t1\tCat_C\t1\nBen_B\t2\tCat_C\t2\n"
+        "Cat_C\t1\t4\nAnn_A\t3\t4\nAnn_A\t2\tBen_B\t4\nCat_C\t3\tBen_B\t1\n"
+    )
+    overrides = [
+        "data.dataset.name=identity_folder",
+        f"data.dataset.root={root}",
+        f"evaluate.pairs_file={pairs}",
+        "tasks.segmentation=null",
+        "evaluate.latency=false",
+        "data.split.test=0.25",
+    ]
+    result = run_tiny_synthetic(tmp_path / "runs", *overrides).results["verification"]
+    assert result["identification"]["on"] == "pairs.txt"
+    assert (
+        result["identification"]["n_pairs"] == 8
+        and len(result["identification"]["fold_accuracies"]) == 2
+    )
+
+
+def test_a_pairs_file_naming_missing_samples_is_reported(tmp_path: Path) -> None:
+    root = lfw_tree(tmp_path / "lfw", people=("Ann_A", "Ben_B"), n=2)
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1\t1\nAnn_A\t1\t2\nAnn_A\t1\tZed_Z\t1\n")
+    overrides = [
+        "data.dataset.name=identity_folder",
+        f"data.dataset.root={root}",
+        f"evaluate.pairs_file={pairs}",
+        "tasks.segmentation=null",
+        "evaluate.latency=false",
+        "data.split.test=0.0",
+    ]
+    with pytest.raises(mtkd.DataError, match=r"pairs\.txt.*\('Zed_Z', 1\)"):
+        run_tiny_synthetic(tmp_path / "runs", *overrides)

@@ -131,6 +131,10 @@ class FolderSource(mtkd.SampleSource):
             return None
         return [self._identity_ids[e.identity] if e.identity else -1 for e in self.entries]
 
+    def sample_names(self) -> Sequence[str]:
+        """File stems: LFW's pairs.txt names ``Aaron_Peirsol 1`` the file Aaron_Peirsol_0001."""
+        return [e.image.stem for e in self.entries]
+
     def fixed_split(self) -> Sequence[str] | None:
         splits = [e.split for e in self.entries]
         return [s for s in splits if s] if all(splits) else None
