@@ -26,7 +26,7 @@ from .errors import DataError, RecipeError, SampleError
 from .preprocess import Preprocessor
 from .samples import LabelSpace, Sample, SampleSource
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: sample names are cached
 ON_ERROR = ("fail", "skip")
 MODES = ("memory", "disk")
 
