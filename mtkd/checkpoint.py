@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +64,57 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def save_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    rng_state: dict[str, Any] | None = None,
 ) -> None:
-    """``model.safetensors`` + ``optimizer.pt`` + ``state.json`` in ``directory``."""
-    save_weights(model, directory / "model.safetensors")
-    _atomic(directory / "optimizer.pt", lambda tmp: torch.save(optimizer.state_dict(), tmp))
-    write_json(directory / "state.json", state)
+    """``model.safetensors``, ``optimizer.pt`` (+ ``extra``), ``rng.pt`` and ``state.json``.
+
+    The files are written into a sibling temporary folder that then replaces ``directory``, so
+    a crash at any moment leaves either the old checkpoint or the new one, never a mix.
+    """
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_weights(model, staging / "model.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), **(extra or {})}, staging / "optimizer.pt")
+    torch.save(rng_state or {}, staging / "rng.pt")
+    write_json(staging / "state.json", state)
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(state, extra, rng state) of a checkpoint; tensors load with ``weights_only=True``.
+
+    A crash between the two renames of :func:`save_checkpoint` leaves ``<dir>.old``: used then.
+    """
+    if not directory.is_dir() and directory.with_name(directory.name + ".old").is_dir():
+        directory = directory.with_name(directory.name + ".old")
+    if not (directory / "state.json").is_file():
+        raise MtkdError(f"no checkpoint in '{directory}' (state.json missing)")
     load_weights(model, directory / "model.safetensors")
+    saved = _load_tensors(directory / "optimizer.pt")
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    return json.loads((directory / "state.json").read_text())
+        optimizer.load_state_dict(saved.pop("optimizer"))
+    rng_state = _load_tensors(directory / "rng.pt")
+    return json.loads((directory / "state.json").read_text()), saved, rng_state
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: a file that would run code is refused."""
+    try:
+        return dict(torch.load(path, weights_only=True))
+    except Exception as exc:
+        raise MtkdError(
+            f"checkpoint file '{path}' refused: not a plain tensor file ({type(exc).__name__})"
+        ) from exc

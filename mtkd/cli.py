@@ -15,6 +15,7 @@ from rich.table import Table
 from .config import load_recipe
 from .errors import MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
+from .train import Interrupted
 
 
 def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -96,6 +97,20 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
         for label, names in registered.items():
             if names:
                 console.print(f"  {label}: {', '.join(names)}", highlight=False)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    from .pipeline import run
+    from .runs import CONFIG
+
+    overlays, overrides = _split_run_args(args.overrides)
+    if not (args.run_dir / CONFIG).is_file():
+        raise MtkdError(f"'{args.run_dir}' is not a run folder (no {CONFIG})")
+    cfg = load_recipe(args.run_dir / CONFIG, overrides, overlays)
+    result = run(cfg, console=console, resume_dir=args.run_dir)
+    _print_summary(result.results, console)
+    console.print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -206,6 +221,12 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     )
     p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
     p_run.set_defaults(func=cmd_run)
+    p_resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
+    p_resume.add_argument("run_dir", type=Path, help="the run folder")
+    p_resume.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=200"
+    )
+    p_resume.set_defaults(func=cmd_resume)
     p_eval = sub.add_parser("eval", help="evaluate a saved run again, also on other data")
     p_eval.add_argument("run_dir", type=Path, help="a run folder")
     p_eval.add_argument(
@@ -235,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(load_plugins()).parse_args(argv)
         return int(args.func(args, console))
+    except Interrupted as exc:
+        Console(stderr=True).print(f"[yellow]{exc}[/yellow]", highlight=False)
+        return 130
     except MtkdError as exc:
         Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return 2

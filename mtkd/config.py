@@ -67,6 +67,10 @@ class TrainerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     log_every: int = 10  # steps between progress updates (each costs one host sync)
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests)
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
+    check_finite: bool = True  # test every step's loss for NaN/Inf (one host sync per step)
+    on_nan: str = "stop"  # a non-finite loss: stop, skip the step, or lower_lr (halve it, skip)
+    max_skipped_steps: int = 10  # with skip/lower_lr: stop after this many bad steps
     progress: bool = True
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import AugmentConfig, augment
 from .build import plugins_for
@@ -146,6 +146,45 @@ def build_data(
         holdout=TensorView(cached, parts["holdout"]),
         label_spaces=dict(cached.label_spaces),
         report=report,
+    )
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh shuffle per epoch drawn from (seed, epoch) alone, and a starting offset, so a
+    run resumed mid-epoch sees exactly the samples the uninterrupted run would have seen."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def make_train_loader(
+    dataset: Dataset, batch_size: int, *, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
+    """The training loader: shuffled by an :class:`EpochSampler` (resumable), partial labels.
+
+    Its own generator seeds worker processes, so starting an epoch draws nothing from the
+    global RNG (which augmentation uses, and a checkpoint restores mid-epoch).
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed),  # type: ignore[arg-type]
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        persistent_workers=num_workers > 0,
     )
 
 

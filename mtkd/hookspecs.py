@@ -61,6 +61,12 @@ def on_train_start(context: TrainContext) -> None:
 
 
 @hookspec
+def on_step_end(context: TrainContext, step: int) -> None:
+    """Called after every optimizer step (``step`` counts from 1 over the whole run), after
+    any mid-epoch checkpoint of that step. Keep it cheap: it runs in the hot loop."""
+
+
+@hookspec
 def on_epoch_end(context: TrainContext, epoch: int, metrics: dict[str, Any]) -> None:
     """Called after validation of each epoch with that epoch's metrics (already logged)."""
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from .assess import assess
 from .build import build_model, plugins_for
 from .checkpoint import write_json
-from .data import DataBundle, build_data, make_loader
-from .errors import PluginError
+from .data import DataBundle, build_data, make_loader, make_train_loader
+from .errors import MtkdError, PluginError
 from .model import MultiTaskModel
 from .plugins import PluginSet
 from .runs import RESULTS, new_run_dir, save_distilled, write_run_header
@@ -44,21 +44,27 @@ def train(
     plugins: PluginSet | None = None,
     run_dir: Path | None = None,
     console: Console | None = None,
+    resume: bool = False,
 ) -> TrainContext:
-    """Train ``model`` on ``data.train``, early-stopping on ``data.val`` (library entry point)."""
+    """Train ``model`` on ``data.train``, early-stopping on ``data.val`` (library entry point).
+
+    ``resume`` continues from ``run_dir``'s last checkpoint."""
     seed_everything(cfg.trainer.seed)
-    train_loader = make_loader(
-        data.train,
-        cfg.data.batch_size,
-        shuffle=True,
-        seed=cfg.trainer.seed,
-        num_workers=cfg.data.num_workers,
+    train_loader = make_train_loader(
+        data.train, cfg.data.batch_size, seed=cfg.trainer.seed, num_workers=cfg.data.num_workers
     )
     val_loader = make_loader(
         data.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
     )
     return fit(
-        model, train_loader, val_loader, cfg, plugins=plugins, run_dir=run_dir, console=console
+        model,
+        train_loader,
+        val_loader,
+        cfg,
+        plugins=plugins,
+        run_dir=run_dir,
+        console=console,
+        resume=resume,
     )
 
 
@@ -81,20 +87,33 @@ def _versions() -> dict[str, str]:
 
 
 def run(
-    cfg: DictConfig, *, plugins: PluginSet | None = None, console: Console | None = None
+    cfg: DictConfig,
+    *,
+    plugins: PluginSet | None = None,
+    console: Console | None = None,
+    resume_dir: Path | None = None,
 ) -> RunResult:
-    """Train, distil, evaluate and write the run folder for a loaded recipe."""
+    """Train, distil, evaluate and write the run folder for a loaded recipe.
+
+    ``resume_dir``: continue that unfinished run from its last checkpoint instead.
+    """
     console = console or Console()
     plugins = plugins_for(cfg, plugins)
     seed_everything(cfg.trainer.seed)
     data = build_data(cfg, plugins, console)
     model = build_model(cfg, data.label_spaces, plugins)
-    run_dir = new_run_dir(cfg)
-    write_run_header(run_dir, cfg, dict(data.label_spaces))
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if (run_dir / RESULTS).is_file():
+            raise MtkdError(f"'{run_dir}' is a finished run (it has {RESULTS}): nothing to resume")
+    else:
+        run_dir = new_run_dir(cfg)
+        write_run_header(run_dir, cfg, dict(data.label_spaces))
     console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
     console.print(f"data: {data.sizes()}  model: {model.describe()['tasks']}")
     started = time.perf_counter()
-    ctx = train(model, data, cfg, plugins=plugins, run_dir=run_dir, console=console)
+    resume = resume_dir is not None
+    ctx = train(model, data, cfg, plugins=plugins, run_dir=run_dir, console=console, resume=resume)
     train_time = time.perf_counter() - started
     device = resolve_device(cfg.trainer.device)
     inference_model = distill(model, plugins) if cfg.distill.enabled else model

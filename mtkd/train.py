@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +16,21 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
-from .checkpoint import save_checkpoint, save_weights
+from . import rng
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .data import EpochSampler
 from .errors import MtkdError, RecipeError, did_you_mean
 from .evaluate import evaluate_loader, prefixed, to_device
 from .losses import task_losses, weighted_total
 from .model import MultiTaskModel
 from .plugins import PluginSet
 
+NAN_POLICIES = ("stop", "skip", "lower_lr")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
 
 
@@ -112,45 +118,168 @@ class _EpochProgress:
         self.progress.__exit__(None, None, None)
 
 
-def _train_one_epoch(
-    ctx: TrainContext, loader: DataLoader, progress: Progress, max_steps: int | None, log_every: int
-) -> dict[str, Any]:
-    model, optimizer, device = ctx.model, ctx.optimizer, ctx.device
-    model.train()
-    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
-    bar = progress.add_task(f"epoch {ctx.epoch + 1}", total=steps, status="")
-    sums = {key: torch.zeros((), device=device) for key in model.tasks}
-    counts = dict.fromkeys(model.tasks, 0)
-    total_sum = torch.zeros((), device=device)
-    seen = 0
-    for step, raw in enumerate(loader):
-        if step >= steps:
-            break
-        batch = to_device(raw, device)
-        outputs = model(batch["image"])
-        losses, n = task_losses(outputs, batch, model.tasks)
-        total = weighted_total(losses, model.tasks)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        size = int(batch["image"].shape[0])
-        total_sum += total.detach() * size
-        seen += size
-        for key in model.tasks:
-            if n[key]:
-                sums[key] += losses[key].detach() * n[key]
-                counts[key] += n[key]
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            progress.update(bar, completed=step + 1, status=f"loss {float(total.detach()):.4f}")
-    progress.remove_task(bar)
-    results: dict[str, Any] = {"loss": float(total_sum) / max(seen, 1)}
-    for key in model.tasks:
-        if counts[key]:
-            results[f"{key}/loss"] = float(sums[key]) / counts[key]
-    bad = [k for k, v in results.items() if not math.isfinite(v)]
-    if bad:
-        raise MtkdError(f"epoch {ctx.epoch + 1}: non-finite training loss in {', '.join(bad)}")
-    return results
+@dataclass
+class EpochTally:
+    """Running loss sums of the current epoch; saved mid-epoch so a resumed epoch logs exactly."""
+
+    total: float = 0.0
+    seen: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def results(self) -> dict[str, float]:
+        out = {"loss": self.total / max(self.seen, 1)}
+        out.update({f"{k}/loss": self.sums[k] / n for k, n in self.counts.items() if n})
+        return out
+
+
+class _Stop(Exception):
+    """Ctrl-C was pressed: the loop checkpoints at the next step boundary and stops."""
+
+
+def _bad_tasks(losses: dict[str, torch.Tensor]) -> list[str]:
+    return [key for key, loss in losses.items() if not bool(torch.isfinite(loss.detach()))]
+
+
+class _Loop:
+    """One training run's mutable state, so that a checkpoint can capture all of it."""
+
+    def __init__(
+        self,
+        ctx: TrainContext,
+        train_loader: DataLoader,
+        scheduler: Any,
+        progress: Progress,
+        hook: Any,
+        console: Console,
+    ) -> None:
+        self.ctx, self.loader, self.scheduler = ctx, train_loader, scheduler
+        self.progress, self.hook, self.console = progress, hook, console
+        self.trainer = ctx.cfg.trainer
+        self.stale = 0
+        self.global_step = 0
+        self.skipped_steps = 0
+        self.interrupted = False
+
+    def steps_per_epoch(self) -> int:
+        sampler = self.loader.sampler
+        full = math.ceil(getattr(sampler, "n", len(self.loader.dataset)) / self.loader.batch_size)  # type: ignore[arg-type,operator]
+        cap = self.trainer.max_steps_per_epoch
+        return full if cap is None else min(full, cap)
+
+    def checkpoint(self, epoch: int, step: int, tally: EpochTally) -> None:
+        """Everything needed to continue from here, written atomically."""
+        run_dir = self.ctx.run_dir
+        if run_dir is None:
+            return
+        state = {
+            "epoch": epoch,
+            "step": step,
+            "global_step": self.global_step,
+            "history_len": len(self.ctx.history),
+            "best_epoch": self.ctx.best_epoch,
+            "best_value": self.ctx.best_value,
+            "stale": self.stale,
+            "skipped_steps": self.skipped_steps,
+            "tally": asdict(tally),
+        }
+        extra = {"scheduler": self.scheduler.state_dict() if self.scheduler else None}
+        save_checkpoint(
+            run_dir / "checkpoints" / "last",
+            self.ctx.model,
+            self.ctx.optimizer,
+            state,
+            extra,
+            rng.capture(),
+        )
+
+    def train_epoch(self, epoch: int, start_step: int, tally: EpochTally) -> EpochTally:
+        ctx, trainer = self.ctx, self.trainer
+        model, optimizer, device = ctx.model, ctx.optimizer, ctx.device
+        model.train()
+        steps = self.steps_per_epoch()
+        bar = self.progress.add_task(
+            f"epoch {epoch + 1}", total=steps, completed=start_step, status=""
+        )
+        sums = {k: torch.tensor(tally.sums.get(k, 0.0), device=device) for k in model.tasks}
+        total_sum = torch.tensor(tally.total, device=device)
+        counts, seen = {k: tally.counts.get(k, 0) for k in model.tasks}, tally.seen
+        log_every, every = max(1, trainer.log_every), trainer.checkpoint_every
+
+        def snapshot() -> EpochTally:
+            return EpochTally(
+                float(total_sum), seen, {k: float(v) for k, v in sums.items()}, dict(counts)
+            )
+
+        for step, raw in enumerate(self.loader, start=start_step):
+            if step >= steps:
+                break
+            batch = to_device(raw, device)
+            losses, n = task_losses(model(batch["image"]), batch, model.tasks)
+            total = weighted_total(losses, model.tasks)
+            optimizer.zero_grad(set_to_none=True)
+            if trainer.check_finite and not bool(torch.isfinite(total.detach())):
+                self._non_finite(epoch, step, losses)
+            else:
+                total.backward()
+                optimizer.step()
+                size = int(batch["image"].shape[0])
+                total_sum += total.detach() * size
+                seen += size
+                for key in model.tasks:
+                    if n[key]:
+                        sums[key] += losses[key].detach() * n[key]
+                        counts[key] += n[key]
+            self.global_step += 1
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                self.progress.update(
+                    bar, completed=done, status=f"loss {float(total.detach()):.4f}"
+                )
+            if (every and done % every == 0 and done < steps) or (
+                self.interrupted and done < steps
+            ):
+                self.checkpoint(epoch, done, snapshot())
+            if self.hook:
+                self.hook.on_step_end(context=ctx, step=self.global_step)
+            if self.interrupted and done < steps:
+                raise _Stop
+        self.progress.remove_task(bar)
+        return snapshot()
+
+    def _non_finite(self, epoch: int, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """A NaN/Inf loss: the step is not taken; stop, skip it, or halve the learning rate."""
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        bad = ", ".join(_bad_tasks(losses)) or "the weighted total"
+        policy = self.trainer.on_nan
+        self.skipped_steps += 1
+        if policy == "stop" or self.skipped_steps > self.trainer.max_skipped_steps:
+            raise MtkdError(
+                f"{where}: non-finite loss in task(s) {bad}; stopped (trainer.on_nan={policy}, "
+                f"{self.skipped_steps} step(s) skipped so far)"
+            )
+        if policy == "lower_lr":
+            for group in self.ctx.optimizer.param_groups:
+                group["lr"] *= 0.5
+        self.console.print(f"[yellow]{where}: non-finite loss in {bad}: step skipped ({policy})")
+
+
+def _restore(loop: _Loop, run_dir: Path, scheduler: Any) -> tuple[int, int, EpochTally]:
+    """Load the last checkpoint into the loop; returns (epoch, step, tally) to continue from."""
+    ctx = loop.ctx
+    last = run_dir / "checkpoints" / "last"
+    state, extra, rng_state = load_checkpoint(last, ctx.model, ctx.optimizer)
+    if scheduler is not None and extra.get("scheduler") is not None:
+        scheduler.load_state_dict(extra["scheduler"])
+    log = run_dir / "metrics.jsonl"
+    lines = log.read_text().splitlines()[: state["history_len"]] if log.is_file() else []
+    log.write_text("".join(line + "\n" for line in lines))  # drop epochs after the checkpoint
+    ctx.history = [json.loads(line) for line in lines]
+    ctx.best_epoch, ctx.best_value = state["best_epoch"], state["best_value"]
+    loop.stale, loop.global_step = state["stale"], state["global_step"]
+    loop.skipped_steps = state["skipped_steps"]
+    rng.restore(rng_state)
+    return state["epoch"], state["step"], EpochTally(**state["tally"])
 
 
 def fit(
@@ -162,9 +291,19 @@ def fit(
     plugins: PluginSet | None = None,
     run_dir: Path | None = None,
     console: Console | None = None,
+    resume: bool = False,
 ) -> TrainContext:
-    """Train until ``max_epochs`` or early stopping; the model ends with its best weights."""
+    """Train until ``max_epochs`` or early stopping; the model ends with its best weights.
+
+    With ``resume``, continue from ``run_dir``'s last checkpoint exactly where it was taken
+    (mid-epoch included): weights, optimizer, scheduler, early stopping, RNG and data order.
+    Ctrl-C checkpoints at the next step boundary and raises :class:`Interrupted`.
+    """
     trainer = cfg.trainer
+    if trainer.on_nan not in NAN_POLICIES:
+        raise RecipeError(
+            f"trainer.on_nan: '{trainer.on_nan}' is not one of {', '.join(NAN_POLICIES)}"
+        )
     console = console or Console()
     device = resolve_device(trainer.device)
     model.to(device)
@@ -176,20 +315,36 @@ def fit(
     monitor = "val/loss" if has_val else "train/loss"
     if not has_val:
         console.print("[yellow]no validation samples: early stopping watches the training loss")
+    best_path = run_dir / "checkpoints" / "best.safetensors" if run_dir else None
     best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    log_path = run_dir / "metrics.jsonl" if run_dir else None
-    if hook:
-        hook.on_train_start(context=ctx)
-    with _EpochProgress(console, trainer.progress) as progress:
-        for epoch in range(trainer.max_epochs):
+    with _EpochProgress(console, trainer.progress) as progress, _CtrlC() as ctrl_c:
+        loop = _Loop(ctx, train_loader, scheduler, progress, hook, console)
+        ctrl_c.loop = loop
+        first_epoch, start_step, tally = 0, 0, EpochTally()
+        if resume:
+            assert run_dir is not None
+            first_epoch, start_step, tally = _restore(loop, run_dir, scheduler)
+            if best_path is not None and best_path.is_file():
+                best_state = load_file(str(best_path), device=str(device))
+            console.print(f"resumed at epoch {first_epoch + 1}, step {start_step}")
+        elif hook:
+            hook.on_train_start(context=ctx)
+        sampler = train_loader.sampler
+        for epoch in range(first_epoch, trainer.max_epochs):
+            if _should_stop(ctx, loop, trainer, monitor, console):
+                break
             ctx.epoch = epoch
+            if isinstance(sampler, EpochSampler):
+                sampler.set_epoch(epoch, start=start_step * (train_loader.batch_size or 1))
             started = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            train_metrics = _train_one_epoch(
-                ctx, train_loader, progress, trainer.max_steps_per_epoch, max(1, trainer.log_every)
-            )
-            record.update(prefixed(train_metrics, "train"))
+            try:
+                tally = loop.train_epoch(epoch, start_step, tally)
+            except _Stop:
+                raise Interrupted(run_dir) from None
+            start_step = 0
+            record.update(prefixed(tally.results(), "train"))
+            tally = EpochTally()
             if has_val:
                 assert val_loader is not None
                 record.update(prefixed(evaluate_loader(model, val_loader, device), "val"))
@@ -197,39 +352,74 @@ def fit(
             value = float(record.get(monitor, math.inf))
             improved = value < ctx.best_value - trainer.min_delta
             if improved:
-                ctx.best_value, ctx.best_epoch, stale = value, epoch + 1, 0
+                ctx.best_value, ctx.best_epoch, loop.stale = value, epoch + 1, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if best_path is not None:
+                    save_weights(model, best_path)
             else:
-                stale += 1
+                loop.stale += 1
             record["best"] = improved
             ctx.history.append(record)
-            if log_path:
-                with log_path.open("a") as fh:
+            if run_dir is not None:
+                with (run_dir / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
-                state = {
-                    "epoch": epoch + 1,
-                    "best_epoch": ctx.best_epoch,
-                    "best_value": ctx.best_value,
-                }
-                save_checkpoint(run_dir / "checkpoints" / "last", model, optimizer, state)  # type: ignore[operator]
-                if improved:
-                    save_weights(model, run_dir / "checkpoints" / "best.safetensors")  # type: ignore[operator]
             console.print(_epoch_line(record, monitor))
             if scheduler is not None:
                 scheduler.step(epoch + 1, value)
+            loop.checkpoint(epoch + 1, 0, EpochTally())
             if hook:
                 hook.on_epoch_end(context=ctx, epoch=epoch + 1, metrics=record)
-            if trainer.patience > 0 and stale >= trainer.patience:
-                ctx.stopped_early = True
-                console.print(f"early stop: {monitor} did not improve for {stale} epochs")
-                break
-            if ctx.stop_requested:
-                break
+            if loop.interrupted:
+                raise Interrupted(run_dir)
+        else:
+            _should_stop(ctx, loop, trainer, monitor, console)
     if best_state is not None:
         model.load_state_dict(best_state)
     if hook:
         hook.on_train_end(context=ctx)
     return ctx
+
+
+def _should_stop(
+    ctx: TrainContext, loop: _Loop, trainer: DictConfig, monitor: str, console: Console
+) -> bool:
+    """Early stopping (checked again right after a resume), or a hook's request."""
+    if trainer.patience > 0 and loop.stale >= trainer.patience:
+        if not ctx.stopped_early:
+            console.print(f"early stop: {monitor} did not improve for {loop.stale} epochs")
+        ctx.stopped_early = True
+        return True
+    return ctx.stop_requested
+
+
+class Interrupted(MtkdError):
+    """Training was interrupted (Ctrl-C) after a checkpoint was written."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        where = f"mtkd resume {run_dir}" if run_dir else "(no run folder: nothing was saved)"
+        super().__init__(f"interrupted; a checkpoint was saved. Continue with: {where}")
+        self.run_dir = run_dir
+
+
+class _CtrlC:
+    """SIGINT sets a flag; the loop checkpoints at the next step boundary and stops there."""
+
+    def __init__(self) -> None:
+        self.loop: _Loop | None = None
+        self._previous: Any = None
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.loop is not None:
+            self.loop.interrupted = True
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _epoch_line(record: dict[str, Any], monitor: str) -> str:
