@@ -163,7 +163,8 @@ class _Loop:
 
     def steps_per_epoch(self) -> int:
         sampler = self.loader.sampler
-        full = math.ceil(getattr(sampler, "n", len(self.loader.dataset)) / self.loader.batch_size)  # type: ignore[arg-type,operator]
+        n = sampler.n if isinstance(sampler, EpochSampler) else len(self.loader.dataset)  # type: ignore[arg-type]
+        full = math.ceil(n / (self.loader.batch_size or 1))
         cap = self.trainer.max_steps_per_epoch
         return full if cap is None else min(full, cap)
 
