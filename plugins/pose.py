@@ -1,0 +1,216 @@
+"""Head-pose task: yaw, pitch and roll (degrees) regressed from the pooled final features.
+
+Head: global average pool → Linear ``hidden`` → ReLU → (Dropout) → Linear. Two
+parameterisations of its last layer:
+
+- ``regression`` (default): one output per angle, trained on the angle divided by a per-angle
+  ``scale`` (yaw/90, pitch/40, roll/15 by default, so every target lies in [-1, 1]) with a
+  smooth-L1 loss. It is the cheapest head (3 outputs, no bin tables), its loss has one scale
+  whatever the angle ranges (about 0.45 per angle at initialisation, the order of magnitude of
+  the other tasks' losses, so recipe weights stay meaningful) and bounded gradients, and an L1
+  type loss optimises exactly what the metric reports (mean absolute error in degrees). The
+  ranges of the synthetic heads (yaw ±90°) never wrap around ±180°, so a plain regression has
+  no discontinuity to fear.
+- ``bins`` (Hopenet, Ruiz et al. 2018): per angle, a softmax over bins of ``bin_width``
+  degrees, cross-entropy on the bin plus ``alpha`` x ``loss`` on the expected angle (softmax
+  · bin centres). Robust to label noise on real photographs, but costs ``hidden`` x ~100
+  outputs, two loss terms to balance, and its expected angle only approaches the extreme bin
+  centres; offered for comparison.
+
+Whatever the parameterisation the head returns ``{"angles": (B, 3) degrees}`` (plus
+``"bin_logits"`` with bins), so metrics, exports and users always see degrees. The default
+role is ``teacher``: pose shapes the shared encoder and the default ``distill`` hook removes
+the head; ``role: student`` keeps it in the inference model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+import mtkd
+
+PARAMETERISATIONS = ("regression", "bins")
+LOSSES = ("smooth_l1", "l1", "mse")
+
+
+@dataclass
+class PoseOptions:
+    hidden: int = 128  # width of the hidden layer; 0: a linear head on the pooled features
+    dropout: float = 0.0  # before the last layer
+    parameterisation: str = "regression"  # regression | bins (Hopenet)
+    loss: str = "smooth_l1"  # smooth_l1 | l1 | mse, on normalised angles (bins: expected angle)
+    beta: float = 0.1  # smooth-L1: where L2 turns into L1, in normalised units (yaw: 9°)
+    scale: list[float] = field(default_factory=lambda: [90.0, 40.0, 15.0])  # degrees per unit
+    bin_width: float = 3.0  # bins: degrees per bin (adjusted so bins tile [-scale, scale])
+    alpha: float = 1.0  # bins: weight of the expected-angle loss beside the bin cross-entropy
+
+
+class PoseHead(nn.Module):
+    """Pooled features → angles in degrees; with ``bins``, also the per-angle bin logits."""
+
+    scale: torch.Tensor  # degrees per output unit, per angle
+    centres: torch.Tensor | None  # bin centres in degrees, every angle's bins in a row
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int,
+        dropout: float,
+        scale: Sequence[float],
+        bins: Sequence[int] | None,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        width = in_channels
+        if hidden > 0:
+            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        self.bins = tuple(bins) if bins is not None else None
+        self.out = nn.Linear(width, sum(self.bins) if self.bins else len(scale))
+        # Non-persistent: both follow from the recipe, so checkpoints hold weights only.
+        self.register_buffer("scale", torch.tensor(list(scale)), persistent=False)
+        centres = None
+        if self.bins:
+            grids = [torch.linspace(-s, s, n) for s, n in zip(scale, self.bins, strict=True)]
+            centres = torch.cat(grids)
+        self.register_buffer("centres", centres, persistent=False)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.out(self.features(features))
+        if self.bins is None:
+            return {"angles": raw * self.scale}
+        assert self.centres is not None
+        expected = [
+            (logits.softmax(dim=1) * centres).sum(dim=1)
+            for logits, centres in zip(
+                raw.split(self.bins, dim=1), self.centres.split(self.bins), strict=True
+            )
+        ]
+        return {"angles": torch.stack(expected, dim=1), "bin_logits": raw}
+
+
+class ComponentMAE(torchmetrics.MeanAbsoluteError):
+    """Mean absolute error of one column of (B, K) predictions and targets."""
+
+    def __init__(self, column: int) -> None:
+        super().__init__()
+        self.column = column
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds[:, self.column], target[:, self.column])
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    return f"must be one of {', '.join(choices)}"
+
+
+def bin_counts(scale: Sequence[float], width: float) -> tuple[int, ...]:
+    """Bins per angle: centres from -scale to +scale about ``width`` apart, ends included, so
+    the extreme angles are reachable (yaw ±90° at 3°: 61 bins)."""
+    return tuple(max(2, round(2 * s / width) + 1) for s in scale)
+
+
+class Pose(mtkd.Task):
+    name = "pose"
+    label_key = "pose"
+    uses_taps = False
+    default_role = "teacher"
+    Options = PoseOptions
+
+    def __init__(self, key: str, options: PoseOptions, **kwargs: Any) -> None:
+        super().__init__(key, options, **kwargs)
+        self._check_options()
+        self.scale = tuple(float(s) for s in options.scale)
+        bins = options.parameterisation == "bins"
+        self.bins = bin_counts(self.scale, options.bin_width) if bins else None
+
+    def _check_options(self) -> None:
+        """Bad values are recipe errors naming ``tasks.<key>.<option>``."""
+        o: PoseOptions = self.options
+        space = self.label_space
+        if space is None or space.kind != "vector":
+            raise mtkd.RecipeError(
+                f"tasks.{self.key}: label '{self.label_key}' must be a vector of angles"
+            )
+        components = f"one per component of '{self.label_key}' ({', '.join(space.names)})"
+        checks = [
+            ("hidden", o.hidden >= 0, "must be >= 0"),
+            ("dropout", 0.0 <= o.dropout < 1.0, "must be in [0, 1)"),
+            (
+                "parameterisation",
+                o.parameterisation in PARAMETERISATIONS,
+                _one_of(PARAMETERISATIONS),
+            ),
+            ("loss", o.loss in LOSSES, _one_of(LOSSES)),
+            ("beta", o.beta > 0, "must be > 0"),
+            ("scale", len(o.scale) == space.num_classes, f"needs {components}"),
+            ("scale", all(s > 0 for s in o.scale), "must be positive degrees"),
+            ("bin_width", 0 < o.bin_width <= 2 * min(o.scale), "must be in (0, 2 x min(scale)]"),
+            ("alpha", o.alpha >= 0, "must be >= 0"),
+        ]
+        for option, ok, why in checks:
+            if not ok:
+                value = getattr(o, option)
+                raise mtkd.RecipeError(f"tasks.{self.key}.{option}: {value!r} {why}")
+
+    def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
+        o: PoseOptions = self.options
+        return PoseHead(features.final_channels, o.hidden, o.dropout, self.scale, self.bins)
+
+    def _angle_loss(self, degrees: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``loss`` between normalised angles: one scale for every angle range."""
+        scale = degrees.new_tensor(self.scale)
+        pred, true = degrees / scale, target / scale
+        if self.options.loss == "l1":
+            return F.l1_loss(pred, true)
+        if self.options.loss == "mse":
+            return F.mse_loss(pred, true)
+        return F.smooth_l1_loss(pred, true, beta=self.options.beta)
+
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        regression = self._angle_loss(output["angles"], target)
+        if self.bins is None:
+            return regression
+        scale = target.new_tensor(self.scale)
+        steps = target.new_tensor(
+            [2 * s / (n - 1) for s, n in zip(self.scale, self.bins, strict=True)]
+        )
+        counts = torch.tensor(self.bins, device=target.device)
+        index = ((target + scale) / steps).round().long().clamp(min=0)
+        index = torch.minimum(index, counts - 1)  # labels beyond ±scale go to the end bins
+        cross_entropy = torch.stack(
+            [
+                F.cross_entropy(logits, index[:, i])
+                for i, logits in enumerate(output["bin_logits"].split(self.bins, dim=1))
+            ]
+        ).mean()
+        return cross_entropy + self.options.alpha * regression
+
+    def predictions(self, output: Any) -> torch.Tensor:
+        """Angles in degrees (B, 3), whatever the parameterisation."""
+        return output["angles"] if isinstance(output, dict) else output
+
+    def metrics(self) -> torchmetrics.MetricCollection:
+        names = self.label_space.names if self.label_space else ()
+        metrics: dict[str, torchmetrics.Metric | torchmetrics.MetricCollection] = {
+            f"{name}_mae": ComponentMAE(i) for i, name in enumerate(names)
+        }
+        metrics["mae"] = torchmetrics.MeanAbsoluteError()  # equal counts: the per-angle mean
+        # No compute groups: they merge metrics whose states match after the first update,
+        # which per-angle metrics with equal errors would do, and then update only one of them.
+        return torchmetrics.MetricCollection(metrics, compute_groups=False)
+
+
+@mtkd.hookimpl
+def register_tasks(register: Any) -> None:
+    register(Pose)
