@@ -5,17 +5,16 @@ parameterisations of its last layer:
 
 - ``regression`` (default): one output per angle, trained on the angle divided by a per-angle
   ``scale`` (yaw/90, pitch/40, roll/15 by default, so every target lies in [-1, 1]) with a
-  smooth-L1 loss. It is the cheapest head (3 outputs, no bin tables), its loss has one scale
-  whatever the angle ranges (about 0.45 per angle at initialisation, the order of magnitude of
-  the other tasks' losses, so recipe weights stay meaningful) and bounded gradients, and an L1
-  type loss optimises exactly what the metric reports (mean absolute error in degrees). The
-  ranges of the synthetic heads (yaw ±90°) never wrap around ±180°, so a plain regression has
-  no discontinuity to fear.
+  smooth-L1 loss. It is the cheapest head (3 outputs, no bin tables); normalising gives yaw,
+  pitch and roll one loss scale (about 0.45 each at initialisation) so none drowns the others,
+  smooth-L1 keeps gradients bounded however wrong the head is, and an L1-type loss optimises
+  exactly what the metric reports (mean absolute error in degrees). The synthetic heads'
+  ranges (yaw ±90°) never wrap around ±180°, so a plain regression has no discontinuity.
 - ``bins`` (Hopenet, Ruiz et al. 2018): per angle, a softmax over bins of ``bin_width``
   degrees, cross-entropy on the bin plus ``alpha`` x ``loss`` on the expected angle (softmax
-  · bin centres). Robust to label noise on real photographs, but costs ``hidden`` x ~100
-  outputs, two loss terms to balance, and its expected angle only approaches the extreme bin
-  centres; offered for comparison.
+  · bin centres). It buys robustness to noisy labels of real photographs (synthetic angles are
+  exact) for ~100 outputs, two loss terms to balance, and an expected angle that only
+  approaches the extreme bin centres; offered for comparison.
 
 Whatever the parameterisation the head returns ``{"angles": (B, 3) degrees}`` (plus
 ``"bin_logits"`` with bins), so metrics, exports and users always see degrees. The default

@@ -52,6 +52,9 @@ def test_head_outputs_angles_in_degrees(parameterisation: str) -> None:
     torch.testing.assert_close(angles, torch.tensor([expected] * 2), atol=1e-3, rtol=0)
     if parameterisation == "bins":  # 3° bins on ±90, ±40 and ±15 with both ends as centres
         assert out["bin_logits"].shape == (2, 61 + 28 + 11)
+        # labels fall in the bins whose centres they are nearest (31° → the 30° bin)
+        assert float(task.loss(out, torch.tensor([[31.0, -39.0, 14.0]] * 2))) < 0.05
+        assert float(task.loss(out, torch.tensor([[-30.0, -40.0, 15.0]] * 2))) > 10
 
 
 @pytest.mark.parametrize(
