@@ -63,6 +63,11 @@ def write_json(path: Path, data: Any) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
+def previous_of(directory: Path) -> Path:
+    """Where the checkpoint before ``directory``'s current one is kept."""
+    return directory.with_name(directory.name + ".previous")
+
+
 def save_checkpoint(
     directory: Path,
     model: nn.Module,
@@ -73,41 +78,55 @@ def save_checkpoint(
 ) -> None:
     """``model.safetensors``, ``optimizer.pt`` (+ ``extra``), ``rng.pt`` and ``state.json``.
 
-    The files are written into a sibling temporary folder that then replaces ``directory``, so
-    a crash at any moment leaves either the old checkpoint or the new one, never a mix.
+    The files are written into a sibling staging folder that then takes ``directory``'s place;
+    the checkpoint it replaces is kept as ``<directory>.previous``. A crash at any moment
+    leaves a complete checkpoint, and a full disk or a permission error stops the run with a
+    message while the last good checkpoint stays untouched.
     """
     staging = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_weights(model, staging / "model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), **(extra or {})}, staging / "optimizer.pt")
-    torch.save(rng_state or {}, staging / "rng.pt")
-    write_json(staging / "state.json", state)
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_weights(model, staging / "model.safetensors")
+        optimizer_state = {"optimizer": optimizer.state_dict(), **(extra or {})}
+        torch.save(optimizer_state, staging / "optimizer.pt")
+        torch.save(rng_state or {}, staging / "rng.pt")
+        write_json(staging / "state.json", state)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = f"'{directory}' still holds the last good one" if directory.exists() else "none"
+        raise MtkdError(f"cannot write a checkpoint next to '{directory}': {exc}; {kept}") from exc
+    previous = previous_of(directory)
+    shutil.rmtree(previous, ignore_errors=True)
     if directory.exists():
-        os.replace(directory, old)
+        os.replace(directory, previous)
     os.replace(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(state, extra, rng state) of a checkpoint; tensors load with ``weights_only=True``.
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
+    """(state, extra, rng state, notes) of the newest readable checkpoint.
 
-    A crash between the two renames of :func:`save_checkpoint` leaves ``<dir>.old``: used then.
+    ``directory`` is tried first, then ``<directory>.previous``; ``notes`` says why a
+    checkpoint was passed over (truncated or corrupt files). Tensors load with
+    ``weights_only=True``: a file that would run code is refused, never executed.
     """
-    if not directory.is_dir() and directory.with_name(directory.name + ".old").is_dir():
-        directory = directory.with_name(directory.name + ".old")
-    if not (directory / "state.json").is_file():
-        raise MtkdError(f"no checkpoint in '{directory}' (state.json missing)")
-    load_weights(model, directory / "model.safetensors")
-    saved = _load_tensors(directory / "optimizer.pt")
-    if optimizer is not None:
-        optimizer.load_state_dict(saved.pop("optimizer"))
-    rng_state = _load_tensors(directory / "rng.pt")
-    return json.loads((directory / "state.json").read_text()), saved, rng_state
+    notes: list[str] = []
+    for candidate in (directory, previous_of(directory)):
+        if not (candidate / "state.json").is_file():
+            notes.append(f"'{candidate}': no checkpoint there")
+            continue
+        try:
+            state = json.loads((candidate / "state.json").read_text())
+            load_weights(model, candidate / "model.safetensors")
+            saved = _load_tensors(candidate / "optimizer.pt")
+            if optimizer is not None:
+                optimizer.load_state_dict(saved.pop("optimizer"))
+            return state, saved, _load_tensors(candidate / "rng.pt"), notes
+        except (MtkdError, ValueError, OSError, KeyError) as exc:
+            notes.append(f"'{candidate}' is unreadable: {exc}")
+    raise MtkdError("no usable checkpoint: " + "; ".join(notes))
 
 
 def _load_tensors(path: Path) -> dict[str, Any]:

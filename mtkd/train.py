@@ -269,7 +269,9 @@ def _restore(loop: _Loop, run_dir: Path, scheduler: Any) -> tuple[int, int, Epoc
     """Load the last checkpoint into the loop; returns (epoch, step, tally) to continue from."""
     ctx = loop.ctx
     last = run_dir / "checkpoints" / "last"
-    state, extra, rng_state = load_checkpoint(last, ctx.model, ctx.optimizer)
+    state, extra, rng_state, notes = load_checkpoint(last, ctx.model, ctx.optimizer)
+    for note in notes:
+        loop.console.print(f"[yellow]{note}: resuming from the checkpoint before it")
     if scheduler is not None and extra.get("scheduler") is not None:
         scheduler.load_state_dict(extra["scheduler"])
     log = run_dir / "metrics.jsonl"

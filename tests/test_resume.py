@@ -166,7 +166,7 @@ def test_skip_and_lower_lr_policies_train_on(
 
 
 def test_a_planted_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
-    from mtkd.checkpoint import load_checkpoint
+    from mtkd.checkpoint import load_checkpoint, previous_of
 
     run = tmp_path / "done"
     assert mtkd_cli(*train_args(tmp_path, run)).returncode == 0
@@ -176,8 +176,49 @@ def test_a_planted_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"optimizer": Exploit()}, run / "checkpoints" / "last" / "optimizer.pt")
+    last = run / "checkpoints" / "last"
+    torch.save({"optimizer": Exploit()}, last / "optimizer.pt")
     model = mtkd.load_run(run, distilled=False)
-    with pytest.raises(mtkd.MtkdError, match=r"optimizer\.pt' refused"):
-        load_checkpoint(run / "checkpoints" / "last", model)
+    *_, notes = load_checkpoint(last, model)  # falls back to the checkpoint before
+    assert "refused" in notes[0] and not marker.exists()
+    torch.save({"optimizer": Exploit()}, previous_of(last) / "optimizer.pt")
+    with pytest.raises(mtkd.MtkdError, match=r"no usable checkpoint.*optimizer\.pt' refused"):
+        load_checkpoint(last, model)
     assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
+    straight = mtkd_cli(*train_args(tmp_path, tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    killed = mtkd_cli(*train_args(tmp_path, tmp_path / "killed"), stop_at=6)
+    assert killed.returncode == -9
+    weights = tmp_path / "killed" / "checkpoints" / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a torn write
+    resumed = mtkd_cli("resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    out = resumed.stdout.replace("\n", "")
+    assert "unreadable" in out and "resumed at epoch 2, step 1" in out
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_a_full_disk_stops_with_a_message_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from mtkd import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    last = tmp_path / "checkpoints" / "last"
+    checkpoint.save_checkpoint(last, model, optimizer, {"epoch": 1})
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(mtkd.MtkdError, match=r"No space left on device.*still holds the last good"):
+        checkpoint.save_checkpoint(last, model, optimizer, {"epoch": 2})
+    monkeypatch.undo()
+    state, *_ = checkpoint.load_checkpoint(last, model, optimizer)
+    assert state == {"epoch": 1}
