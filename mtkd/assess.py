@@ -29,7 +29,6 @@ from .losses import labelled_outputs
 from .model import MultiTaskModel
 from .pose_metrics import accuracy_by_bin
 from .verification import (
-    NamedKey,
     Pair,
     PairList,
     embed_with_flip,
@@ -111,16 +110,14 @@ def _pairs_from_file(data: DataBundle, path: str) -> tuple[PairList[int], Tensor
         raise DataError(f"evaluate.pairs_file: the data set gives its samples no names ({path})")
     listed = read_lfw_pairs(path)
     by_name = {name: i for i, name in enumerate(names)}
-    index = {(p, n): by_name[f"{p}_{n:04d}"] for p, n in _keys(listed) if f"{p}_{n:04d}" in by_name}
+    keys = {key for pair in listed for key in (pair.a, pair.b)}
+    named = {key: f"{key[0]}_{key[1]:04d}" for key in keys}  # LFW: ("Name", 1) is Name_0001
+    index = {key: by_name[name] for key, name in named.items() if name in by_name}
     pairs = index_pairs(listed, index, source=path)  # names every sample the file lacks
     used = sorted({i for p in pairs for i in (p.a, p.b)})
     position = {sample: row for row, sample in enumerate(used)}
     view = TensorView(data.cached, np.asarray(used, dtype=np.int64))
     return [Pair(position[p.a], position[p.b], p.same, p.fold) for p in pairs], view
-
-
-def _keys(pairs: PairList[NamedKey]) -> set[NamedKey]:
-    return {k for p in pairs for k in (p.a, p.b)}
 
 
 def _verification(

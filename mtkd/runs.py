@@ -103,7 +103,7 @@ def evaluate_run(
     otherwise (other people) only verification on all samples, and latency.
     """
     from .assess import assess
-    from .data import build_data
+    from .data import TensorView, build_data
     from .train import resolve_device
 
     run_dir = Path(run_dir)
@@ -119,7 +119,7 @@ def evaluate_run(
     )
     if not same_classes:
         everything = np.arange(len(data.cached))
-        data.holdout = type(data.test)(data.cached, everything)
+        data.holdout = TensorView(data.cached, everything)
     full = load_run(run_dir, distilled=False, plugins=plugins)
     inference = load_run(run_dir, distilled=True, plugins=plugins)
     device = resolve_device(cfg.trainer.device)

@@ -127,6 +127,19 @@ def lfw_tree(root: Path, people: tuple[str, ...] = ("Ann_A", "Ben_B", "Cat_C"), 
     return root
 
 
+def run_on_lfw_tree(tmp_path: Path, root: Path, pairs: Path, *extra: str) -> mtkd.RunResult:
+    """Identification alone on an identity_folder tree, verified with a pairs file."""
+    overrides = [
+        "data.dataset.name=identity_folder",
+        f"data.dataset.root={root}",
+        f"evaluate.pairs_file={pairs}",
+        "tasks.segmentation=null",
+        "evaluate.latency=false",
+        *extra,
+    ]
+    return run_tiny_synthetic(tmp_path / "runs", *overrides)
+
+
 def test_verification_follows_an_lfw_pairs_file(tmp_path: Path) -> None:
     root = lfw_tree(tmp_path / "lfw")
     pairs = tmp_path / "pairs.txt"
@@ -134,15 +147,8 @@ def test_verification_follows_an_lfw_pairs_file(tmp_path: Path) -> None:
         "2\t2\nAnn_A\t1\t2\nBen_B\t1\t3\nAnn_A\t1\tCat_C\t1\nBen_B\t2\tCat_C\t2\n"
         "Cat_C\t1\t4\nAnn_A\t3\t4\nAnn_A\t2\tBen_B\t4\nCat_C\t3\tBen_B\t1\n"
     )
-    overrides = [
-        "data.dataset.name=identity_folder",
-        f"data.dataset.root={root}",
-        f"evaluate.pairs_file={pairs}",
-        "tasks.segmentation=null",
-        "evaluate.latency=false",
-        "data.split.test=0.25",
-    ]
-    result = run_tiny_synthetic(tmp_path / "runs", *overrides).results["verification"]
+    result = run_on_lfw_tree(tmp_path, root, pairs, "data.split.test=0.25").results
+    result = result["verification"]
     assert result["identification"]["on"] == "pairs.txt"
     assert (
         result["identification"]["n_pairs"] == 8
@@ -154,13 +160,5 @@ def test_a_pairs_file_naming_missing_samples_is_reported(tmp_path: Path) -> None
     root = lfw_tree(tmp_path / "lfw", people=("Ann_A", "Ben_B"), n=2)
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("1\t1\nAnn_A\t1\t2\nAnn_A\t1\tZed_Z\t1\n")
-    overrides = [
-        "data.dataset.name=identity_folder",
-        f"data.dataset.root={root}",
-        f"evaluate.pairs_file={pairs}",
-        "tasks.segmentation=null",
-        "evaluate.latency=false",
-        "data.split.test=0.0",
-    ]
     with pytest.raises(mtkd.DataError, match=r"pairs\.txt.*\('Zed_Z', 1\)"):
-        run_tiny_synthetic(tmp_path / "runs", *overrides)
+        run_on_lfw_tree(tmp_path, root, pairs, "data.split.test=0.0")
