@@ -2,10 +2,33 @@
 
 The paper's head: global average pool → Linear 128 → ReLU → Linear N (softmax via the
 cross-entropy loss). The 128-d layer is the embedding used for verification.
+
+``loss`` selects the classifier on top of that embedding:
+
+- ``softmax`` (default, the paper): the Linear N layer and cross-entropy (``label_smoothing``).
+- ``arcface`` (Deng et al. 2019), ``cosface`` (Wang et al. 2018) and ``subcenter_arcface``
+  (Deng et al. 2020): additive-margin softmax losses from pytorch-metric-learning. Each owns
+  the class-centre matrix ``W`` (embedding_dim x N, x ``sub_centers`` for sub-center ArcFace)
+  and lives inside the head (``head.margin_loss``), so ``W`` is trained, checkpointed and
+  exported with it. Their ``logits`` are ``scale`` x the cosine between the normalised
+  embedding and each normalised class centre (the best sub-centre's, with sub-centres),
+  without the margin, which is a training-time penalty only; top-1/top-5 and ``mtkd predict``
+  read them like the softmax head's logits.
+
+``margin`` follows pytorch-metric-learning's conventions: an angle in **degrees** for
+ArcFace and sub-center ArcFace (default 28.6°, i.e. 0.5 rad, the ArcFace paper's m), a cosine
+offset for CosFace (default 0.35). ``scale`` (s, default 64) multiplies the cosines; options a
+loss does not use are ignored (``label_smoothing``: softmax only; ``margin``/``scale``: margin
+losses only; ``sub_centers``: sub-center ArcFace only). Whatever the loss, the head returns
+``{"logits", "embedding"}`` and the embedding is the ReLU'd ``embedding_dim`` layer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +39,23 @@ from torch import nn
 
 import mtkd
 
+LOSSES = ("softmax", "arcface", "cosface", "subcenter_arcface")
+# pytorch-metric-learning's defaults: ArcFace's margin is in degrees (28.6° = 0.5 rad),
+# CosFace's is subtracted from the target cosine.
+DEFAULT_MARGIN = {"arcface": 28.6, "subcenter_arcface": 28.6, "cosface": 0.35}
+ANGULAR = ("arcface", "subcenter_arcface")
+
 
 @dataclass
 class IdentificationOptions:
     embedding_dim: int = 128
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # softmax only
+    loss: str = "softmax"  # softmax (the paper) | arcface | cosface | subcenter_arcface
+    # Margin losses: None takes the loss's default, 28.6 (degrees) for arcface and
+    # subcenter_arcface, 0.35 (cosine) for cosface.
+    margin: float | None = None
+    scale: float = 64.0  # margin losses: s, the factor on the cosines
+    sub_centers: int = 3  # subcenter_arcface: centres per class (the paper's K)
 
 
 class IdentificationHead(nn.Module):
@@ -35,20 +70,151 @@ class IdentificationHead(nn.Module):
         return {"logits": self.classify(embedding), "embedding": embedding}
 
 
+@contextlib.contextmanager
+def _full_precision(device: torch.device) -> Iterator[None]:
+    """Autocast off on ``device`` while inside (a no-op when it is not on)."""
+    if torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+class MarginIdentificationHead(nn.Module):
+    """Same embedding as :class:`IdentificationHead`; the classifier is a margin loss's ``W``.
+
+    ``margin_loss`` is a pytorch-metric-learning ``LargeMarginSoftmaxLoss`` subclass (ArcFace,
+    CosFace, sub-center ArcFace): a module, so its ``W`` moves with ``.to()``, is in
+    ``state_dict()`` and gets gradients from :meth:`loss`.
+    """
+
+    def __init__(self, in_channels: int, embedding_dim: int, margin_loss: nn.Module) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.embed = nn.Linear(in_channels, embedding_dim)
+        self.margin_loss: Any = margin_loss  # a PML loss (untyped); registered as a submodule
+
+    def _like_centres(self, embedding: torch.Tensor) -> torch.Tensor:
+        # The losses cast W.data to the embedding's dtype and device in place; handing them
+        # an embedding that already matches W (float32 under autocast too) keeps W intact.
+        w = self.margin_loss.W
+        return embedding.to(device=w.device, dtype=w.dtype)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        embedding = F.relu(self.embed(self.pool(features).flatten(1)))
+        with _full_precision(embedding.device):
+            logits = self.class_logits(self._like_centres(embedding))
+        return {"logits": logits, "embedding": embedding}
+
+    def class_logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``scale`` x cos(embedding, class centre), without the margin; with sub-centres, the
+        closest sub-centre of each class. The loss's own ``get_logits``, written out with plain
+        tensor ops so that tracing and ONNX export see no Python-side shape checks."""
+        loss = self.margin_loss
+        w = F.normalize(loss.W, dim=0)  # (embedding_dim, classes x sub-centres)
+        cosine = F.normalize(embedding, dim=1) @ w
+        sub_centers = int(getattr(loss, "sub_centers", 1))
+        if sub_centers > 1:  # W's columns are class-major: class c owns c*K .. c*K + K-1
+            cosine = cosine.view(-1, int(loss.num_classes), sub_centers).amax(dim=2)
+        return cosine * float(loss.scale)
+
+    def loss(self, embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The margin loss of these (labelled) embeddings, in full precision."""
+        with _full_precision(embedding.device):
+            loss: torch.Tensor = self.margin_loss(self._like_centres(embedding), target)
+        return loss
+
+
+def margin_loss_module(
+    loss: str, num_classes: int, embedding_dim: int, margin: float, scale: float, sub_centers: int
+) -> nn.Module:
+    """The pytorch-metric-learning loss named ``loss`` (imported here: softmax runs skip it)."""
+    from pytorch_metric_learning import losses
+
+    common: dict[str, Any] = {
+        "num_classes": num_classes,
+        "embedding_size": embedding_dim,
+        "margin": margin,
+        "scale": scale,
+    }
+    if loss == "arcface":
+        module = losses.ArcFaceLoss(**common)
+    elif loss == "cosface":
+        module = losses.CosFaceLoss(**common)
+    elif loss == "subcenter_arcface":
+        module = losses.SubCenterArcFaceLoss(**common, sub_centers=sub_centers)
+    else:
+        raise ValueError(f"not a margin loss: {loss!r}")
+    assert isinstance(module, nn.Module)
+    return module
+
+
 class Identification(mtkd.Task):
     name = "identification"
     label_key = "identity"
     Options = IdentificationOptions
 
+    def __init__(self, key: str, options: IdentificationOptions, **kwargs: Any) -> None:
+        super().__init__(key, options, **kwargs)
+        self._check_options()
+        self._head: MarginIdentificationHead | None = None  # the margin head build_head made
+
+    def _check_options(self) -> None:
+        """Bad values are recipe errors naming ``tasks.<key>.<option>``."""
+        o: IdentificationOptions = self.options
+        checks = [
+            ("embedding_dim", o.embedding_dim >= 1, "must be >= 1"),
+            ("label_smoothing", 0.0 <= o.label_smoothing <= 1.0, "must be in [0, 1]"),
+            ("loss", o.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+            ("margin", o.margin is None or o.margin >= 0, "must be >= 0"),
+            ("scale", o.scale > 0, "must be > 0"),
+            ("sub_centers", o.sub_centers >= 1, "must be >= 1"),
+        ]
+        if o.loss in ANGULAR and o.margin is not None:
+            checks.append(("margin", o.margin < 180, "must be < 180 (degrees)"))
+        for option, ok, why in checks:
+            if not ok:
+                value = getattr(o, option)
+                raise mtkd.RecipeError(f"tasks.{self.key}.{option}: {value!r} {why}")
+        if o.loss in ANGULAR and o.margin is not None and 0 < o.margin < 1:
+            warnings.warn(
+                f"tasks.{self.key}.margin: {o.margin} is in degrees for {o.loss} "
+                f"(pytorch-metric-learning's convention); {o.margin} rad would be "
+                f"{math.degrees(o.margin):.1f}",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def margin(self) -> float | None:
+        """The margin in effect (the loss's default when the recipe leaves it unset)."""
+        o: IdentificationOptions = self.options
+        if o.loss == "softmax":
+            return None
+        return float(o.margin) if o.margin is not None else DEFAULT_MARGIN[o.loss]
+
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
-        return IdentificationHead(
-            features.final_channels, self.options.embedding_dim, self.num_classes
+        o: IdentificationOptions = self.options
+        if o.loss == "softmax":
+            return IdentificationHead(features.final_channels, o.embedding_dim, self.num_classes)
+        margin = self.margin
+        assert margin is not None
+        module = margin_loss_module(
+            o.loss, self.num_classes, o.embedding_dim, margin, float(o.scale), o.sub_centers
         )
+        # The loss needs this head's W; copying the model (distillation) copies the task
+        # with it, so a copied task keeps pointing at its copied head.
+        self._head = MarginIdentificationHead(features.final_channels, o.embedding_dim, module)
+        return self._head
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            output["logits"], target, label_smoothing=self.options.label_smoothing
-        )
+        if self.options.loss == "softmax":
+            return F.cross_entropy(
+                output["logits"], target, label_smoothing=self.options.label_smoothing
+            )
+        if self._head is None:
+            raise RuntimeError(f"task '{self.key}': build_head must run before loss")
+        return self._head.loss(output["embedding"], target)
 
     def metrics(self) -> torchmetrics.MetricCollection:
         n = self.num_classes
@@ -60,6 +226,17 @@ class Identification(mtkd.Task):
                 n, top_k=5, average="micro"
             )
         return torchmetrics.MetricCollection(metrics)
+
+    def describe(self) -> str:
+        o: IdentificationOptions = self.options
+        if o.loss == "softmax":
+            return super().describe()
+        unit = "°" if o.loss in ANGULAR else ""
+        extra = f", {o.sub_centers} sub-centres" if o.loss == "subcenter_arcface" else ""
+        return (
+            f"{self.key} ({self.name}, {self.role}, weight {self.weight:g}, "
+            f"{o.loss} margin {self.margin:g}{unit} scale {o.scale:g}{extra})"
+        )
 
 
 @mtkd.hookimpl
