@@ -1,15 +1,20 @@
-"""Segmentation task: a per-pixel class map, by the pix2pix U-Net decoder of the paper.
+"""Segmentation task: a per-pixel class map from the encoder taps, by one of four decoders.
 
-The decoder (TensorFlow segmentation tutorial): from the deepest tap upwards, each block is a
-stride-2 3x3 transposed convolution without bias → BatchNorm → ReLU, concatenated with the
-next shallower tap; a final stride-2 transposed convolution maps to the class count. Any
-number of taps and any timm encoder work: block widths come from ``decoder_channels`` and the
-input channels from the encoder; an output not at input resolution is resized to it.
+``decoder: pix2pix_unet`` (the default) is the paper's, from the TensorFlow segmentation
+tutorial: from the deepest tap upwards, each block is a stride-2 3x3 transposed convolution
+without bias → BatchNorm → ReLU, concatenated with the next shallower tap; a final stride-2
+transposed convolution maps to the class count. Any number of taps and any timm encoder work:
+block widths come from ``decoder_channels`` and the input channels from the encoder; an output
+not at input resolution is resized to it.
+
+``unetplusplus``, ``deeplabv3plus`` and ``fpn`` are segmentation_models_pytorch's decoders fed
+by the same taps (:mod:`seg_decoders` maps taps to the strides each one reads); every decoder
+returns logits (B, classes, H, W) at input resolution. See docs/segmentation-decoders.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,13 +23,26 @@ import torchmetrics
 from torch import nn
 
 import mtkd
+from mtkd.errors import did_you_mean
 from mtkd.seg_metrics import iou_summary, jaccard_per_class
+
+from . import seg_decoders
+
+PIX2PIX_UNET = "pix2pix_unet"
+DECODERS = (PIX2PIX_UNET, *seg_decoders.SMP_DECODERS)
+PIX2PIX_CHANNELS = (512, 256, 128, 64)  # the tutorial's upsample blocks, deepest first
 
 
 @dataclass
 class SegmentationOptions:
-    decoder_channels: list[int] = field(default_factory=lambda: [512, 256, 128, 64])
-    kernel_size: int = 3
+    decoder: str = PIX2PIX_UNET  # pix2pix_unet | unetplusplus | deeplabv3plus | fpn
+    # null: the decoder's default. pix2pix_unet, unetplusplus: block widths, deepest first
+    # (pix2pix [512, 256, 128, 64]; U-Net++ one per block, 16 x its output stride);
+    # deeplabv3plus: [ASPP width] ([256]); fpn: [pyramid, segmentation] ([256, 128])
+    decoder_channels: list[int] | None = None
+    kernel_size: int = 3  # pix2pix_unet: transposed-convolution kernel
+    atrous_rates: list[int] | None = None  # deeplabv3plus: three ASPP dilations ([12, 24, 36])
+    dropout: float | None = None  # deeplabv3plus (ASPP, 0.5) and fpn (0.2)
 
 
 def upsample_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -94,13 +112,62 @@ class Segmentation(mtkd.Task):
     uses_taps = True
     Options = SegmentationOptions
 
+    def __init__(self, key: str, options: SegmentationOptions, **kwargs: Any) -> None:
+        super().__init__(key, options, **kwargs)
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Bad values are recipe errors naming ``tasks.<key>.<option>``."""
+        o: SegmentationOptions = self.options
+        where = f"tasks.{self.key}"
+        if o.decoder not in DECODERS:
+            hint = did_you_mean(o.decoder, DECODERS) if o.decoder else ""
+            raise mtkd.RecipeError(
+                f"{where}.decoder: unknown decoder '{o.decoder}'"
+                f"{hint if hint.startswith(' (did') else ''}; valid: {', '.join(DECODERS)}"
+            )
+        if o.decoder_channels is not None and any(c <= 0 for c in o.decoder_channels):
+            raise mtkd.RecipeError(
+                f"{where}.decoder_channels: {list(o.decoder_channels)} must be positive widths"
+            )
+        if o.atrous_rates is not None:
+            if o.decoder != "deeplabv3plus":
+                raise mtkd.RecipeError(
+                    f"{where}.atrous_rates: only decoder 'deeplabv3plus' uses it "
+                    f"(decoder is '{o.decoder}')"
+                )
+            if len(o.atrous_rates) != 3 or any(r <= 0 for r in o.atrous_rates):
+                raise mtkd.RecipeError(
+                    f"{where}.atrous_rates: {list(o.atrous_rates)} must be three positive dilations"
+                )
+        if o.dropout is not None:
+            if o.decoder not in ("deeplabv3plus", "fpn"):
+                raise mtkd.RecipeError(
+                    f"{where}.dropout: only decoders 'deeplabv3plus' and 'fpn' use it "
+                    f"(decoder is '{o.decoder}')"
+                )
+            if not 0.0 <= o.dropout < 1.0:
+                raise mtkd.RecipeError(f"{where}.dropout: {o.dropout!r} must be in [0, 1)")
+
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
-        return UNetDecoder(
-            features.tap_channels,
+        o: SegmentationOptions = self.options
+        if o.decoder == PIX2PIX_UNET:
+            channels = PIX2PIX_CHANNELS if o.decoder_channels is None else o.decoder_channels
+            return UNetDecoder(
+                features.tap_channels,
+                self.num_classes,
+                list(channels),
+                o.kernel_size,
+                features.image_size,
+            )
+        return seg_decoders.build_smp_head(
+            o.decoder,
+            f"tasks.{self.key}",
+            features,
             self.num_classes,
-            list(self.options.decoder_channels),
-            self.options.kernel_size,
-            features.image_size,
+            channels=o.decoder_channels,
+            atrous_rates=o.atrous_rates,
+            dropout=o.dropout,
         )
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
