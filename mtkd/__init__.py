@@ -29,6 +29,7 @@ from .preprocess import Preprocessor
 from .runs import load_run
 from .samples import LabelSpace, NoOptions, Sample, SampleSource
 from .tasks import FeatureInfo, Task
+from .weighting import LossWeighting
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "DataError",
     "FeatureInfo",
     "LabelSpace",
+    "LossWeighting",
     "MtkdError",
     "MultiTaskModel",
     "NoOptions",

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .hookspecs import hookimpl
 from .model import MultiTaskModel
+from .weighting import FixedWeighting, LossWeighting
+
+
+@hookimpl
+def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
+    """The paper's static weights, always available (the default strategy)."""
+    register(FixedWeighting)
 
 
 @hookimpl(trylast=True)

@@ -39,6 +39,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.out:
         cfg.output.dir = args.out
     result = run(cfg, console=console)
+    if not result.results:  # another rank than 0 under torchrun: rank 0 reports
+        return 0
     _print_summary(result.results, console)
     console.print(f"run folder: {result.run_dir}")
     return 0
@@ -92,6 +94,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             "data sets": plugins.datasets.by_plugin(name),
             "preprocessors": plugins.preprocessors.by_plugin(name),
             "commands": plugins.commands.by_plugin(name),
+            "loss weightings": plugins.weightings.by_plugin(name),
             "hooks": plugins.hooks_of(name),
         }
         for label, names in registered.items():
@@ -109,6 +112,8 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
         raise MtkdError(f"'{args.run_dir}' is not a run folder (no {CONFIG})")
     cfg = load_recipe(args.run_dir / CONFIG, overrides, overlays)
     result = run(cfg, console=console, resume_dir=args.run_dir)
+    if not result.results:  # another rank than 0 under torchrun
+        return 0
     _print_summary(result.results, console)
     console.print(f"run folder: {result.run_dir}")
     return 0

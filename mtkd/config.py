@@ -72,6 +72,15 @@ class TrainerConfig:
     on_nan: str = "stop"  # a non-finite loss: stop, skip the step, or lower_lr (halve it, skip)
     max_skipped_steps: int = 10  # with skip/lower_lr: stop after this many bad steps
     progress: bool = True
+    # {name: fixed | uncertainty | dwa | gradnorm | <plugin>, **options}
+    weighting: dict[str, Any] = field(default_factory=lambda: {"name": "fixed"})
+    channels_last: bool = True  # NHWC weights and inputs (faster convolutions on CPU and GPU)
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA)
+    compile: bool = False  # torch.compile the model (minutes of compile time on a CPU)
+    sync_batchnorm: bool = True  # under DDP on GPUs: batch statistics over all ranks
+    freeze_encoder_epochs: int = 0  # train only the heads this many epochs (encoder BN frozen too)
+    encoder_lr: float | None = None  # the encoder's learning rate; null: trainer.lr
+    layer_decay: float | None = None  # in (0, 1]: each encoder layer's lr is the next one's x this
 
 
 @dataclass
@@ -103,6 +112,13 @@ class OutputConfig:
 
 
 @dataclass
+class InitFromConfig:
+    source: str | None = None  # a run folder, a .safetensors/.pt/.pth file, or timm (hub weights)
+    heads: bool = True  # also load task-head tensors whose name and shape match
+    strict: bool = False  # every encoder tensor must load (default: at least one)
+
+
+@dataclass
 class RecipeConfig:
     name: str = MISSING
     plugins: list[str] = field(default_factory=list)
@@ -110,6 +126,7 @@ class RecipeConfig:
     tasks: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    init_from: InitFromConfig = field(default_factory=InitFromConfig)  # `init_from: runs/x` works
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -160,19 +177,38 @@ def _with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
     return layers
 
 
-def _new_dataset_name(layer: Any) -> str | None:
+# Option blocks whose ``name`` picks a plugin: naming another one drops the old one's options.
+NAMED_BLOCKS: tuple[tuple[str, str], ...] = (("data", "dataset"), ("trainer", "weighting"))
+
+
+def _new_name(layer: Any, path: tuple[str, str]) -> str | None:
     node = layer
-    for key in ("data", "dataset", "name"):
+    for key in (*path, "name"):
         node = node.get(key) if isinstance(node, dict | DictConfig) else None
     return None if node is None else str(node)
 
 
+def _expand_shorthands(layer: Any) -> Any:
+    """``init_from: runs/x`` (or ``init_from=null``) means ``init_from: {source: runs/x}``."""
+    if not isinstance(layer, dict | DictConfig) or "init_from" not in layer:
+        return layer
+    value = layer["init_from"]
+    if value is not None and not isinstance(value, str):
+        return layer
+    layer = dict(layer) if isinstance(layer, dict) else layer.copy()
+    layer["init_from"] = {"source": value}
+    return layer
+
+
 def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
-    """Merge ``layer`` over ``base``; naming another data set replaces the old one's options."""
-    name = _new_dataset_name(layer)
-    if name is not None and name != base.data.dataset.get("name"):
-        base = base.copy()
-        base.data.dataset = {}
+    """Merge ``layer`` over ``base``; naming another data set (or loss weighting) replaces
+    the old one's options."""
+    layer = _expand_shorthands(layer)
+    for section, block in NAMED_BLOCKS:
+        name = _new_name(layer, (section, block))
+        if name is not None and name != base[section][block].get("name"):
+            base = base.copy()
+            base[section][block] = {}
     try:
         merged = OmegaConf.merge(base, layer)
     except ConfigKeyError as exc:
@@ -252,6 +288,7 @@ def load_recipe(
     if OmegaConf.is_missing(cfg, "name"):
         cfg.name = path.stem
     _absolute_plugin_paths(cfg, path.parent)
+    check_values(cfg)
     return cfg
 
 
@@ -260,7 +297,32 @@ def recipe_from_dict(data: dict[str, Any]) -> DictConfig:
     cfg = _merge(OmegaConf.structured(RecipeConfig), data, "recipe")
     if OmegaConf.is_missing(cfg, "name"):
         cfg.name = "recipe"
+    check_values(cfg)
     return cfg
+
+
+def check_finetune(trainer: Any) -> None:
+    """The fine-tuning keys' ranges (their types the schema checks already)."""
+    epochs = getattr(trainer, "freeze_encoder_epochs", 0)
+    if epochs < 0:
+        raise RecipeError(f"trainer.freeze_encoder_epochs: must be 0 or more, got {epochs}")
+    encoder_lr = getattr(trainer, "encoder_lr", None)
+    if encoder_lr is not None and not encoder_lr > 0:
+        raise RecipeError(
+            f"trainer.encoder_lr: must be above 0, got {encoder_lr} "
+            "(to keep the encoder fixed, use trainer.freeze_encoder_epochs)"
+        )
+    decay = getattr(trainer, "layer_decay", None)
+    if decay is not None and not 0 < decay <= 1:
+        raise RecipeError(f"trainer.layer_decay: must be in (0, 1], got {decay}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Range checks that a type alone cannot express; each error names its key."""
+    check_finetune(cfg.trainer)
+    source = cfg.init_from.source
+    if source is not None and not str(source).strip():
+        raise RecipeError("init_from.source: empty; give a run folder, a weights file or timm")
 
 
 def parse_options(options_cls: type, values: Any, key: str) -> Any:

@@ -12,8 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from . import distributed
 from .augment import AugmentConfig, augment
 from .build import plugins_for
 from .cache import CachedSamples, DataReport, materialize
@@ -151,22 +152,33 @@ def build_data(
 
 class EpochSampler(Sampler[int]):
     """A fresh shuffle per epoch drawn from (seed, epoch) alone, and a starting offset, so a
-    run resumed mid-epoch sees exactly the samples the uninterrupted run would have seen."""
+    run resumed mid-epoch sees exactly the samples the uninterrupted run would have seen.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    Under torchrun each rank takes its share of every global batch of ``global_batch``
+    samples (see :func:`mtkd.distributed.shard`); the order itself is the same everywhere.
+    """
+
+    def __init__(self, n: int, seed: int, global_batch: int | None = None) -> None:
+        self.n, self.seed, self.global_batch = n, seed, global_batch
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
+    def _order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
-        return iter(order[self.start :])
+        return distributed.shard(order, self.global_batch or self.n)
+
+    def length(self) -> int:
+        """Samples this rank sees in a whole epoch."""
+        return len(distributed.shard(list(range(self.n)), self.global_batch or self.n))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start :])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.length() - self.start
 
 
 def make_train_loader(
@@ -174,18 +186,28 @@ def make_train_loader(
 ) -> DataLoader:
     """The training loader: shuffled by an :class:`EpochSampler` (resumable), partial labels.
 
+    ``batch_size`` is the global batch: under torchrun each rank loads its share of it.
     Its own generator seeds worker processes, so starting an epoch draws nothing from the
     global RNG (which augmentation uses, and a checkpoint restores mid-epoch).
     """
+    ranks = distributed.world_size()
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed),  # type: ignore[arg-type]
+        batch_size=max(1, batch_size // ranks),
+        sampler=EpochSampler(len(dataset), seed, batch_size),  # type: ignore[arg-type]
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         collate_fn=collate_samples,
         persistent_workers=num_workers > 0,
     )
+
+
+def rank_share(dataset: Dataset) -> Dataset:
+    """This rank's strided share of an evaluation set (the whole set in one process)."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return dataset
+    return Subset(dataset, range(distributed.rank(), len(dataset), ranks))  # type: ignore[arg-type]
 
 
 def make_loader(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .data import make_loader
 from .losses import labelled_outputs
 from .model import MultiTaskModel
@@ -52,9 +53,16 @@ def evaluate_loader(
                 task.update_metrics(metrics[key], output, target)
     finally:
         model.train(was_training)
+    if distributed.is_active():  # each rank saw a shard: sum losses and counts over ranks
+        keys = list(model.tasks)
+        packed = torch.stack([sums[k].double() for k in keys])
+        packed = torch.cat([packed, torch.tensor([float(counts[k]) for k in keys]).to(packed)])
+        values = distributed.all_reduce_sum(packed).tolist()
+        sums = {k: torch.tensor(values[i]) for i, k in enumerate(keys)}
+        counts = {k: int(values[len(keys) + i]) for i, k in enumerate(keys)}
     results: dict[str, Any] = {}
     total = 0.0
-    for key, task in model.tasks.items():
+    for key, task in model.tasks.items():  # torchmetrics syncs its states over ranks itself
         results[f"{key}/count"] = counts[key]
         if counts[key] == 0:
             continue

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .samples import SampleSource
     from .tasks import Task
     from .train import TrainContext
+    from .weighting import LossWeighting
 
 PROJECT = "mtkd"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -44,6 +45,11 @@ def register_preprocessors(register: Callable[[type[Preprocessor]], None]) -> No
 @hookspec
 def register_commands(register: Callable[[type[Command]], None]) -> None:
     """Register ``mtkd`` subcommands (subclasses of ``mtkd.Command``)."""
+
+
+@hookspec
+def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
+    """Register loss-weighting strategies (subclasses of ``mtkd.LossWeighting``)."""
 
 
 @hookspec(firstresult=True)

@@ -12,15 +12,17 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from . import distributed
 from .assess import assess
 from .build import build_model, plugins_for
 from .checkpoint import write_json
-from .data import DataBundle, build_data, make_loader, make_train_loader
+from .data import DataBundle, build_data, make_loader, make_train_loader, rank_share
 from .errors import MtkdError, PluginError
 from .model import MultiTaskModel
 from .plugins import PluginSet
 from .runs import RESULTS, new_run_dir, save_distilled, write_run_header
 from .train import TrainContext, fit, resolve_device, seed_everything
+from .transfer import check_init_from, init_from_recipe
 
 
 def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTaskModel:
@@ -49,12 +51,13 @@ def train(
     """Train ``model`` on ``data.train``, early-stopping on ``data.val`` (library entry point).
 
     ``resume`` continues from ``run_dir``'s last checkpoint."""
+    distributed.setup(cfg.trainer.device)  # joins torchrun's process group, if launched so
     seed_everything(cfg.trainer.seed)
     train_loader = make_train_loader(
         data.train, cfg.data.batch_size, seed=cfg.trainer.seed, num_workers=cfg.data.num_workers
     )
     val_loader = make_loader(
-        data.val, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
+        rank_share(data.val), cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
     )
     return fit(
         model,
@@ -86,6 +89,12 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _median_throughput(history: list[dict[str, Any]]) -> float | None:
+    """Training images per second, the median over epochs (the first one warms up)."""
+    values = sorted(r["time_train_images_per_s"] for r in history if "time_train_images_per_s" in r)
+    return values[len(values) // 2] if values else None
+
+
 def run(
     cfg: DictConfig,
     *,
@@ -96,20 +105,34 @@ def run(
     """Train, distil, evaluate and write the run folder for a loaded recipe.
 
     ``resume_dir``: continue that unfinished run from its last checkpoint instead.
+    Under torchrun every rank trains; rank 0 alone writes the run folder and evaluates.
     """
-    console = console or Console()
+    distributed.setup(cfg.trainer.device)
+    main = distributed.is_main()
+    console = console if console is not None and main else Console(quiet=not main)
     plugins = plugins_for(cfg, plugins)
+    if resume_dir is None:
+        check_init_from(cfg)  # a missing source fails before the data are built
     seed_everything(cfg.trainer.seed)
-    data = build_data(cfg, plugins, console)
+    with distributed.main_first():  # rank 0 fills the disk cache, the others then read it
+        data = build_data(cfg, plugins, console)
     model = build_model(cfg, data.label_spaces, plugins)
+    # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
+    # the run folder exists, so a source that fits nothing leaves no empty run behind)
+    transfer = init_from_recipe(model, cfg) if resume_dir is None else None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         if (run_dir / RESULTS).is_file():
             raise MtkdError(f"'{run_dir}' is a finished run (it has {RESULTS}): nothing to resume")
-    else:
+    elif main:
         run_dir = new_run_dir(cfg)
         write_run_header(run_dir, cfg, dict(data.label_spaces))
+        if transfer is not None:
+            transfer.save(run_dir)
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if main else None))
     console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
+    if transfer is not None:
+        transfer.print(console)
     console.print(f"data: {data.sizes()}  model: {model.describe()['tasks']}")
     started = time.perf_counter()
     resume = resume_dir is not None
@@ -117,6 +140,10 @@ def run(
     train_time = time.perf_counter() - started
     device = resolve_device(cfg.trainer.device)
     inference_model = distill(model, plugins) if cfg.distill.enabled else model
+    distributed.barrier()
+    distributed.teardown()  # evaluation runs in rank 0 alone, with no collectives
+    if not main:
+        return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results={})
     save_distilled(run_dir, inference_model)  # the inference model, whether distilled or not
     results: dict[str, Any] = {
         "recipe": cfg.name,
@@ -127,6 +154,7 @@ def run(
         "best_epoch": ctx.best_epoch,
         "stopped_early": ctx.stopped_early,
         "train_time_s": round(train_time, 2),
+        "train_images_per_s": _median_throughput(ctx.history),
         "seed": cfg.trainer.seed,
         "versions": _versions(),
         "params": {

@@ -27,6 +27,7 @@ from .errors import PluginError, did_you_mean
 from .preprocess import Preprocessor
 from .samples import SampleSource
 from .tasks import Task
+from .weighting import LossWeighting
 
 ENTRY_POINT_GROUP = "mtkd"
 ENV_VAR = "MTKD_PLUGINS"
@@ -88,6 +89,7 @@ class PluginSet:
     datasets: Registry[type[SampleSource]]
     preprocessors: Registry[type[Preprocessor]]
     commands: Registry[type[Command]]
+    weightings: Registry[type[LossWeighting]]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -199,12 +201,15 @@ def load_plugins(
     _collect(pm, "register_preprocessors", preprocessors)
     commands: Registry[type[Command]] = Registry("command", Command)
     _collect(pm, "register_commands", commands)
+    weightings: Registry[type[LossWeighting]] = Registry("loss weighting", LossWeighting)
+    _collect(pm, "register_weightings", weightings)
     return PluginSet(
         manager=pm,
         tasks=tasks,
         datasets=datasets,
         preprocessors=preprocessors,
         commands=commands,
+        weightings=weightings,
         origins=origins,
     )
 

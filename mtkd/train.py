@@ -19,22 +19,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
+from torch import nn
 from torch.utils.data import DataLoader
 
-from . import rng
+from . import distributed, hardware, rng
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .config import parse_options
 from .data import EpochSampler
 from .errors import MtkdError, RecipeError, did_you_mean
 from .evaluate import evaluate_loader, prefixed, to_device
+from .finetune import FreezeSchedule, param_groups
 from .losses import task_losses, weighted_total
 from .model import MultiTaskModel
 from .plugins import PluginSet
+from .weighting import FixedWeighting, LossWeighting
 
 NAN_POLICIES = ("stop", "skip", "lower_lr")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
 
 
 def resolve_device(name: str) -> torch.device:
+    if name in ("auto", "cuda") and torch.cuda.is_available() and distributed.is_active():
+        return torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -61,8 +67,27 @@ def make_optimizer(model: torch.nn.Module, trainer: DictConfig) -> torch.optim.O
             + did_you_mean(trainer.optimizer, known)
         )
     return create_optimizer_v2(
-        model, opt=trainer.optimizer, lr=trainer.lr, weight_decay=trainer.weight_decay
+        param_groups(model, trainer),
+        opt=trainer.optimizer,
+        lr=trainer.lr,
+        weight_decay=trainer.weight_decay,
     )
+
+
+def make_weighting(
+    model: MultiTaskModel, trainer: DictConfig, plugins: PluginSet | None
+) -> LossWeighting:
+    """The recipe's ``trainer.weighting`` strategy, its options checked against the plugin."""
+    raw = dict(trainer.weighting)
+    name = str(raw.pop("name", "fixed"))
+    if plugins is None and name == FixedWeighting.name:
+        cls: type[LossWeighting] = FixedWeighting
+    else:
+        from .plugins import load_plugins
+
+        cls = (plugins or load_plugins()).weightings.get(name, key="trainer.weighting.name")
+    options = parse_options(cls.Options, raw, "trainer.weighting")
+    return cls(model.tasks, options, list(model.encoder.parameters()))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig) -> Any:
@@ -88,6 +113,9 @@ class TrainContext:
     optimizer: torch.optim.Optimizer
     device: torch.device
     run_dir: Path | None
+    weighting: LossWeighting | None = None
+    rank: int = 0  # this process's rank under torchrun (0 in a single process)
+    world_size: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
     best_epoch: int = -1
@@ -156,22 +184,35 @@ class _Loop:
         self.ctx, self.loader, self.scheduler = ctx, train_loader, scheduler
         self.progress, self.hook, self.console = progress, hook, console
         self.trainer = ctx.cfg.trainer
+        self.weighting = ctx.weighting or FixedWeighting(ctx.model.tasks, None, [])
+        self.scaler = hardware.grad_scaler(self.trainer, ctx.device)
+        self.freeze = FreezeSchedule.from_trainer(self.trainer)
         self.stale = 0
         self.global_step = 0
         self.skipped_steps = 0
         self.interrupted = False
+        self._runner: nn.Module | None = None
+        self._runner_for: tuple[bool, ...] = ()
+
+    def runner(self) -> nn.Module:
+        """The module running the forward pass, rebuilt when the trainable set changes."""
+        signature = hardware.trainable_signature(self.ctx.model)
+        if self._runner is None or signature != self._runner_for:
+            self._runner = hardware.forward_module(self.ctx.model, self.trainer, self.ctx.device)
+            self._runner_for = signature
+        return self._runner
 
     def steps_per_epoch(self) -> int:
         sampler = self.loader.sampler
-        n = sampler.n if isinstance(sampler, EpochSampler) else len(self.loader.dataset)  # type: ignore[arg-type]
+        n = sampler.length() if isinstance(sampler, EpochSampler) else len(self.loader.dataset)  # type: ignore[arg-type]
         full = math.ceil(n / (self.loader.batch_size or 1))
         cap = self.trainer.max_steps_per_epoch
         return full if cap is None else min(full, cap)
 
     def checkpoint(self, epoch: int, step: int, tally: EpochTally) -> None:
-        """Everything needed to continue from here, written atomically."""
+        """Everything needed to continue from here, written atomically (by rank 0)."""
         run_dir = self.ctx.run_dir
-        if run_dir is None:
+        if run_dir is None or not distributed.is_main():
             return
         state = {
             "epoch": epoch,
@@ -184,7 +225,11 @@ class _Loop:
             "skipped_steps": self.skipped_steps,
             "tally": asdict(tally),
         }
-        extra = {"scheduler": self.scheduler.state_dict() if self.scheduler else None}
+        extra = {
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "weighting": self.weighting.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
         save_checkpoint(
             run_dir / "checkpoints" / "last",
             self.ctx.model,
@@ -197,7 +242,8 @@ class _Loop:
     def train_epoch(self, epoch: int, start_step: int, tally: EpochTally) -> EpochTally:
         ctx, trainer = self.ctx, self.trainer
         model, optimizer, device = ctx.model, ctx.optimizer, ctx.device
-        model.train()
+        self.freeze.set_train_mode(model, epoch)  # model.train(), encoder frozen if scheduled
+        runner = self.runner()
         steps = self.steps_per_epoch()
         bar = self.progress.add_task(
             f"epoch {epoch + 1}", total=steps, completed=start_step, status=""
@@ -208,22 +254,35 @@ class _Loop:
         log_every, every = max(1, trainer.log_every), trainer.checkpoint_every
 
         def snapshot() -> EpochTally:
+            """The epoch's tally so far, summed over ranks (a collective under DDP)."""
+            keys = list(model.tasks)
+            packed = torch.stack(
+                [total_sum.float(), torch.tensor(float(seen), device=device)]
+                + [sums[k].float() for k in keys]
+                + [torch.tensor(float(counts[k]), device=device) for k in keys]
+            ).double()
+            values = distributed.all_reduce_sum(packed).tolist()
+            n = len(keys)
             return EpochTally(
-                float(total_sum), seen, {k: float(v) for k, v in sums.items()}, dict(counts)
+                values[0],
+                int(values[1]),
+                dict(zip(keys, values[2 : 2 + n], strict=True)),
+                {k: int(v) for k, v in zip(keys, values[2 + n :], strict=True)},
             )
 
         for step, raw in enumerate(self.loader, start=start_step):
             if step >= steps:
                 break
             batch = to_device(raw, device)
-            losses, n = task_losses(model(batch["image"]), batch, model.tasks)
-            total = weighted_total(losses, model.tasks)
+            images = hardware.prepare_images(batch["image"], trainer)
+            with hardware.autocast(trainer, device):
+                losses, n = task_losses(runner(images), batch, model.tasks)
+            total = weighted_total(losses, model.tasks)  # the recipe's weighting: what is logged
             optimizer.zero_grad(set_to_none=True)
-            if trainer.check_finite and not bool(torch.isfinite(total.detach())):
+            if trainer.check_finite and not self._finite(total):
                 self._non_finite(epoch, step, losses)
             else:
-                total.backward()
-                optimizer.step()
+                self._backward_and_step(losses, n)
                 size = int(batch["image"].shape[0])
                 total_sum += total.detach() * size
                 seen += size
@@ -234,9 +293,10 @@ class _Loop:
             self.global_step += 1
             done = step + 1
             if done % log_every == 0 or done == steps:
-                self.progress.update(
-                    bar, completed=done, status=f"loss {float(total.detach()):.4f}"
-                )
+                value = float(total.detach())  # the only host sync of the hot loop
+                if not trainer.check_finite and not math.isfinite(value):
+                    self._non_finite(epoch, step, losses, checked_late=True)
+                self.progress.update(bar, completed=done, status=f"loss {value:.4f}")
             if (every and done % every == 0 and done < steps) or (
                 self.interrupted and done < steps
             ):
@@ -248,11 +308,39 @@ class _Loop:
         self.progress.remove_task(bar)
         return snapshot()
 
-    def _non_finite(self, epoch: int, step: int, losses: dict[str, torch.Tensor]) -> None:
-        """A NaN/Inf loss: the step is not taken; stop, skip it, or halve the learning rate."""
+    def _finite(self, total: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite (ranks must agree to skip a step together)."""
+        flag = torch.isfinite(total.detach()).float().reshape(1)
+        return bool(distributed.all_reduce_sum(flag) == distributed.world_size())
+
+    def _backward_and_step(self, losses: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+        combined = self.weighting.combine(losses, counts)
+        optimizer = self.ctx.optimizer
+        if self.scaler is not None:
+            self.scaler.scale(combined).backward()
+            distributed.average_gradients(self.weighting.parameters())
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            combined.backward()
+            distributed.average_gradients(self.weighting.parameters())
+            optimizer.step()
+
+    def _non_finite(
+        self, epoch: int, step: int, losses: dict[str, torch.Tensor], checked_late: bool = False
+    ) -> None:
+        """A NaN/Inf loss: the step is not taken; stop, skip it, or halve the learning rate.
+
+        With ``check_finite`` off it is only noticed at a logging step, after the update:
+        the run then stops whatever the policy (the best checkpoint is untouched)."""
         where = f"epoch {epoch + 1}, step {step + 1}"
         bad = ", ".join(_bad_tasks(losses)) or "the weighted total"
         policy = self.trainer.on_nan
+        if checked_late:
+            raise MtkdError(
+                f"{where}: non-finite loss in task(s) {bad} (trainer.check_finite=false, so "
+                "it was noticed at a logging step after updating the weights); stopped"
+            )
         self.skipped_steps += 1
         if policy == "stop" or self.skipped_steps > self.trainer.max_skipped_steps:
             raise MtkdError(
@@ -274,15 +362,23 @@ def _restore(loop: _Loop, run_dir: Path, scheduler: Any) -> tuple[int, int, Epoc
         loop.console.print(f"[yellow]{note}: resuming from the checkpoint before it")
     if scheduler is not None and extra.get("scheduler") is not None:
         scheduler.load_state_dict(extra["scheduler"])
+    if extra.get("weighting"):
+        loop.weighting.load_state_dict(extra["weighting"])
+    if loop.scaler is not None and extra.get("scaler"):
+        loop.scaler.load_state_dict(extra["scaler"])
     log = run_dir / "metrics.jsonl"
     lines = log.read_text().splitlines()[: state["history_len"]] if log.is_file() else []
-    log.write_text("".join(line + "\n" for line in lines))  # drop epochs after the checkpoint
+    distributed.barrier()  # every rank has read the log before rank 0 truncates it
+    if distributed.is_main():
+        log.write_text("".join(line + "\n" for line in lines))  # drop epochs after the checkpoint
     ctx.history = [json.loads(line) for line in lines]
     ctx.best_epoch, ctx.best_value = state["best_epoch"], state["best_value"]
     loop.stale, loop.global_step = state["stale"], state["global_step"]
     loop.skipped_steps = state["skipped_steps"]
     rng.restore(rng_state)
-    return state["epoch"], state["step"], EpochTally(**state["tally"])
+    # the saved tally is already summed over ranks: rank 0 carries it, the others start at 0
+    tally = EpochTally(**state["tally"]) if distributed.is_main() else EpochTally()
+    return state["epoch"], state["step"], tally
 
 
 def fit(
@@ -301,34 +397,53 @@ def fit(
     With ``resume``, continue from ``run_dir``'s last checkpoint exactly where it was taken
     (mid-epoch included): weights, optimizer, scheduler, early stopping, RNG and data order.
     Ctrl-C checkpoints at the next step boundary and raises :class:`Interrupted`.
+    Under torchrun (see :mod:`mtkd.distributed`) every rank calls this; rank 0 writes.
     """
     trainer = cfg.trainer
     if trainer.on_nan not in NAN_POLICIES:
         raise RecipeError(
             f"trainer.on_nan: '{trainer.on_nan}' is not one of {', '.join(NAN_POLICIES)}"
         )
-    console = console or Console()
+    hardware.check_options(trainer)
+    main = distributed.is_main()
+    console = console or Console(quiet=not main)
     device = resolve_device(trainer.device)
     model.to(device)
+    hardware.to_memory_format(model, trainer)
+    hardware.use_sync_batchnorm(model, trainer, device)
     optimizer = make_optimizer(model, trainer)
+    weighting = make_weighting(model, trainer, plugins).to(device)
+    learned = [p for p in weighting.parameters() if p.requires_grad]
+    if learned:
+        optimizer.add_param_group({"params": learned, "weight_decay": 0.0})
     scheduler = make_scheduler(optimizer, trainer)
-    ctx = TrainContext(cfg=cfg, model=model, optimizer=optimizer, device=device, run_dir=run_dir)
+    ctx = TrainContext(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        device=device,
+        run_dir=run_dir,
+        weighting=weighting,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
     hook = plugins.hook if plugins is not None else None
-    has_val = val_loader is not None and len(val_loader.dataset) > 0  # type: ignore[arg-type]
+    has_val = val_loader is not None and _val_size(val_loader) > 0
     monitor = "val/loss" if has_val else "train/loss"
     if not has_val:
         console.print("[yellow]no validation samples: early stopping watches the training loss")
-    best_path = run_dir / "checkpoints" / "best.safetensors" if run_dir else None
+    best_path = run_dir / "checkpoints" / "best.safetensors" if run_dir and main else None
     best_state: dict[str, torch.Tensor] | None = None
-    with _EpochProgress(console, trainer.progress) as progress, _CtrlC() as ctrl_c:
+    with _EpochProgress(console, trainer.progress and main) as progress, _CtrlC() as ctrl_c:
         loop = _Loop(ctx, train_loader, scheduler, progress, hook, console)
         ctrl_c.loop = loop
         first_epoch, start_step, tally = 0, 0, EpochTally()
         if resume:
             assert run_dir is not None
             first_epoch, start_step, tally = _restore(loop, run_dir, scheduler)
-            if best_path is not None and best_path.is_file():
-                best_state = load_file(str(best_path), device=str(device))
+            best_file = run_dir / "checkpoints" / "best.safetensors"
+            if best_file.is_file():
+                best_state = load_file(str(best_file), device=str(device))
             console.print(f"resumed at epoch {first_epoch + 1}, step {start_step}")
         elif hook:
             hook.on_train_start(context=ctx)
@@ -345,13 +460,20 @@ def fit(
                 tally = loop.train_epoch(epoch, start_step, tally)
             except _Stop:
                 raise Interrupted(run_dir) from None
+            train_s = time.perf_counter() - started
             start_step = 0
             record.update(prefixed(tally.results(), "train"))
+            tally_seen = tally.seen
+            weighting.epoch_end({k: v for k, v in _task_losses(tally).items()})
+            if not isinstance(weighting, FixedWeighting):
+                record.update({f"weight/{k}": w for k, w in weighting.current_weights().items()})
             tally = EpochTally()
             if has_val:
                 assert val_loader is not None
                 record.update(prefixed(evaluate_loader(model, val_loader, device), "val"))
             record["time_s"] = round(time.perf_counter() - started, 3)
+            # training throughput over all ranks (a resumed epoch counts its whole tally)
+            record["time_train_images_per_s"] = round(tally_seen / max(train_s, 1e-9), 2)
             value = float(record.get(monitor, math.inf))
             improved = value < ctx.best_value - trainer.min_delta
             if improved:
@@ -363,7 +485,7 @@ def fit(
                 loop.stale += 1
             record["best"] = improved
             ctx.history.append(record)
-            if run_dir is not None:
+            if run_dir is not None and main:
                 with (run_dir / "metrics.jsonl").open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
             console.print(_epoch_line(record, monitor))
@@ -376,11 +498,24 @@ def fit(
                 raise Interrupted(run_dir)
         else:
             _should_stop(ctx, loop, trainer, monitor, console)
+    loop.freeze.release(model)
     if best_state is not None:
         model.load_state_dict(best_state)
+    hardware.plain_batchnorm(model)
+    model.to(memory_format=torch.contiguous_format)
     if hook:
         hook.on_train_end(context=ctx)
     return ctx
+
+
+def _task_losses(tally: EpochTally) -> dict[str, float]:
+    return {k: tally.sums[k] / n for k, n in tally.counts.items() if n}
+
+
+def _val_size(loader: DataLoader) -> int:
+    """Validation samples over all ranks (each rank holds a shard under DDP)."""
+    local = torch.tensor([float(len(loader.dataset))])  # type: ignore[arg-type]
+    return int(distributed.all_reduce_sum(local))
 
 
 def _should_stop(

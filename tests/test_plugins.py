@@ -114,7 +114,9 @@ def test_builtins_load_through_the_entry_point_group() -> None:
     assert {"identification", "segmentation", "random_images"} <= set(plugins.origins)
     assert plugins.origins["identification"].startswith("entry point mtkd_plugins.")
     assert plugins.tasks.by_plugin("segmentation") == ["segmentation"]
-    assert plugins.hooks_of("mtkd.core") == ["distill"]
+    assert plugins.hooks_of("mtkd.core") == ["distill", "register_weightings"]
+    assert plugins.weightings.by_plugin("mtkd.core") == ["fixed"]
+    assert plugins.weightings.by_plugin("loss_weighting") == ["dwa", "gradnorm", "uncertainty"]
 
 
 def test_environment_variable_restricts_which_plugins_load(monkeypatch: pytest.MonkeyPatch) -> None:

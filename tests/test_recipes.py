@@ -15,6 +15,7 @@ import mtkd
 STAND_INS = {
     "seg_distilled_id": "mobilenetv2_035",  # same module names, so the pix2pix taps resolve
     "pose_distilled_id": "mobilenetv2_035",
+    "pretrain_synthetic_heads": "mobilenetv2_035",
     "mobilenetv2_id": "mobilenetv2_035",
     "resnet101_id": "test_resnet",
     "vgg19_id": "test_byobnet",
@@ -36,7 +37,7 @@ def test_recipe_trains_distils_and_evaluates(
     recipe: str, tiny_recipe: Callable[..., DictConfig]
 ) -> None:
     extra: dict[str, object] = {"encoder.name": STAND_INS[recipe]}
-    if recipe == "pose_distilled_id":  # random_images has no pose label
+    if recipe in ("pose_distilled_id", "pretrain_synthetic_heads"):  # random_images: no pose
         extra |= {"data.dataset.name": "synthetic_heads", "data.dataset.views_spread": 0}
     cfg = tiny_recipe(recipe, **extra)
     result = mtkd.run(cfg, console=Console(quiet=True))

@@ -75,7 +75,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
     def metrics(run: Path) -> list[dict]:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
+        return [{k: v for k, v in row.items() if not k.startswith("time")} for row in rows]
 
     assert metrics(a) == metrics(b)
     results = [json.loads((run / "results.json").read_text())["test"] for run in (a, b)]

@@ -1,0 +1,134 @@
+"""Distributed data parallel through PyTorch's own engine: ``torchrun`` starts the processes,
+``torch.distributed`` connects them, ``DistributedDataParallel`` averages the gradients.
+
+mtkd only decides who does what: every rank trains on its share of each global batch; rank 0
+alone logs, writes checkpoints and the run folder, and evaluates once training is over.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import RecipeError
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (or any launcher following its convention) sets WORLD_SIZE for each process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device_name: str = "auto") -> torch.device | None:
+    """Join the process group torchrun announced (gloo on the CPU, NCCL on GPUs).
+
+    Returns this rank's device, or None when the process was not started by torchrun.
+    """
+    if not launched_by_torchrun():
+        return None
+    if not dist.is_available():
+        raise RecipeError("WORLD_SIZE > 1, but this torch build has no torch.distributed")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and not device_name.startswith("cpu")
+    if cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30)
+        )
+    return device
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_active():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place (a no-op in a single process)."""
+    if is_active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def average_gradients(parameters: Any) -> None:
+    """Average gradients DDP does not manage (a loss-weighting strategy's own weights)."""
+    if not is_active():
+        return
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= dist.get_world_size()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's value on every rank (e.g. the run folder it created)."""
+    if not is_active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. fills the disk cache), then the others."""
+    if is_main():
+        yield
+        barrier()
+    else:
+        barrier()
+        yield
+
+
+def shard(indices: list[int], batch_size: int) -> list[int]:
+    """This rank's share of an epoch's order: a strided slice of each global batch.
+
+    A global batch of ``batch_size`` samples is split evenly, so the averaged gradient of a
+    step equals that of one process seeing the whole batch. A final batch smaller than the
+    number of ranks is dropped (a rank with nothing to do would stall the others).
+    """
+    ranks, me = world_size(), rank()
+    if ranks == 1:
+        return indices
+    if batch_size % ranks:
+        raise RecipeError(
+            f"data.batch_size: the global batch ({batch_size}) must divide evenly over "
+            f"{ranks} processes"
+        )
+    out: list[int] = []
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        if len(batch) < ranks:
+            break
+        out.extend(batch[me::ranks])
+    return out

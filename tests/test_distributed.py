@@ -1,0 +1,149 @@
+"""Data-parallel training through torchrun: two CPU processes (gloo) must train the weights
+one process trains on the same global batches, and distil the same inference model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import RECIPES
+from safetensors.torch import load_file
+
+import mtkd
+from mtkd import distributed
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
+
+# Saves, per rank, the trained model, the model the distill hook makes of it, and the
+# loss-weighting state: what the ranks must agree on.
+PROBE = """
+import os
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+import mtkd
+from mtkd import distributed
+
+
+def _save(tensors, name):
+    out = Path(os.environ["MTKD_TEST_OUT"])
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(out / name))
+
+
+@mtkd.hookimpl
+def on_train_end(context):
+    rank = distributed.rank()
+    _save(context.model.state_dict(), f"trained-{rank}.safetensors")
+    _save(mtkd.distill(context.model).state_dict(), f"student-{rank}.safetensors")
+    if context.weighting.state_dict():
+        _save(context.weighting.state_dict(), f"weighting-{rank}.safetensors")
+"""
+
+# No BatchNorm anywhere (GroupNorm encoder, linear heads): batch statistics on half a batch
+# would differ from the whole batch's, and PyTorch syncs BatchNorm on GPUs only.
+OVERRIDES = [
+    "encoder.name=test_efficientnet_gn",
+    "data.cache=memory",
+    "data.split.test=0.2",
+    "data.split.val=0.25",
+    "trainer.progress=false",
+    "evaluate.latency=false",
+    "evaluate.verification=false",
+    "output.plots=false",
+]
+
+
+def _mtkd_run(out: Path, *extra: str, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+    out.mkdir(parents=True)
+    plugin = out / "probe.py"
+    plugin.write_text(PROBE)
+    args = [
+        "run",
+        str(RECIPES / "pose_distilled_id.yaml"),
+        str(RECIPES / "profiles" / "tiny.yaml"),
+        *OVERRIDES,
+        f"plugins=[{plugin}]",
+        f"output.dir={out / 'run'}",
+        *extra,
+    ]
+    launcher = [sys.executable, "-m", "mtkd"]
+    if ranks > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc_per_node={ranks}", "-m", "mtkd"]
+    env = {**os.environ, "MTKD_TEST_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_two_cpu_processes_train_the_weights_one_process_trains(tmp_path: Path) -> None:
+    _mtkd_run(tmp_path / "single")
+    done = _mtkd_run(tmp_path / "ddp", ranks=2)
+    single = load_file(str(tmp_path / "single" / "trained-0.safetensors"))
+    rank0 = load_file(str(tmp_path / "ddp" / "trained-0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ddp" / "trained-1.safetensors"))
+    assert _max_difference(rank0, rank1) == 0.0  # DDP keeps the replicas identical
+    assert _max_difference(rank0, single) < 5e-4  # same global batches: the same training
+    student0 = load_file(str(tmp_path / "ddp" / "student-0.safetensors"))
+    student1 = load_file(str(tmp_path / "ddp" / "student-1.safetensors"))
+    assert not any(k.startswith("heads.pose.") for k in student0)  # the teacher is gone
+    assert _max_difference(student0, student1) == 0.0
+    # rank 0 alone wrote the run: one log line per epoch, and the results
+    run = tmp_path / "ddp" / "run"
+    epochs = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(epochs) == 2
+    results = json.loads((run / "results.json").read_text())
+    assert results["removed_tasks"] == ["pose"]
+    assert done.stdout.count("test results") == 1
+    # the validation metrics, reduced over both ranks' shards, match one process's
+    one = json.loads((tmp_path / "single" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    two = json.loads(epochs[0])
+    assert two["val/identification/count"] == one["val/identification/count"]
+    assert two["val/loss"] == pytest.approx(one["val/loss"], rel=1e-4)
+
+
+def test_learned_loss_weights_stay_identical_on_every_rank(tmp_path: Path) -> None:
+    _mtkd_run(tmp_path / "ddp", "trainer.weighting.name=gradnorm", ranks=2)
+    weights0 = load_file(str(tmp_path / "ddp" / "weighting-0.safetensors"))
+    weights1 = load_file(str(tmp_path / "ddp" / "weighting-1.safetensors"))
+    assert torch.equal(weights0["task_weights"], weights1["task_weights"])
+    assert not torch.equal(weights0["task_weights"], torch.ones(2))  # they were learned
+    assert float(weights0["task_weights"].sum()) == pytest.approx(2.0, abs=1e-4)
+    rank0 = load_file(str(tmp_path / "ddp" / "trained-0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ddp" / "trained-1.safetensors"))
+    assert _max_difference(rank0, rank1) == 0.0
+
+
+def test_a_global_batch_that_does_not_divide_over_the_ranks_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    with pytest.raises(mtkd.RecipeError, match=r"data\.batch_size.*8.*3 processes"):
+        distributed.shard(list(range(20)), 8)
+
+
+def test_each_rank_takes_a_strided_share_of_every_global_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    shares = []
+    for me in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda me=me: me)
+        shares.append(distributed.shard(list(range(11)), 4))
+    # global batches [0-3], [4-7], [8-10]: each split over the two ranks
+    assert shares == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    assert distributed.shard(list(range(9)), 4) == [0, 2, 4, 6]  # a last batch of 1 is dropped
