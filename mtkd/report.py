@@ -65,6 +65,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("mIoU (teacher)", lambda r: _dig(r, "test", "full", "segmentation/miou"), "pct"),
     Column("latency b1 (ms)", lambda r: _latency(r, "inference", 1), "ms"),
     Column("epochs", lambda r: _dig(r, "epochs_run"), "num"),
+    Column("train img/s", lambda r: _dig(r, "train_images_per_s"), "num"),
 )
 
 

@@ -8,6 +8,13 @@ A study file has a top-level ``study:`` key::
       overlays: [profiles/cpu_quick.yaml]            # applied to every member
       overrides: [trainer.max_epochs=20]             # applied to every member
 
+A member is a recipe name, or a variant of one with its own overrides and name::
+
+      members:
+        - seg_distilled_id
+        - {name: seg_uncertainty, recipe: seg_distilled_id,
+           overrides: [trainer.weighting.name=uncertainty]}
+
 Each member x seed trains into ``<study folder>/<member>-seed<k>/``. A member whose folder
 already holds ``results.json`` is not run again, so an interrupted study resumes.
 """
@@ -35,7 +42,7 @@ from .runs import RESULTS
 
 @dataclass
 class StudyConfig:
-    members: list[str] = field(default_factory=list)
+    members: list[Any] = field(default_factory=list)  # recipe names or {name, recipe, overrides}
     seeds: list[int] = field(default_factory=lambda: [0])
     overlays: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
@@ -72,10 +79,39 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     study: StudyConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     if not study.members:
         raise RecipeError(f"{path}: study.members lists no recipe")
-    for i, member in enumerate(study.members):
-        if not _member_path(path, member).is_file():
-            raise RecipeError(f"{path}: study.members[{i}]: recipe '{member}' not found")
+    names = [_member(path, i, entry).name for i, entry in enumerate(study.members)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RecipeError(f"{path}: study.members: names used twice: {twice}")
     return study
+
+
+@dataclass
+class Member:
+    name: str  # the run folders' and the table's name
+    recipe: Path
+    overrides: list[str]
+
+
+def _member(study_path: Path, index: int, entry: Any) -> Member:
+    where = f"{study_path}: study.members[{index}]"
+    if isinstance(entry, str):
+        name, recipe, overrides = Path(entry).stem, entry, []
+    elif isinstance(entry, dict):
+        unknown = set(entry) - {"name", "recipe", "overrides"}
+        if unknown or "recipe" not in entry:
+            raise RecipeError(
+                f"{where}: a variant is {{name, recipe, overrides}}, got keys {sorted(entry)}"
+            )
+        recipe = str(entry["recipe"])
+        name = str(entry.get("name") or Path(recipe).stem)
+        overrides = [str(o) for o in entry.get("overrides") or []]
+    else:
+        raise RecipeError(f"{where}: expected a recipe name or a mapping, got {entry!r}")
+    path = _member_path(study_path, recipe)
+    if not path.is_file():
+        raise RecipeError(f"{where}: recipe '{recipe}' not found")
+    return Member(name, path, overrides)
 
 
 def _member_path(study_path: Path, member: str) -> Path:
@@ -98,33 +134,38 @@ def run_study(
     folder = Path(study.dir) if study.dir else Path(study.root) / path.stem
     folder.mkdir(parents=True, exist_ok=True)
     shared_overlays = [path.parent / o for o in study.overlays] + [Path(o) for o in overlays]
-    planned: list[tuple[str, int, Path]] = [
-        (member, seed, folder / f"{Path(member).stem}-seed{seed}")
-        for member in study.members
+    members = [_member(path, i, entry) for i, entry in enumerate(study.members)]
+    planned: list[tuple[Member, int, Path]] = [
+        (member, seed, folder / f"{member.name}-seed{seed}")
+        for member in members
         for seed in study.seeds
     ]
     # every member's recipe is checked before the first one trains
     configs = {}
     for member, seed, run_dir in planned:
         cfg = load_recipe(
-            _member_path(path, member),
+            member.recipe,
             [
                 *study.overrides,
+                *member.overrides,
                 *member_overrides,
                 f"trainer.seed={seed}",
                 f"data.split.seed={seed}",
             ],
             shared_overlays,
         )
+        cfg.name = member.name
         cfg.output.dir = str(run_dir)
         configs[run_dir] = cfg
     for index, (member, seed, run_dir) in enumerate(planned, 1):
         if (run_dir / RESULTS).is_file():
-            console.print(f"[{index}/{len(planned)}] {member} seed {seed}: done before, skipped")
+            console.print(
+                f"[{index}/{len(planned)}] {member.name} seed {seed}: done before, skipped"
+            )
             continue
         if run_dir.exists():  # an interrupted member: start it again from scratch
             shutil.rmtree(run_dir)
-        console.print(f"[bold][{index}/{len(planned)}] {member} seed {seed}[/bold]")
+        console.print(f"[bold][{index}/{len(planned)}] {member.name} seed {seed}[/bold]")
         run(configs[run_dir], console=console)
     results = [read_results(run_dir) for _, _, run_dir in planned]
     rows = comparison_rows(results, order=[configs[d].name for _, _, d in planned])
@@ -137,7 +178,7 @@ def run_study(
         plot_accuracy_by_bin(binned, folder / f"accuracy_by_bin-{task}.png", task=task)
     summary: dict[str, Any] = {
         "study": path.stem,
-        "members": study.members,
+        "members": [m.name for m in members],
         "seeds": study.seeds,
         "runs": [str(d) for _, _, d in planned],
     }

@@ -15,6 +15,8 @@ import mtkd
 STAND_INS = {
     "seg_distilled_id": "mobilenetv2_035",  # same module names, so the pix2pix taps resolve
     "pose_distilled_id": "mobilenetv2_035",
+    "seg_pose_distilled_id": "mobilenetv2_035",
+    "orl_id": "mobilenetv2_035",
     "pretrain_synthetic_heads": "mobilenetv2_035",
     "mobilenetv2_id": "mobilenetv2_035",
     "resnet101_id": "test_resnet",
@@ -37,7 +39,8 @@ def test_recipe_trains_distils_and_evaluates(
     recipe: str, tiny_recipe: Callable[..., DictConfig]
 ) -> None:
     extra: dict[str, object] = {"encoder.name": STAND_INS[recipe]}
-    if recipe in ("pose_distilled_id", "pretrain_synthetic_heads"):  # random_images: no pose
+    if recipe in ("pose_distilled_id", "seg_pose_distilled_id", "pretrain_synthetic_heads"):
+        # random_images has no pose label
         extra |= {"data.dataset.name": "synthetic_heads", "data.dataset.views_spread": 0}
     cfg = tiny_recipe(recipe, **extra)
     result = mtkd.run(cfg, console=Console(quiet=True))

@@ -96,3 +96,57 @@ def test_study_on_posed_data_plots_accuracy_by_bin_for_all_members(tmp_path: Pat
     ]
     folder = run_study(study, overrides, [RECIPES / "profiles" / "tiny.yaml"], Console(quiet=True))
     assert (folder / "accuracy_by_bin-identification.png").stat().st_size > 1000
+
+
+def test_a_member_variant_runs_its_own_overrides_under_its_own_name(tmp_path: Path) -> None:
+    study = tmp_path / "variants.yaml"
+    study.write_text(
+        "study:\n"
+        "  members:\n"
+        f"    - {RECIPES / 'mobilenetv2_id'}\n"
+        f"    - {{name: smoothed, recipe: {RECIPES / 'mobilenetv2_id'},\n"
+        "       overrides: [tasks.identification.label_smoothing=0.2]}\n"
+        "  overrides: [encoder.name=mobilenetv2_035]\n"
+        f"  dir: {tmp_path / 'study'}\n"
+    )
+    folder = run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
+        "mobilenetv2_id-seed0",
+        "smoothed-seed0",
+    ]
+    config = mtkd.load_recipe(folder / "smoothed-seed0" / "config.yaml")
+    assert config.tasks.identification.label_smoothing == 0.2
+    assert config.name == "smoothed"
+    plain = mtkd.load_recipe(folder / "mobilenetv2_id-seed0" / "config.yaml")
+    assert "label_smoothing" not in plain.tasks.identification
+    table = (folder / "table.md").read_text()
+    assert "| smoothed | 1 |" in table and "| mobilenetv2_id | 1 |" in table
+
+
+MOBILENET = RECIPES / "mobilenetv2_id"
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ("[{name: a}]", r"study\.members\[0\]: a variant is \{name, recipe, overrides\}"),
+        (f"[{MOBILENET}, {{recipe: {MOBILENET}}}]", r"names used twice: \['mobilenetv2_id'\]"),
+        ("[3]", r"study\.members\[0\]: expected a recipe name or a mapping"),
+    ],
+)
+def test_bad_member_variants_are_named(tmp_path: Path, members: str, message: str) -> None:
+    study = tmp_path / "bad_members.yaml"
+    study.write_text(f"study:\n  members: {members}\n")
+    with pytest.raises(mtkd.RecipeError, match=message):
+        run_study(study, console=Console(quiet=True))
+
+
+def test_the_shipped_ablation_and_verification_studies_load() -> None:
+    from mtkd.study import load_study
+
+    ablation = load_study(RECIPES / "ablation_teachers.yaml")
+    names = [m["name"] for m in ablation.members]
+    assert names[:4] == ["no_teacher", "seg_teacher", "pose_teacher", "both_fixed"]
+    assert {"both_uncertainty", "both_dwa", "both_gradnorm"} <= set(names)
+    verification = load_study(RECIPES / "verification.yaml")
+    assert any("arcface" in " ".join(m.get("overrides", [])) for m in verification.members)
