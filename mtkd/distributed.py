@@ -90,6 +90,18 @@ def average_gradients(parameters: Any) -> None:
             p.grad /= dist.get_world_size()
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP broadcasts them at the start of each forward pass, so after an epoch's last step each
+    rank holds statistics updated by its own share; validation, the best checkpoint and the
+    distilled model must all see one set.
+    """
+    if is_active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_object(value: Any) -> Any:
     """Rank 0's value on every rank (e.g. the run folder it created)."""
     if not is_active():

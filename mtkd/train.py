@@ -461,6 +461,7 @@ def fit(
             except _Stop:
                 raise Interrupted(run_dir) from None
             train_s = time.perf_counter() - started
+            distributed.sync_buffers(model)
             start_step = 0
             record.update(prefixed(tally.results(), "train"))
             tally_seen = tally.seen

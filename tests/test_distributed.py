@@ -147,3 +147,38 @@ def test_each_rank_takes_a_strided_share_of_every_global_batch(
     assert shares == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
     monkeypatch.setattr(distributed, "rank", lambda: 0)
     assert distributed.shard(list(range(9)), 4) == [0, 2, 4, 6]  # a last batch of 1 is dropped
+
+
+def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_ddp(
+    tmp_path: Path,
+) -> None:
+    # few masks: some ranks' shares of a batch carry none, so that rank's teacher loss is a
+    # zero that keeps the decoder in the graph; the frozen first epoch rebuilds the DDP wrapper
+    out = tmp_path / "ddp"
+    out.mkdir()
+    (out / "probe.py").write_text(PROBE)
+    args = [
+        "run",
+        str(RECIPES / "seg_distilled_id.yaml"),
+        "encoder.name=mobilenetv2_035",
+        "data.dataset.name=random_images",
+        "data.dataset.identities=4",
+        "data.dataset.views=8",
+        "data.dataset.mask_fraction=0.25",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "trainer.max_epochs=2",
+        "trainer.freeze_encoder_epochs=1",
+        *OVERRIDES[1:],
+        f"plugins=[{out / 'probe.py'}]",
+        f"output.dir={out / 'run'}",
+    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node=2", "-m", "mtkd"]
+    env = {**os.environ, "MTKD_TEST_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0 = load_file(str(out / "trained-0.safetensors"))
+    rank1 = load_file(str(out / "trained-1.safetensors"))
+    assert _max_difference(rank0, rank1) == 0.0
+    assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == 2
