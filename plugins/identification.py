@@ -225,7 +225,18 @@ class Identification(mtkd.Task):
             metrics["top5"] = torchmetrics.classification.MulticlassAccuracy(
                 n, top_k=5, average="micro"
             )
-        return torchmetrics.MetricCollection(metrics)
+        metrics[ACTIVE] = ActiveUnits(self.options.embedding_dim)
+        return torchmetrics.MetricCollection(metrics, compute_groups=False)
+
+    def update_metrics(
+        self, metrics: torchmetrics.MetricCollection, output: Any, target: torch.Tensor
+    ) -> None:
+        logits = self.predictions(output)
+        for name, metric in metrics.items():
+            if name == ACTIVE:
+                metric.update(output["embedding"])
+            else:
+                metric.update(logits, target)
 
     def describe(self) -> str:
         o: IdentificationOptions = self.options
@@ -239,6 +250,45 @@ class Identification(mtkd.Task):
         )
 
 
+class ActiveUnits(torchmetrics.Metric):
+    """Share of embedding units positive for at least one sample.
+
+    0 means every ReLU of the embedding layer is dead: the head outputs constant logits, its
+    loss sits at log(N) and no gradient reaches it again (Adam can push all of the layer's
+    weights negative against the non-negative pooled features).
+    """
+
+    full_state_update = False
+    alive: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.add_state("alive", default=torch.zeros(dim), dist_reduce_fx="max")
+
+    def update(self, embedding: torch.Tensor) -> None:
+        if embedding.shape[0]:
+            self.alive = torch.maximum(self.alive, (embedding > 0).any(0).float())
+
+    def compute(self) -> torch.Tensor:
+        return self.alive.mean()
+
+
+ACTIVE = "embedding_active"
+
+
 @mtkd.hookimpl
 def register_tasks(register: Any) -> None:
     register(Identification)
+
+
+@mtkd.hookimpl
+def on_epoch_end(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
+    """Say so when an identification embedding died: training it further cannot help."""
+    for key, task in context.model.tasks.items():
+        if isinstance(task, Identification) and metrics.get(f"val/{key}/{ACTIVE}") == 0.0:
+            warnings.warn(
+                f"epoch {epoch}: every unit of task '{key}''s embedding layer is inactive on "
+                "the validation set (dead ReLUs): its loss is stuck at log(classes); lower "
+                "trainer.lr or raise its weight",
+                stacklevel=1,
+            )

@@ -333,3 +333,21 @@ def test_a_tiny_run_with_arcface_trains_evaluates_and_reloads(
         got = reloaded(x)["identification"]
     torch.testing.assert_close(got["logits"], want["logits"])
     torch.testing.assert_close(got["embedding"], want["embedding"])
+
+
+def test_a_dead_embedding_is_measured_and_warned_about() -> None:
+    from types import SimpleNamespace
+
+    from mtkd_plugins.identification import ACTIVE, on_epoch_end
+
+    task = task_for()
+    metrics = task.metrics()
+    alive = torch.zeros(4, 128)
+    alive[0, :32] = 1.0  # a quarter of the units fire for some sample
+    logits = torch.randn(4, IDENTITIES)
+    labels = torch.arange(4) % IDENTITIES
+    task.update_metrics(metrics, {"logits": logits, "embedding": alive}, labels)
+    assert float(metrics.compute()[ACTIVE]) == 0.25
+    context = SimpleNamespace(model=SimpleNamespace(tasks={"identification": task}))
+    with pytest.warns(UserWarning, match="embedding layer is inactive"):
+        on_epoch_end(context, 3, {f"val/identification/{ACTIVE}": 0.0})
