@@ -2,8 +2,9 @@
 
 MobileNetV2 with the ID head (and, with --recipe, any recipe) at 128 px, batch 32, on
 in-memory data: contiguous fp32 (the baseline), channels_last fp32 (the default), channels_last
-with bf16 autocast, alternating over several rounds in one process; then torch.compile once,
-timing its first step (the compilation) apart from the steps after it. Images/s count the
+with bf16 autocast, and with fp16 autocast + gradient scaler, alternating over several rounds
+in one process; then torch.compile once, timing its first step (the compilation) apart from
+the steps after it. Images/s count the
 steps after the first of each fit, timed with an ``on_step_end`` hook.
 
     python benchmarks/speed_options.py [--recipe mobilenetv2_id] [--rounds 4] [--steps 6]
@@ -30,6 +31,7 @@ VARIANTS = {
     "contiguous fp32": ["trainer.channels_last=false", "trainer.precision=fp32"],
     "channels_last fp32": ["trainer.channels_last=true", "trainer.precision=fp32"],
     "channels_last bf16": ["trainer.channels_last=true", "trainer.precision=bf16"],
+    "channels_last fp16": ["trainer.channels_last=true", "trainer.precision=fp16"],
 }
 
 

@@ -293,7 +293,7 @@ class _Loop:
             self.global_step += 1
             done = step + 1
             if done % log_every == 0 or done == steps:
-                value = float(total.detach())  # the only host sync of the hot loop
+                value = float(total.detach())  # a host sync: only here and in _finite
                 if not trainer.check_finite and not math.isfinite(value):
                     self._non_finite(epoch, step, losses, checked_late=True)
                 self.progress.update(bar, completed=done, status=f"loss {value:.4f}")
@@ -317,6 +317,10 @@ class _Loop:
         combined = self.weighting.combine(losses, counts)
         optimizer = self.ctx.optimizer
         if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            for p in self.weighting.parameters():  # gradients a strategy set itself (GradNorm)
+                if p.grad is not None:  # are unscaled: scale them as backward scales the rest
+                    p.grad.mul_(scale)
             self.scaler.scale(combined).backward()
             distributed.average_gradients(self.weighting.parameters())
             self.scaler.step(optimizer)
