@@ -104,7 +104,8 @@ def comparison_rows(
     by_recipe: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_recipe[str(r["recipe"])].append(r)
-    names = [n for n in order if n in by_recipe] + sorted(n for n in by_recipe if n not in order)
+    first = list(dict.fromkeys(n for n in order if n in by_recipe))  # seeds repeat a name
+    names = first + sorted(n for n in by_recipe if n not in order)
     return [ComparisonRow(n, by_recipe[n]) for n in names]
 
 
