@@ -135,10 +135,11 @@ def run_study(
     folder.mkdir(parents=True, exist_ok=True)
     shared_overlays = [path.parent / o for o in study.overlays] + [Path(o) for o in overlays]
     members = [_member(path, i, entry) for i, entry in enumerate(study.members)]
+    # seed by seed: an interrupted study already holds whole tables for its first seeds
     planned: list[tuple[Member, int, Path]] = [
         (member, seed, folder / f"{member.name}-seed{seed}")
-        for member in members
         for seed in study.seeds
+        for member in members
     ]
     # every member's recipe is checked before the first one trains
     configs = {}
