@@ -86,7 +86,7 @@ def test_channels_last_trains_the_same_model_as_contiguous(
         model = mtkd.build_model(cfg, data.label_spaces)
         ctx = mtkd.train(model, data, cfg, console=QUIET)
         losses.append([ctx.history[-1]["train/loss"], ctx.history[-1]["val/loss"]])
-        params.append(dict(model.named_parameters()))
+        params.append({k: v.detach() for k, v in model.named_parameters()})
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
     for key, value in params[0].items():  # Adam moves each weight at most ~lr per step
         assert float((value - params[1][key]).abs().max()) < 5e-3, key
