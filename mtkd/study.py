@@ -119,6 +119,37 @@ def _member_path(study_path: Path, member: str) -> Path:
     return candidate if candidate.suffix in (".yaml", ".yml") else candidate.with_suffix(".yaml")
 
 
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _check_same_settings(run_dir: Path, cfg: Any) -> None:
+    """A finished member is reused only if it ran with the settings planned now.
+
+    Keys only one side has are ignored (a newer mtkd adds keys with defaults); a changed value
+    means the study's settings changed since that run, and reusing it would mix profiles.
+    """
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    planned = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(
+        k for k in saved.keys() & planned.keys() if saved[k] != planned[k] and k != "output.dir"
+    )
+    if changed:
+        shown = ", ".join(f"{k}: {saved[k]!r} → {planned[k]!r}" for k in changed[:6])
+        raise RecipeError(
+            f"'{run_dir}' holds a finished run with other settings ({shown}); move it away or "
+            "give the study another folder (study.dir=...) before running it again"
+        )
+
+
 def run_study(
     path: str | Path,
     overrides: Sequence[str] = (),
@@ -160,6 +191,7 @@ def run_study(
         configs[run_dir] = cfg
     for index, (member, seed, run_dir) in enumerate(planned, 1):
         if (run_dir / RESULTS).is_file():
+            _check_same_settings(run_dir, configs[run_dir])
             console.print(
                 f"[{index}/{len(planned)}] {member.name} seed {seed}: done before, skipped"
             )

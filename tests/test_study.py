@@ -151,3 +151,18 @@ def test_the_shipped_ablation_and_verification_studies_load() -> None:
     assert {"both_uncertainty", "both_dwa", "both_gradnorm"} <= set(names)
     verification = load_study(RECIPES / "verification.yaml")
     assert any("arcface" in " ".join(m.get("overrides", [])) for m in verification.members)
+
+
+def test_a_finished_member_run_with_other_settings_is_not_reused(tmp_path: Path) -> None:
+    study = tmp_path / "one.yaml"
+    study.write_text(
+        "study:\n"
+        f"  members: [{RECIPES / 'mobilenetv2_id'}]\n"
+        "  overrides: [encoder.name=mobilenetv2_035]\n"
+        f"  dir: {tmp_path / 'study'}\n"
+    )
+    quiet = Console(quiet=True)
+    run_study(study, tiny_overrides(tmp_path), console=quiet)
+    run_study(study, tiny_overrides(tmp_path), console=quiet)  # same settings: reused
+    with pytest.raises(mtkd.RecipeError, match=r"other settings \(data\.image_size: 32 → 48\)"):
+        run_study(study, tiny_overrides(tmp_path, **{"data.image_size": 48}), console=quiet)
