@@ -12,15 +12,18 @@ from conftest import REPO
 TABLE1 = ("mobilenetv2_id", "resnet101_id", "vgg19_id", "inceptionv3_id", "seg_distilled_id")
 
 
-def test_the_gpu_table1_script_runs_its_cpu_path_and_prints_throughput(tmp_path: Path) -> None:
-    env = {**os.environ, "PROFILE": "cpu-smoke", "PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_table1.sh"), str(tmp_path / "table1")],
-        env=env,
+def _script(out: Path, timeout: int, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_table1.sh"), str(out)],
+        env={**os.environ, "PYTHON": sys.executable, **env},
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def test_the_gpu_table1_script_runs_its_cpu_path_and_prints_throughput(tmp_path: Path) -> None:
+    done = _script(tmp_path / "table1", 900, PROFILE="cpu-smoke")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for recipe in TABLE1:
@@ -37,13 +40,6 @@ def test_the_gpu_path_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         return
-    env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_table1.sh"), str(tmp_path / "t")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _script(tmp_path / "t", 120)
     assert done.returncode != 0
     assert "no CUDA device" in done.stderr and "PROFILE=cpu-smoke" in done.stderr
