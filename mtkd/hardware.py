@@ -92,7 +92,7 @@ def forward_module(model: nn.Module, trainer: DictConfig, device: torch.device) 
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        runner = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+        runner = DistributedDataParallel(model, device_ids=ids)  # buffers synced per forward
     if trainer.compile:
         runner = torch.compile(runner)  # type: ignore[assignment]
     return runner
