@@ -64,6 +64,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("verification", lambda r: _first_task(r, "verification", "accuracy_mean"), "pct"),
     Column("mIoU (teacher)", lambda r: _dig(r, "test", "full", "segmentation/miou"), "pct"),
     Column("latency b1 (ms)", lambda r: _latency(r, "inference", 1), "ms"),
+    # share of live embedding units: 0 % flags a dead head (accuracy at chance for that reason)
+    Column(
+        "embedding active",
+        lambda r: _dig(r, "test", "distilled", "identification/embedding_active"),
+        "pct",
+    ),
     Column("epochs", lambda r: _dig(r, "epochs_run"), "num"),
     Column("train img/s", lambda r: _dig(r, "train_images_per_s"), "num"),
 )
