@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +16,9 @@ from .config import load_recipe
 from .errors import MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
 from .train import Interrupted
+
+if TYPE_CHECKING:
+    from .pipeline import RunResult
 
 
 def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -38,12 +41,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = load_recipe(args.recipe, overrides, overlays)
     if args.out:
         cfg.output.dir = args.out
-    result = run(cfg, console=console)
-    if not result.results:  # another rank than 0 under torchrun: rank 0 reports
-        return 0
+    _report_run(run(cfg, console=console), console)
+    return 0
+
+
+def _report_run(result: RunResult, console: Console) -> None:
+    """The test results and the run folder (rank 0 alone reports under torchrun)."""
+    if not result.results:  # another rank than 0: it trained, rank 0 evaluated
+        return
     _print_summary(result.results, console)
     console.print(f"run folder: {result.run_dir}")
-    return 0
 
 
 def _print_summary(results: dict, console: Console) -> None:
@@ -111,11 +118,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     if not (args.run_dir / CONFIG).is_file():
         raise MtkdError(f"'{args.run_dir}' is not a run folder (no {CONFIG})")
     cfg = load_recipe(args.run_dir / CONFIG, overrides, overlays)
-    result = run(cfg, console=console, resume_dir=args.run_dir)
-    if not result.results:  # another rank than 0 under torchrun
-        return 0
-    _print_summary(result.results, console)
-    console.print(f"run folder: {result.run_dir}")
+    _report_run(run(cfg, console=console, resume_dir=args.run_dir), console)
     return 0
 
 

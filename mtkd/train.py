@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed, hardware, rng
+from .build import plugins_for
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .config import parse_options
 from .data import EpochSampler
@@ -75,17 +76,16 @@ def make_optimizer(model: torch.nn.Module, trainer: DictConfig) -> torch.optim.O
 
 
 def make_weighting(
-    model: MultiTaskModel, trainer: DictConfig, plugins: PluginSet | None
+    model: MultiTaskModel, cfg: DictConfig, plugins: PluginSet | None
 ) -> LossWeighting:
     """The recipe's ``trainer.weighting`` strategy, its options checked against the plugin."""
-    raw = dict(trainer.weighting)
+    raw = dict(cfg.trainer.weighting)
     name = str(raw.pop("name", "fixed"))
-    if plugins is None and name == FixedWeighting.name:
+    if plugins is None and name == FixedWeighting.name:  # the default needs no plugin loading
         cls: type[LossWeighting] = FixedWeighting
-    else:
-        from .plugins import load_plugins
-
-        cls = (plugins or load_plugins()).weightings.get(name, key="trainer.weighting.name")
+    else:  # the recipe's own `plugins:` may provide the strategy
+        registry = plugins_for(cfg, plugins).weightings
+        cls = registry.get(name, key="trainer.weighting.name")
     options = parse_options(cls.Options, raw, "trainer.weighting")
     return cls(model.tasks, options, list(model.encoder.parameters()))
 
@@ -155,9 +155,13 @@ class EpochTally:
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
+    def task_losses(self) -> dict[str, float]:
+        """Mean loss per task over its labelled samples (tasks with none are left out)."""
+        return {k: self.sums[k] / n for k, n in self.counts.items() if n}
+
     def results(self) -> dict[str, float]:
         out = {"loss": self.total / max(self.seen, 1)}
-        out.update({f"{k}/loss": self.sums[k] / n for k, n in self.counts.items() if n})
+        out.update({f"{k}/loss": mean for k, mean in self.task_losses().items()})
         return out
 
 
@@ -416,7 +420,7 @@ def fit(
     hardware.to_memory_format(model, trainer)
     hardware.use_sync_batchnorm(model, trainer, device)
     optimizer = make_optimizer(model, trainer)
-    weighting = make_weighting(model, trainer, plugins).to(device)
+    weighting = make_weighting(model, cfg, plugins).to(device)
     learned = [p for p in weighting.parameters() if p.requires_grad]
     if learned:
         optimizer.add_param_group({"params": learned, "weight_decay": 0.0})
@@ -464,12 +468,12 @@ def fit(
                 tally = loop.train_epoch(epoch, start_step, tally)
             except _Stop:
                 raise Interrupted(run_dir) from None
-            train_s = time.perf_counter() - started
+            # training throughput over all ranks (a resumed epoch counts its whole tally)
+            images_per_s = round(tally.seen / max(time.perf_counter() - started, 1e-9), 2)
             distributed.sync_buffers(model)
             start_step = 0
             record.update(prefixed(tally.results(), "train"))
-            tally_seen = tally.seen
-            weighting.epoch_end({k: v for k, v in _task_losses(tally).items()})
+            weighting.epoch_end(tally.task_losses())
             if not isinstance(weighting, FixedWeighting):
                 record.update({f"weight/{k}": w for k, w in weighting.current_weights().items()})
             tally = EpochTally()
@@ -477,8 +481,7 @@ def fit(
                 assert val_loader is not None
                 record.update(prefixed(evaluate_loader(model, val_loader, device), "val"))
             record["time_s"] = round(time.perf_counter() - started, 3)
-            # training throughput over all ranks (a resumed epoch counts its whole tally)
-            record["time_train_images_per_s"] = round(tally_seen / max(train_s, 1e-9), 2)
+            record["time_train_images_per_s"] = images_per_s
             value = float(record.get(monitor, math.inf))
             improved = value < ctx.best_value - trainer.min_delta
             if improved:
@@ -511,10 +514,6 @@ def fit(
     if hook:
         hook.on_train_end(context=ctx)
     return ctx
-
-
-def _task_losses(tally: EpochTally) -> dict[str, float]:
-    return {k: tally.sums[k] / n for k, n in tally.counts.items() if n}
 
 
 def _val_size(loader: DataLoader) -> int:

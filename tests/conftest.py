@@ -78,3 +78,15 @@ def label_spaces(identities: int = 5, classes: int = 4) -> dict[str, mtkd.LabelS
         "identity": mtkd.LabelSpace(tuple(f"id{i}" for i in range(identities))),
         "mask": mtkd.LabelSpace(tuple(f"c{i}" for i in range(classes))),
     }
+
+
+def assert_same_identification(
+    model: mtkd.MultiTaskModel, student: mtkd.MultiTaskModel, size: int = 64
+) -> None:
+    """The distilled student's identification outputs equal the full model's, bit for bit."""
+    images = torch.rand(3, 3, size, size)
+    with torch.no_grad():
+        full = model(images)["identification"]
+        lean = student(images)["identification"]
+    torch.testing.assert_close(lean["logits"], full["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(lean["embedding"], full["embedding"], rtol=0, atol=0)

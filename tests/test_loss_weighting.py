@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import RECIPES
 from mtkd_plugins.loss_weighting import (
     DwaOptions,
     DynamicWeightAveraging,
@@ -185,7 +186,7 @@ def test_naming_another_strategy_drops_the_old_ones_options(
     cfg = tiny_recipe(**{"trainer.weighting.name": "gradnorm", "trainer.weighting.alpha": 0.5})
     assert dict(cfg.trainer.weighting) == {"name": "gradnorm", "alpha": 0.5}
     again = mtkd.load_recipe(
-        Path(__file__).parents[1] / "recipes" / "seg_distilled_id.yaml",
+        RECIPES / "seg_distilled_id.yaml",
         [
             "trainer.weighting.name=gradnorm",
             "trainer.weighting.alpha=0.5",
