@@ -16,7 +16,8 @@ A member is a recipe name, or a variant of one with its own overrides and name::
            overrides: [trainer.weighting.name=uncertainty]}
 
 Each member x seed trains into ``<study folder>/<member>-seed<k>/``. A member whose folder
-already holds ``results.json`` is not run again, so an interrupted study resumes.
+already holds ``results.json`` is not run again, and a member killed mid-training continues
+from its last checkpoint, so an interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
-def _check_same_settings(run_dir: Path, cfg: Any) -> None:
-    """A finished member is reused only if it ran with the settings planned now.
+def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None:
+    """A finished (or interrupted) member is reused only if it ran with the settings planned now.
 
     Keys only one side has are ignored (a newer mtkd adds keys with defaults); a changed value
     means the study's settings changed since that run, and reusing it would mix profiles.
@@ -145,9 +146,65 @@ def _check_same_settings(run_dir: Path, cfg: Any) -> None:
     if changed:
         shown = ", ".join(f"{k}: {saved[k]!r} → {planned[k]!r}" for k in changed[:6])
         raise RecipeError(
-            f"'{run_dir}' holds a finished run with other settings ({shown}); move it away or "
+            f"'{run_dir}' holds {'a finished' if finished else 'an interrupted'} run with other "
+            f"settings ({shown}); move it away or "
             "give the study another folder (study.dir=...) before running it again"
         )
+
+
+def _resumable(run_dir: Path, cfg: Any) -> Path | None:
+    """An interrupted member continues from its last checkpoint: hours of training survive a
+    killed session. Its settings must be the ones planned now (else the error says which)."""
+    checkpoints = run_dir / "checkpoints"
+    if not any((checkpoints / name / "state.json").is_file() for name in ("last", "last.previous")):
+        return None
+    _check_same_settings(run_dir, cfg, finished=False)
+    return run_dir
+
+
+@dataclass
+class PlannedRun:
+    member: Member
+    seed: int
+    run_dir: Path
+    cfg: Any  # the member's loaded recipe with the study's and the seed's overrides
+
+
+def plan_study(
+    path: str | Path, overrides: Sequence[str] = (), overlays: Sequence[str | Path] = ()
+) -> tuple[Path, list[PlannedRun]]:
+    """(study folder, every member x seed with its loaded recipe), seed by seed.
+
+    Loading every recipe up front means a typo in the last member fails before the first
+    one trains; nothing is written.
+    """
+    path = Path(path)
+    study_overrides = [o for o in overrides if o.startswith("study.")]
+    member_overrides = [o for o in overrides if not o.startswith("study.")]
+    study = load_study(path, study_overrides)
+    folder = Path(study.dir) if study.dir else Path(study.root) / path.stem
+    shared_overlays = [path.parent / o for o in study.overlays] + [Path(o) for o in overlays]
+    members = [_member(path, i, entry) for i, entry in enumerate(study.members)]
+    planned = []
+    # seed by seed: an interrupted study already holds whole tables for its first seeds
+    for seed in study.seeds:
+        for member in members:
+            run_dir = folder / f"{member.name}-seed{seed}"
+            cfg = load_recipe(
+                member.recipe,
+                [
+                    *study.overrides,
+                    *member.overrides,
+                    *member_overrides,
+                    f"trainer.seed={seed}",
+                    f"data.split.seed={seed}",
+                ],
+                shared_overlays,
+            )
+            cfg.name = member.name
+            cfg.output.dir = str(run_dir)
+            planned.append(PlannedRun(member, seed, run_dir, cfg))
+    return folder, planned
 
 
 def run_study(
@@ -159,47 +216,28 @@ def run_study(
     """Run every member x seed not already finished; write ``table.md`` and ``study.json``."""
     path = Path(path)
     console = console or Console()
-    study_overrides = [o for o in overrides if o.startswith("study.")]
-    member_overrides = [o for o in overrides if not o.startswith("study.")]
-    study = load_study(path, study_overrides)
-    folder = Path(study.dir) if study.dir else Path(study.root) / path.stem
+    folder, plan = plan_study(path, overrides, overlays)
     folder.mkdir(parents=True, exist_ok=True)
-    shared_overlays = [path.parent / o for o in study.overlays] + [Path(o) for o in overlays]
-    members = [_member(path, i, entry) for i, entry in enumerate(study.members)]
-    # seed by seed: an interrupted study already holds whole tables for its first seeds
-    planned: list[tuple[Member, int, Path]] = [
-        (member, seed, folder / f"{member.name}-seed{seed}")
-        for seed in study.seeds
-        for member in members
-    ]
-    # every member's recipe is checked before the first one trains
-    configs = {}
-    for member, seed, run_dir in planned:
-        cfg = load_recipe(
-            member.recipe,
-            [
-                *study.overrides,
-                *member.overrides,
-                *member_overrides,
-                f"trainer.seed={seed}",
-                f"data.split.seed={seed}",
-            ],
-            shared_overlays,
-        )
-        cfg.name = member.name
-        cfg.output.dir = str(run_dir)
-        configs[run_dir] = cfg
+    planned = [(p.member, p.seed, p.run_dir) for p in plan]
+    configs = {p.run_dir: p.cfg for p in plan}
+    # what to do with each member's folder is settled before anything trains, so a changed
+    # setting is reported at once rather than after hours of other members
+    finished = {d for _, _, d in planned if (d / RESULTS).is_file()}
+    for run_dir in finished:
+        _check_same_settings(run_dir, configs[run_dir])
+    resumable = {d: _resumable(d, configs[d]) for _, _, d in planned if d not in finished}
     for index, (member, seed, run_dir) in enumerate(planned, 1):
-        if (run_dir / RESULTS).is_file():
-            _check_same_settings(run_dir, configs[run_dir])
+        if run_dir in finished:
             console.print(
                 f"[{index}/{len(planned)}] {member.name} seed {seed}: done before, skipped"
             )
             continue
-        if run_dir.exists():  # an interrupted member: start it again from scratch
+        resume_dir = resumable[run_dir]
+        if resume_dir is None and run_dir.exists():  # killed before its first checkpoint
             shutil.rmtree(run_dir)
-        console.print(f"[bold][{index}/{len(planned)}] {member.name} seed {seed}[/bold]")
-        run(configs[run_dir], console=console)
+        verb = "resumed from its checkpoint" if resume_dir else ""
+        console.print(f"[bold][{index}/{len(planned)}] {member.name} seed {seed}[/bold] {verb}")
+        run(configs[run_dir], console=console, resume_dir=resume_dir)
     results = [read_results(run_dir) for _, _, run_dir in planned]
     rows = comparison_rows(results, order=[configs[d].name for _, _, d in planned])
     console.print(rich_table(rows, f"study {path.stem}"))
@@ -209,10 +247,11 @@ def run_study(
         from .plots import plot_accuracy_by_bin
 
         plot_accuracy_by_bin(binned, folder / f"accuracy_by_bin-{task}.png", task=task)
+    members = list(dict.fromkeys(p.member.name for p in plan))
     summary: dict[str, Any] = {
         "study": path.stem,
-        "members": [m.name for m in members],
-        "seeds": study.seeds,
+        "members": members,
+        "seeds": sorted({p.seed for p in plan}),
         "runs": [str(d) for _, _, d in planned],
     }
     (folder / "study.json").write_text(json.dumps(summary, indent=2) + "\n")

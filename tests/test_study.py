@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import timm
 from conftest import RECIPES, tiny_overrides
 from rich.console import Console
 
 import mtkd
 from mtkd.cli import main
-from mtkd.study import run_study
+from mtkd.study import is_study, plan_study, run_study
 
 
 def write_study(tmp_path: Path, seeds: str = "[0, 1]") -> Path:
@@ -50,9 +52,25 @@ def test_study_resumes_without_rerunning_finished_members(tmp_path: Path) -> Non
     stamp = (folder / "mobilenetv2_id-seed0" / "results.json").stat().st_mtime_ns
     partial = folder / "seg_distilled_id-seed0"
     (partial / "results.json").unlink()  # as if the run was killed before finishing
-    run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    logged = (partial / "metrics.jsonl").read_text()
+    console = Console(record=True, width=200)
+    run_study(study, tiny_overrides(tmp_path), console=console)
     assert (folder / "mobilenetv2_id-seed0" / "results.json").stat().st_mtime_ns == stamp
     assert (partial / "results.json").is_file()
+    # continued from its checkpoint, not trained again: its epoch log is the one it had
+    assert "seg_distilled_id seed 0 resumed from its checkpoint" in console.export_text()
+    assert (partial / "metrics.jsonl").read_text() == logged
+
+
+def test_an_interrupted_member_with_changed_settings_is_not_resumed(tmp_path: Path) -> None:
+    study = write_study(tmp_path, seeds="[0]")
+    folder = run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    shutil.rmtree(folder / "mobilenetv2_id-seed0")  # would train first, were it not checked
+    (folder / "seg_distilled_id-seed0" / "results.json").unlink()
+    changed = tiny_overrides(tmp_path, **{"data.batch_size": 4})
+    with pytest.raises(mtkd.RecipeError, match=r"interrupted run .*data\.batch_size: 8 → 4"):
+        run_study(study, changed, console=Console(quiet=True))
+    assert not (folder / "mobilenetv2_id-seed0").exists()  # the error came before any training
 
 
 def test_study_errors_name_the_member_or_key(tmp_path: Path) -> None:
@@ -166,3 +184,25 @@ def test_a_finished_member_run_with_other_settings_is_not_reused(tmp_path: Path)
     run_study(study, tiny_overrides(tmp_path), console=quiet)  # same settings: reused
     with pytest.raises(mtkd.RecipeError, match=r"other settings \(data\.image_size: 32 → 48\)"):
         run_study(study, tiny_overrides(tmp_path, **{"data.image_size": 48}), console=quiet)
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in RECIPES.glob("*.yaml") if is_study(p)))
+def test_every_shipped_study_plans_valid_recipes_for_every_member(study: str) -> None:
+    folder, plan = plan_study(RECIPES / study)
+    assert folder == Path("runs") / Path(study).stem
+    assert plan and all(p.run_dir.parent == folder for p in plan)
+    for planned in plan:
+        assert timm.is_model(planned.cfg.encoder.name), (planned.member.name, planned.cfg.encoder)
+        assert planned.cfg.trainer.seed == planned.seed == planned.cfg.data.split.seed
+
+
+def test_the_orl_study_runs_each_table1_encoder_on_the_real_photographs() -> None:
+    _, plan = plan_study(RECIPES / "orl_baselines.yaml")
+    assert [p.cfg.encoder.name for p in plan] == [
+        "mobilenetv2_100",
+        "resnet101",
+        "vgg19",
+        "inception_v3",
+    ]
+    assert {p.cfg.data.dataset.name for p in plan} == {"identity_folder"}
+    assert {p.cfg.data.image_size for p in plan} == {80}  # Inception-v3 needs >= 75 px
