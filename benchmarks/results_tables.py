@@ -2,11 +2,14 @@
 
 Every number comes from the runs' ``results.json`` (through ``mtkd.report``, as ``mtkd
 compare`` prints them); nothing is typed by hand. For each study folder it prints a markdown
-section (the table and, for studies with loss-weighting variants, the learned weights of the
-last epoch) and copies the study's accuracy-by-yaw figures to ``--images/<study>/``.
+section (the table; with several seeds, each seed's test accuracy; for studies with
+loss-weighting variants, the learned weights of the last epoch) and copies the study's
+accuracy-by-yaw figures to ``--images/<study>/``. ``--paper`` adds the study's networks beside
+the figures the Seg-Distilled-ID paper reports in its Table 1 (arXiv 2209.01115).
 
     python benchmarks/results_tables.py runs/ablation_teachers runs/verification \
         --images docs/images
+    python benchmarks/results_tables.py runs/table1_cpu --paper --images docs/images
 """
 
 from __future__ import annotations
@@ -14,9 +17,62 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 from pathlib import Path
+from typing import Any
 
 from mtkd.report import comparison_rows, markdown_table, read_results
+
+# The paper's Table 1 (ImageNet-pretrained encoders, 67 people, 128 px): test accuracy and
+# parameters as published; the only figures in docs/results.md not measured by mtkd.
+PAPER_TABLE1: dict[str, tuple[str, str, float]] = {
+    # member: (paper's name, parameters as published, test accuracy %)
+    "mobilenetv2_id": ("MobileNetV2-ID", "2.4M", 21.9),
+    "resnet101_id": ("ResNet-101-ID", "43M", 81.6),
+    "vgg19_id": ("VGG-19-ID", "20M", 96.1),
+    "inceptionv3_id": ("InceptionV3-ID", "22M", 96.3),
+    "seg_distilled_id": ("Seg-Distilled-ID", "6.5M training, 2.4M inference", 99.9),
+}
+
+
+def _top1(result: dict[str, Any]) -> float:
+    return float(result["test"]["distilled"]["identification/top1"])
+
+
+def per_seed_table(results: list[dict[str, Any]], order: list[str]) -> str:
+    """Each seed's test accuracy, so a reader sees the spread behind mean ± std."""
+    seeds = sorted({int(r["seed"]) for r in results})
+    by = {(str(r["recipe"]), int(r["seed"])): r for r in results}
+    lines = ["| network | " + " | ".join(f"seed {s}" for s in seeds) + " |"]
+    lines.append("|" + " --- |" * (len(seeds) + 1))
+    for name in order:
+        cells = [f"{100 * _top1(by[name, s]):.1f} %" if (name, s) in by else "—" for s in seeds]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_table(results: list[dict[str, Any]], order: list[str]) -> str:
+    """The study's networks beside the paper's Table 1 (paper figures as published)."""
+    lines = [
+        "| network | paper: params | paper: test accuracy | here: params (training / "
+        "inference) | here: test accuracy |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in order:
+        if name not in PAPER_TABLE1:
+            continue
+        runs = [r for r in results if r["recipe"] == name]
+        accuracy = [100 * _top1(r) for r in runs]
+        params = runs[0]["params"]
+        training = params["training"]["trainable"] / 1e6
+        inference = params["inference"]["trainable"] / 1e6
+        spread = f" ± {statistics.stdev(accuracy):.1f}" if len(accuracy) > 1 else ""
+        paper_name, paper_params, paper_accuracy = PAPER_TABLE1[name]
+        lines.append(
+            f"| {paper_name} | {paper_params} | {paper_accuracy:.1f} % | {training:.2f}M / "
+            f"{inference:.2f}M | {statistics.fmean(accuracy):.1f}{spread} % |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _final_weights(run_dir: Path) -> dict[str, float]:
@@ -27,13 +83,19 @@ def _final_weights(run_dir: Path) -> dict[str, float]:
     return {k.removeprefix("weight/"): v for k, v in last.items() if k.startswith("weight/")}
 
 
-def study_section(folder: Path, images: Path | None) -> str:
+def study_section(folder: Path, images: Path | None, paper: bool = False) -> str:
     summary = json.loads((folder / "study.json").read_text())
     runs = [Path(r) for r in summary["runs"]]
     results = [read_results(r) for r in runs]
     order = list(dict.fromkeys(str(r["recipe"]) for r in results))
     lines = [f"### Study `{summary['study']}` (seeds {summary['seeds']})", ""]
     lines.append(markdown_table(comparison_rows(results, order=order)))
+    if len(summary["seeds"]) > 1:
+        lines += ["Test accuracy of each seed (each seed also draws its own split):", ""]
+        lines.append(per_seed_table(results, order))
+    if paper:
+        lines += ["Beside the paper's Table 1 (its figures as published):", ""]
+        lines.append(paper_table(results, order))
     weighted = [(r, w) for r in runs if (w := _final_weights(r))]
     if weighted:
         lines += ["Learned task weights at the last epoch:", ""]
@@ -56,9 +118,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("studies", nargs="+", type=Path, help="study folders (runs/<study>)")
     parser.add_argument("--images", type=Path, help="copy figures under this folder")
+    parser.add_argument("--paper", action="store_true", help="add the paper's Table 1 beside")
     args = parser.parse_args()
     for folder in args.studies:
-        print(study_section(folder, args.images))
+        print(study_section(folder, args.images, args.paper))
 
 
 if __name__ == "__main__":

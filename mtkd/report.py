@@ -1,6 +1,6 @@
 """Comparison tables from run folders: the paper's Table 1 layout plus what mtkd measures.
 
-Runs of the same recipe (different seeds) are aggregated into mean ± std. Every number comes
+Runs of the same recipe (different seeds) are aggregated into mean ± sample std. Every number comes
 from a run's ``results.json``; nothing is typed in by hand.
 """
 
@@ -79,7 +79,8 @@ def _show(values: Sequence[float], fmt: str) -> str:
     if not values:
         return "—"
     mean = statistics.fmean(values)
-    std = statistics.pstdev(values) if len(values) > 1 else None
+    # sample standard deviation (n - 1): seeds are a sample of the runs one could have made
+    std = statistics.stdev(values) if len(values) > 1 else None
     if fmt == "pct":
         text = f"{100 * mean:.1f}"
         return text + (f" ± {100 * std:.1f}" if std is not None else "") + " %"

@@ -1,0 +1,47 @@
+"""benchmarks/results_tables.py: docs/results.md's tables come from study folders, not by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+from conftest import RECIPES, REPO, tiny_overrides
+from rich.console import Console
+
+from mtkd.study import run_study
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "results_tables", REPO / "benchmarks" / "results_tables.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
+    tmp_path: Path,
+) -> None:
+    study = tmp_path / "pair.yaml"
+    study.write_text(
+        "study:\n"
+        f"  members: [{RECIPES / 'mobilenetv2_id'}, {RECIPES / 'seg_distilled_id'}]\n"
+        "  seeds: [0, 1]\n"
+        "  overrides: [encoder.name=mobilenetv2_035, evaluate.latency=false]\n"
+        f"  dir: {tmp_path / 'study'}\n"
+    )
+    folder = run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    section = _script().study_section(folder, tmp_path / "images", paper=True)
+    seed1 = json.loads((folder / "seg_distilled_id-seed1" / "results.json").read_text())
+    measured = 100 * seed1["test"]["distilled"]["identification/top1"]
+    per_seed = section.split("Test accuracy of each seed")[1].split("Beside the paper")[0]
+    per_seed_row = next(line for line in per_seed.splitlines() if line.startswith("| seg_dis"))
+    assert per_seed_row.endswith(f"| {measured:.1f} % |")  # seed 1, the last column
+    assert "| MobileNetV2-ID | 2.4M | 21.9 % |" in section
+    paper_row = next(line for line in section.splitlines() if line.startswith("| Seg-Dist"))
+    assert "99.9 %" in paper_row and " ± " in paper_row
+    assert "ResNet-101-ID" not in section  # only the study's networks are compared
