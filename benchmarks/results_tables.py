@@ -51,6 +51,37 @@ def per_seed_table(results: list[dict[str, Any]], order: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def by_bin_table(
+    results: list[dict[str, Any]], merge: int = 2, task: str = "identification"
+) -> str:
+    """The accuracy-by-yaw figure as numbers, pooled: every seed's test images in ``merge``
+    neighbouring bins count together, so each cell rests on tens of images, not a handful."""
+    pooled: dict[str, dict[int, list[float]]] = {}  # recipe -> group -> [correct, images]
+    edges: dict[int, list[float]] = {}
+    for r in results:
+        bins = [b for b in r["accuracy_by_bin"]["tasks"].get(task, []) if b["low"] is not None]
+        bins = [b for b in bins if b["high"] is not None]
+        for index, b in enumerate(sorted(bins, key=lambda b: b["low"])):
+            group = index // merge
+            edges.setdefault(group, []).extend([b["low"], b["high"]])
+            cell = pooled.setdefault(str(r["recipe"]), {}).setdefault(group, [0.0, 0.0])
+            if b["count"]:
+                cell[0] += b["accuracy"] * b["count"]
+                cell[1] += b["count"]
+    if not pooled:
+        return ""
+    groups = sorted(edges)
+    header = [f"{min(edges[g]):+.0f}…{max(edges[g]):+.0f}°" for g in groups]
+    lines = ["| network | " + " | ".join(header) + " |", "|" + " --- |" * (len(groups) + 1)]
+    for recipe, cells in pooled.items():
+        shown = [
+            f"{100 * c[0] / c[1]:.0f} % ({c[1]:.0f})" if (c := cells.get(g)) and c[1] else "—"
+            for g in groups
+        ]
+        lines.append(f"| {recipe} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def paper_table(results: list[dict[str, Any]], order: list[str]) -> str:
     """The study's networks beside the paper's Table 1 (paper figures as published)."""
     lines = [
@@ -93,6 +124,13 @@ def study_section(folder: Path, images: Path | None, paper: bool = False) -> str
     if len(summary["seeds"]) > 1:
         lines += ["Test accuracy of each seed (each seed also draws its own split):", ""]
         lines.append(per_seed_table(results, order))
+    if any(r.get("accuracy_by_bin") for r in results):
+        lines += [
+            "Identification accuracy by yaw, all seeds' test images pooled (in brackets: how "
+            "many):",
+            "",
+        ]
+        lines.append(by_bin_table([r for r in results if r.get("accuracy_by_bin")]))
     if paper:
         lines += ["Beside the paper's Table 1 (its figures as published):", ""]
         lines.append(paper_table(results, order))

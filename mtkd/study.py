@@ -218,28 +218,28 @@ def run_study(
     console = console or Console()
     folder, plan = plan_study(path, overrides, overlays)
     folder.mkdir(parents=True, exist_ok=True)
-    planned = [(p.member, p.seed, p.run_dir) for p in plan]
-    configs = {p.run_dir: p.cfg for p in plan}
     # what to do with each member's folder is settled before anything trains, so a changed
     # setting is reported at once rather than after hours of other members
-    finished = {d for _, _, d in planned if (d / RESULTS).is_file()}
-    for run_dir in finished:
-        _check_same_settings(run_dir, configs[run_dir])
-    resumable = {d: _resumable(d, configs[d]) for _, _, d in planned if d not in finished}
-    for index, (member, seed, run_dir) in enumerate(planned, 1):
-        if run_dir in finished:
-            console.print(
-                f"[{index}/{len(planned)}] {member.name} seed {seed}: done before, skipped"
-            )
+    finished = {p.run_dir for p in plan if (p.run_dir / RESULTS).is_file()}
+    for planned in plan:
+        if planned.run_dir in finished:
+            _check_same_settings(planned.run_dir, planned.cfg)
+    resumable = {p.run_dir: _resumable(p.run_dir, p.cfg) for p in plan if p.run_dir not in finished}
+    for index, planned in enumerate(plan, 1):
+        title = f"[{index}/{len(plan)}] {planned.member.name} seed {planned.seed}"
+        if planned.run_dir in finished:
+            console.print(f"{title}: done before, skipped")
             continue
-        resume_dir = resumable[run_dir]
-        if resume_dir is None and run_dir.exists():  # killed before its first checkpoint
-            shutil.rmtree(run_dir)
-        verb = "resumed from its checkpoint" if resume_dir else ""
-        console.print(f"[bold][{index}/{len(planned)}] {member.name} seed {seed}[/bold] {verb}")
-        run(configs[run_dir], console=console, resume_dir=resume_dir)
-    results = [read_results(run_dir) for _, _, run_dir in planned]
-    rows = comparison_rows(results, order=[configs[d].name for _, _, d in planned])
+        resume_dir = resumable[planned.run_dir]
+        if resume_dir is None and planned.run_dir.exists():  # killed before its first checkpoint
+            shutil.rmtree(planned.run_dir)
+        console.print(
+            f"[bold]{title}[/bold]" + (" resumed from its checkpoint" if resume_dir else "")
+        )
+        run(planned.cfg, console=console, resume_dir=resume_dir)
+    results = [read_results(p.run_dir) for p in plan]
+    members = list(dict.fromkeys(p.member.name for p in plan))
+    rows = comparison_rows(results, order=members)
     console.print(rich_table(rows, f"study {path.stem}"))
     (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
     binned = [r for r in results if r.get("accuracy_by_bin")]
@@ -247,12 +247,11 @@ def run_study(
         from .plots import plot_accuracy_by_bin
 
         plot_accuracy_by_bin(binned, folder / f"accuracy_by_bin-{task}.png", task=task)
-    members = list(dict.fromkeys(p.member.name for p in plan))
     summary: dict[str, Any] = {
         "study": path.stem,
         "members": members,
         "seeds": sorted({p.seed for p in plan}),
-        "runs": [str(d) for _, _, d in planned],
+        "runs": [str(p.run_dir) for p in plan],
     }
     (folder / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"study folder: {folder}")

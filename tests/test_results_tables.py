@@ -45,3 +45,23 @@ def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
     paper_row = next(line for line in section.splitlines() if line.startswith("| Seg-Dist"))
     assert "99.9 %" in paper_row and " ± " in paper_row
     assert "ResNet-101-ID" not in section  # only the study's networks are compared
+
+
+def test_accuracy_by_yaw_pools_seeds_and_neighbouring_bins_by_image_count() -> None:
+    def run(seed: int, accuracies: list[float], counts: list[int]) -> dict[str, object]:
+        bins = [
+            {"low": low, "high": low + 15, "accuracy": a, "count": n}
+            for low, a, n in zip((-30, -15, 0, 15), accuracies, counts, strict=True)
+        ]
+        return {
+            "recipe": "net",
+            "seed": seed,
+            "accuracy_by_bin": {"tasks": {"identification": bins}},
+        }
+
+    table = _script().by_bin_table(
+        [run(0, [1.0, 0.0, 0.5, 0.5], [3, 1, 2, 2]), run(1, [0.0, 1.0, 0.0, 1.0], [2, 2, 1, 1])]
+    )
+    # -30…0°: (3 + 0 + 0 + 2) correct of 8 images; 0…+30°: (1 + 1 + 0 + 1) of 6
+    assert "| -30…+0° | +0…+30° |" in table
+    assert "| net | 62 % (8) | 50 % (6) |" in table
