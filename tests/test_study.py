@@ -201,8 +201,8 @@ def test_the_orl_study_runs_each_table1_encoder_on_the_real_photographs() -> Non
     assert [p.cfg.encoder.name for p in plan] == [
         "mobilenetv2_100",
         "resnet101",
-        "vgg19",
         "inception_v3",
+        "vgg19",
     ]
     assert {p.cfg.data.dataset.name for p in plan} == {"identity_folder"}
     assert {p.cfg.data.image_size for p in plan} == {80}  # Inception-v3 needs >= 75 px
