@@ -70,6 +70,12 @@ COLUMNS: tuple[Column, ...] = (
         lambda r: _dig(r, "test", "distilled", "identification/embedding_active"),
         "pct",
     ),
+    # share of units that tell images apart: 0 % flags collapsed features (one embedding for all)
+    Column(
+        "embedding varying",
+        lambda r: _dig(r, "test", "distilled", "identification/embedding_varying"),
+        "pct",
+    ),
     Column("epochs", lambda r: _dig(r, "epochs_run"), "num"),
     Column("train img/s", lambda r: _dig(r, "train_images_per_s"), "num"),
 )

@@ -226,6 +226,7 @@ class Identification(mtkd.Task):
                 n, top_k=5, average="micro"
             )
         metrics[ACTIVE] = ActiveUnits(self.options.embedding_dim)
+        metrics[VARYING] = VaryingUnits(self.options.embedding_dim)
         return torchmetrics.MetricCollection(metrics, compute_groups=False)
 
     def update_metrics(
@@ -233,7 +234,7 @@ class Identification(mtkd.Task):
     ) -> None:
         logits = self.predictions(output)
         for name, metric in metrics.items():
-            if name == ACTIVE:
+            if name in (ACTIVE, VARYING):
                 metric.update(output["embedding"])
             else:
                 metric.update(logits, target)
@@ -273,7 +274,37 @@ class ActiveUnits(torchmetrics.Metric):
         return self.alive.mean()
 
 
+class VaryingUnits(torchmetrics.Metric):
+    """Share of embedding units whose output is not the same for every sample.
+
+    Catches what ``ActiveUnits`` cannot: an encoder whose features collapsed (a plain VGG-19
+    from random weights at Adam 1e-3 does) gives every image one embedding; units can still be
+    positive (through their bias), yet carry no identity, and accuracy sits at chance.
+    """
+
+    full_state_update = False
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.add_state("low", default=torch.full((dim,), math.inf), dist_reduce_fx="min")
+        self.add_state("high", default=torch.full((dim,), -math.inf), dist_reduce_fx="max")
+
+    def update(self, embedding: torch.Tensor) -> None:
+        if embedding.shape[0]:
+            values = embedding.detach().float()
+            self.low = torch.minimum(self.low, values.min(0).values)
+            self.high = torch.maximum(self.high, values.max(0).values)
+
+    def compute(self) -> torch.Tensor:
+        # relative to the unit's size: float noise between identical inputs is not variation
+        scale = torch.maximum(self.high.abs(), self.low.abs()).clamp_min(1e-6)
+        return ((self.high - self.low) > 1e-4 * scale).float().mean()
+
+
 ACTIVE = "embedding_active"
+VARYING = "embedding_varying"
 
 
 @mtkd.hookimpl
@@ -283,12 +314,21 @@ def register_tasks(register: Any) -> None:
 
 @mtkd.hookimpl
 def on_epoch_end(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
-    """Say so when an identification embedding died: training it further cannot help."""
+    """Say so when an identification embedding died or collapsed: more training cannot help."""
     for key, task in context.model.tasks.items():
-        if isinstance(task, Identification) and metrics.get(f"val/{key}/{ACTIVE}") == 0.0:
+        if not isinstance(task, Identification):
+            continue
+        if metrics.get(f"val/{key}/{ACTIVE}") == 0.0:
             warnings.warn(
                 f"epoch {epoch}: every unit of task '{key}''s embedding layer is inactive on "
                 "the validation set (dead ReLUs): its loss is stuck at log(classes); lower "
                 "trainer.lr or raise its weight",
+                stacklevel=1,
+            )
+        elif metrics.get(f"val/{key}/{VARYING}") == 0.0:
+            warnings.warn(
+                f"epoch {epoch}: task '{key}' gives every validation image the same embedding "
+                "(the encoder's features collapsed): its accuracy is at chance; lower "
+                "trainer.lr, or use an encoder with normalisation layers or pretrained weights",
                 stacklevel=1,
             )

@@ -351,3 +351,29 @@ def test_a_dead_embedding_is_measured_and_warned_about() -> None:
     context = SimpleNamespace(model=SimpleNamespace(tasks={"identification": task}))
     with pytest.warns(UserWarning, match="embedding layer is inactive"):
         on_epoch_end(context, 3, {f"val/identification/{ACTIVE}": 0.0})
+
+
+def test_collapsed_features_read_as_no_varying_unit_and_are_warned_about() -> None:
+    from types import SimpleNamespace
+
+    from mtkd_plugins.identification import ACTIVE, VARYING, on_epoch_end
+
+    task = task_for()
+    metrics = task.metrics()
+    labels = torch.arange(4) % IDENTITIES
+    same = torch.rand(128).expand(4, 128)  # one embedding for every image, all units positive
+    task.update_metrics(metrics, {"logits": torch.zeros(4, IDENTITIES), "embedding": same}, labels)
+    computed = metrics.compute()
+    assert float(computed[ACTIVE]) == 1.0 and float(computed[VARYING]) == 0.0
+    varied = same.clone()
+    varied[1, :64] += 0.5  # half the units now tell images apart
+    metrics.reset()
+    task.update_metrics(
+        metrics, {"logits": torch.zeros(4, IDENTITIES), "embedding": varied}, labels
+    )
+    assert float(metrics.compute()[VARYING]) == 0.5
+    context = SimpleNamespace(model=SimpleNamespace(tasks={"identification": task}))
+    with pytest.warns(UserWarning, match="same embedding"):
+        on_epoch_end(
+            context, 3, {f"val/identification/{ACTIVE}": 1.0, f"val/identification/{VARYING}": 0.0}
+        )
