@@ -226,7 +226,7 @@ class Identification(mtkd.Task):
                 n, top_k=5, average="micro"
             )
         metrics[ACTIVE] = ActiveUnits(self.options.embedding_dim)
-        metrics[VARYING] = VaryingUnits(self.options.embedding_dim)
+        metrics[PREDICTED] = PredictedClasses(n)
         return torchmetrics.MetricCollection(metrics, compute_groups=False)
 
     def update_metrics(
@@ -234,8 +234,10 @@ class Identification(mtkd.Task):
     ) -> None:
         logits = self.predictions(output)
         for name, metric in metrics.items():
-            if name in (ACTIVE, VARYING):
+            if name == ACTIVE:
                 metric.update(output["embedding"])
+            elif name == PREDICTED:
+                metric.update(logits)
             else:
                 metric.update(logits, target)
 
@@ -274,37 +276,32 @@ class ActiveUnits(torchmetrics.Metric):
         return self.alive.mean()
 
 
-class VaryingUnits(torchmetrics.Metric):
-    """Share of embedding units whose output is not the same for every sample.
+class PredictedClasses(torchmetrics.Metric):
+    """Share of the classes that are the top-1 prediction for at least one sample.
 
     Catches what ``ActiveUnits`` cannot: an encoder whose features collapsed (a plain VGG-19
-    from random weights at Adam 1e-3 does) gives every image one embedding; units can still be
-    positive (through their bias), yet carry no identity, and accuracy sits at chance.
+    from random weights at Adam 1e-3 does) maps every image to nearly one embedding; units
+    stay positive through their bias, yet the network names one class for every image and its
+    accuracy sits at chance. A healthy network names many.
     """
 
     full_state_update = False
-    low: torch.Tensor
-    high: torch.Tensor
+    named: torch.Tensor
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.add_state("low", default=torch.full((dim,), math.inf), dist_reduce_fx="min")
-        self.add_state("high", default=torch.full((dim,), -math.inf), dist_reduce_fx="max")
+        self.add_state("named", default=torch.zeros(num_classes), dist_reduce_fx="max")
 
-    def update(self, embedding: torch.Tensor) -> None:
-        if embedding.shape[0]:
-            values = embedding.detach().float()
-            self.low = torch.minimum(self.low, values.min(0).values)
-            self.high = torch.maximum(self.high, values.max(0).values)
+    def update(self, logits: torch.Tensor) -> None:
+        if logits.shape[0]:
+            self.named[logits.argmax(1).unique()] = 1.0
 
     def compute(self) -> torch.Tensor:
-        # relative to the unit's size: float noise between identical inputs is not variation
-        scale = torch.maximum(self.high.abs(), self.low.abs()).clamp_min(1e-6)
-        return ((self.high - self.low) > 1e-4 * scale).float().mean()
+        return self.named.mean()
 
 
 ACTIVE = "embedding_active"
-VARYING = "embedding_varying"
+PREDICTED = "classes_predicted"
 
 
 @mtkd.hookimpl
@@ -325,10 +322,12 @@ def on_epoch_end(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
                 "trainer.lr or raise its weight",
                 stacklevel=1,
             )
-        elif metrics.get(f"val/{key}/{VARYING}") == 0.0:
+        elif (share := metrics.get(f"val/{key}/{PREDICTED}")) is not None and round(
+            share * task.num_classes
+        ) <= 1:
             warnings.warn(
-                f"epoch {epoch}: task '{key}' gives every validation image the same embedding "
-                "(the encoder's features collapsed): its accuracy is at chance; lower "
-                "trainer.lr, or use an encoder with normalisation layers or pretrained weights",
+                f"epoch {epoch}: task '{key}' names one class for every validation image (the "
+                "encoder's features collapsed): its accuracy is at chance; lower trainer.lr, "
+                "or use an encoder with normalisation layers or pretrained weights",
                 stacklevel=1,
             )

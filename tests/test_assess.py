@@ -162,3 +162,16 @@ def test_a_pairs_file_naming_missing_samples_is_reported(tmp_path: Path) -> None
     pairs.write_text("1\t1\nAnn_A\t1\t2\nAnn_A\t1\tZed_Z\t1\n")
     with pytest.raises(mtkd.DataError, match=r"pairs\.txt.*\('Zed_Z', 1\)"):
         run_on_lfw_tree(tmp_path, root, pairs, "data.split.test=0.0")
+
+
+def test_classes_predicted_is_read_from_the_confusion_matrix_so_older_runs_have_it() -> None:
+    from mtkd.report import comparison_rows, markdown_table
+
+    collapsed = {
+        "recipe": "vgg",
+        "confusion": {"identification": [[0, 3, 0], [0, 2, 0], [0, 4, 0]]},
+    }
+    healthy = {"recipe": "mnv2", "confusion": {"identification": [[3, 0, 0], [1, 1, 0], [0, 1, 3]]}}
+    table = markdown_table(comparison_rows([collapsed, healthy]))
+    assert "| vgg | 1 | 33.3 % |" in table  # one class named for every image
+    assert "| mnv2 | 1 | 100.0 % |" in table

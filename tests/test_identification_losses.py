@@ -353,27 +353,26 @@ def test_a_dead_embedding_is_measured_and_warned_about() -> None:
         on_epoch_end(context, 3, {f"val/identification/{ACTIVE}": 0.0})
 
 
-def test_collapsed_features_read_as_no_varying_unit_and_are_warned_about() -> None:
+def test_collapsed_features_name_one_class_for_every_image_and_are_warned_about() -> None:
     from types import SimpleNamespace
 
-    from mtkd_plugins.identification import ACTIVE, VARYING, on_epoch_end
+    from mtkd_plugins.identification import ACTIVE, PREDICTED, on_epoch_end
 
     task = task_for()
     metrics = task.metrics()
     labels = torch.arange(4) % IDENTITIES
     same = torch.rand(128).expand(4, 128)  # one embedding for every image, all units positive
-    task.update_metrics(metrics, {"logits": torch.zeros(4, IDENTITIES), "embedding": same}, labels)
+    logits = torch.zeros(4, IDENTITIES)
+    logits[:, 3] = 1.0  # so one class wins for every image
+    task.update_metrics(metrics, {"logits": logits, "embedding": same}, labels)
     computed = metrics.compute()
-    assert float(computed[ACTIVE]) == 1.0 and float(computed[VARYING]) == 0.0
-    varied = same.clone()
-    varied[1, :64] += 0.5  # half the units now tell images apart
+    assert float(computed[ACTIVE]) == 1.0  # the dead-ReLU check sees nothing wrong
+    assert float(computed[PREDICTED]) == 1 / IDENTITIES
     metrics.reset()
-    task.update_metrics(
-        metrics, {"logits": torch.zeros(4, IDENTITIES), "embedding": varied}, labels
-    )
-    assert float(metrics.compute()[VARYING]) == 0.5
+    varied = torch.eye(IDENTITIES)[:4] * 5  # images 0-3 each name their own class
+    task.update_metrics(metrics, {"logits": varied, "embedding": same}, labels)
+    assert float(metrics.compute()[PREDICTED]) == 4 / IDENTITIES
     context = SimpleNamespace(model=SimpleNamespace(tasks={"identification": task}))
-    with pytest.warns(UserWarning, match="same embedding"):
-        on_epoch_end(
-            context, 3, {f"val/identification/{ACTIVE}": 1.0, f"val/identification/{VARYING}": 0.0}
-        )
+    collapsed = {f"val/identification/{ACTIVE}": 1.0, f"val/identification/{PREDICTED}": 0.1}
+    with pytest.warns(UserWarning, match="one class for every validation image"):
+        on_epoch_end(context, 3, collapsed)
