@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from conftest import RECIPES, REPO, tiny_overrides
 from rich.console import Console
 
@@ -23,9 +26,9 @@ def _script() -> ModuleType:
     return module
 
 
-def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture(scope="module")
+def two_seed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("study")
     study = tmp_path / "pair.yaml"
     study.write_text(
         "study:\n"
@@ -34,7 +37,13 @@ def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
         "  overrides: [encoder.name=mobilenetv2_035, evaluate.latency=false]\n"
         f"  dir: {tmp_path / 'study'}\n"
     )
-    folder = run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+    return run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
+
+
+def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
+    two_seed_study: Path, tmp_path: Path
+) -> None:
+    folder = two_seed_study
     section = _script().study_section(folder, tmp_path / "images", paper=True)
     seed1 = json.loads((folder / "seg_distilled_id-seed1" / "results.json").read_text())
     measured = 100 * seed1["test"]["distilled"]["identification/top1"]
@@ -65,3 +74,18 @@ def test_accuracy_by_yaw_pools_seeds_and_neighbouring_bins_by_image_count() -> N
     # -30…0°: (3 + 0 + 0 + 2) correct of 8 images; 0…+30°: (1 + 1 + 0 + 1) of 6
     assert "| -30…+0° | +0…+30° |" in table
     assert "| net | 62 % (8) | 50 % (6) |" in table
+
+
+def test_latency_benchmark_times_every_member_of_a_study_against_the_first(
+    two_seed_study: Path,
+) -> None:
+    script = REPO / "benchmarks" / "inference_latency.py"
+    args = [str(two_seed_study), "--seed", "1", "--rounds", "1", "--repeats", "1"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    rows = [row for row in rows if not row.startswith("| ---")]
+    assert [row.split(" | ")[0] for row in rows] == ["| mobilenetv2_id", "| seg_distilled_id"]
+    assert rows[0].split(" | ")[3] == "1.00x"  # the first member is the reference
