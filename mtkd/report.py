@@ -1,7 +1,7 @@
 """Comparison tables from run folders: the paper's Table 1 layout plus what mtkd measures.
 
-Runs of the same recipe (different seeds) are aggregated into mean ± sample std. Every number comes
-from a run's ``results.json``; nothing is typed in by hand.
+Runs of the same recipe (different seeds) are aggregated into mean ± sample std. Every number
+comes from a run's ``results.json``; nothing is typed in by hand.
 """
 
 from __future__ import annotations
