@@ -253,7 +253,33 @@ class Identification(mtkd.Task):
         )
 
 
-class ActiveUnits(torchmetrics.Metric):
+class _ShareEverHit(torchmetrics.Metric):
+    """Share of slots (embedding units, classes) hit by at least one sample so far.
+
+    One mechanism for both health checks: a slot counts once any sample hits it, and ranks
+    combine by max, so the share is the same whether the data were sharded or not.
+    """
+
+    full_state_update = False
+    hit: torch.Tensor
+
+    def __init__(self, slots: int) -> None:
+        super().__init__()
+        self.add_state("hit", default=torch.zeros(slots), dist_reduce_fx="max")
+
+    def _hits(self, batch: torch.Tensor) -> torch.Tensor:
+        """(slots,) bool: which slots this batch hits."""
+        raise NotImplementedError
+
+    def update(self, batch: torch.Tensor) -> None:
+        if batch.shape[0]:
+            self.hit = torch.maximum(self.hit, self._hits(batch).float())
+
+    def compute(self) -> torch.Tensor:
+        return self.hit.mean()
+
+
+class ActiveUnits(_ShareEverHit):
     """Share of embedding units positive for at least one sample.
 
     0 means every ReLU of the embedding layer is dead: the head outputs constant logits, its
@@ -261,22 +287,11 @@ class ActiveUnits(torchmetrics.Metric):
     weights negative against the non-negative pooled features).
     """
 
-    full_state_update = False
-    alive: torch.Tensor
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.add_state("alive", default=torch.zeros(dim), dist_reduce_fx="max")
-
-    def update(self, embedding: torch.Tensor) -> None:
-        if embedding.shape[0]:
-            self.alive = torch.maximum(self.alive, (embedding > 0).any(0).float())
-
-    def compute(self) -> torch.Tensor:
-        return self.alive.mean()
+    def _hits(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch > 0).any(0)
 
 
-class PredictedClasses(torchmetrics.Metric):
+class PredictedClasses(_ShareEverHit):
     """Share of the classes that are the top-1 prediction for at least one sample.
 
     Catches what ``ActiveUnits`` cannot: an encoder whose features collapsed (a plain VGG-19
@@ -285,19 +300,8 @@ class PredictedClasses(torchmetrics.Metric):
     accuracy sits at chance. A healthy network names many.
     """
 
-    full_state_update = False
-    named: torch.Tensor
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.add_state("named", default=torch.zeros(num_classes), dist_reduce_fx="max")
-
-    def update(self, logits: torch.Tensor) -> None:
-        if logits.shape[0]:
-            self.named[logits.argmax(1).unique()] = 1.0
-
-    def compute(self) -> torch.Tensor:
-        return self.named.mean()
+    def _hits(self, batch: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(batch.argmax(1), batch.shape[1]).any(0)
 
 
 ACTIVE = "embedding_active"
