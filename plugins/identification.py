@@ -56,17 +56,41 @@ class IdentificationOptions:
     margin: float | None = None
     scale: float = 64.0  # margin losses: s, the factor on the cosines
     sub_centers: int = 3  # subcenter_arcface: centres per class (the paper's K)
+    # none (the paper): Linear -> ReLU. batchnorm: Linear -> BatchNorm -> ReLU, which keeps
+    # the embedding alive beside a loud teacher (see "A dead embedding" in identification.md).
+    embedding_norm: str = "none"
 
 
-class IdentificationHead(nn.Module):
-    def __init__(self, in_channels: int, embedding_dim: int, num_classes: int) -> None:
+EMBEDDING_NORMS = ("none", "batchnorm")
+
+
+class Embedding(nn.Module):
+    """Pool -> Linear -> (BatchNorm) -> ReLU: the 128-d embedding both heads share.
+
+    Without the norm the layer can die: the pooled features are non-negative, so Adam can push
+    every unit's pre-activation below zero for every image. Batch-normalising the
+    pre-activation centres each unit on its batch mean, so about half the images keep it on.
+    """
+
+    def __init__(self, in_channels: int, embedding_dim: int, norm: str = "none") -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.embed = nn.Linear(in_channels, embedding_dim)
+        self.norm = nn.BatchNorm1d(embedding_dim) if norm == "batchnorm" else nn.Identity()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.embed(self.pool(features).flatten(1))))
+
+
+class IdentificationHead(Embedding):
+    def __init__(
+        self, in_channels: int, embedding_dim: int, num_classes: int, norm: str = "none"
+    ) -> None:
+        super().__init__(in_channels, embedding_dim, norm)
         self.classify = nn.Linear(embedding_dim, num_classes)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        embedding = F.relu(self.embed(self.pool(features).flatten(1)))
+        embedding = super().forward(features)
         return {"logits": self.classify(embedding), "embedding": embedding}
 
 
@@ -80,7 +104,7 @@ def _full_precision(device: torch.device) -> Iterator[None]:
         yield
 
 
-class MarginIdentificationHead(nn.Module):
+class MarginIdentificationHead(Embedding):
     """Same embedding as :class:`IdentificationHead`; the classifier is a margin loss's ``W``.
 
     ``margin_loss`` is a pytorch-metric-learning ``LargeMarginSoftmaxLoss`` subclass (ArcFace,
@@ -88,10 +112,10 @@ class MarginIdentificationHead(nn.Module):
     ``state_dict()`` and gets gradients from :meth:`loss`.
     """
 
-    def __init__(self, in_channels: int, embedding_dim: int, margin_loss: nn.Module) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.embed = nn.Linear(in_channels, embedding_dim)
+    def __init__(
+        self, in_channels: int, embedding_dim: int, margin_loss: nn.Module, norm: str = "none"
+    ) -> None:
+        super().__init__(in_channels, embedding_dim, norm)
         self.margin_loss: Any = margin_loss  # a PML loss (untyped); registered as a submodule
 
     def _like_centres(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -101,7 +125,7 @@ class MarginIdentificationHead(nn.Module):
         return embedding.to(device=w.device, dtype=w.dtype)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        embedding = F.relu(self.embed(self.pool(features).flatten(1)))
+        embedding = super().forward(features)
         with _full_precision(embedding.device):
             logits = self.class_logits(self._like_centres(embedding))
         return {"logits": logits, "embedding": embedding}
@@ -169,6 +193,7 @@ class Identification(mtkd.Task):
             ("margin", o.margin is None or o.margin >= 0, "must be >= 0"),
             ("scale", o.scale > 0, "must be > 0"),
             ("sub_centers", o.sub_centers >= 1, "must be >= 1"),
+            ("embedding_norm", o.embedding_norm in EMBEDDING_NORMS, f"must be one of {', '.join(EMBEDDING_NORMS)}"),
         ]
         if o.loss in ANGULAR and o.margin is not None:
             checks.append(("margin", o.margin < 180, "must be < 180 (degrees)"))
@@ -196,7 +221,9 @@ class Identification(mtkd.Task):
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
         o: IdentificationOptions = self.options
         if o.loss == "softmax":
-            return IdentificationHead(features.final_channels, o.embedding_dim, self.num_classes)
+            return IdentificationHead(
+                features.final_channels, o.embedding_dim, self.num_classes, o.embedding_norm
+            )
         margin = self.margin
         assert margin is not None
         module = margin_loss_module(
@@ -204,7 +231,9 @@ class Identification(mtkd.Task):
         )
         # The loss needs this head's W; copying the model (distillation) copies the task
         # with it, so a copied task keeps pointing at its copied head.
-        self._head = MarginIdentificationHead(features.final_channels, o.embedding_dim, module)
+        self._head = MarginIdentificationHead(
+            features.final_channels, o.embedding_dim, module, o.embedding_norm
+        )
         return self._head
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
