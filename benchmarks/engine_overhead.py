@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from rich.console import Console
 
 import mtkd
-from mtkd.data import make_train_loader
-from mtkd.train import fit
+from mtkd.data.build import make_train_loader
+from mtkd.engine.fit import fit
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mtkd import load_recipe, load_run
-from mtkd.latency import measure_latency
+from mtkd.metrics.latency import measure_latency
 
 
 def main() -> None:

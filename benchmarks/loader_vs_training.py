@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 
 import mtkd
-from mtkd.losses import task_losses, weighted_total
+from mtkd.model.losses import task_losses, weighted_total
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 import mtkd
-from mtkd.export import FlatOutputs, export_onnx
+from mtkd.deploy.export import FlatOutputs, export_onnx
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MASK_CLASSES = 14  # the synthetic heads' segmentation classes (the head is removed anyway)

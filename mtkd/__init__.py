@@ -13,20 +13,20 @@ The library in ten lines::
 ``mtkd.run(cfg)`` does all of that and writes a run folder.
 """
 
-from .build import build_model, build_tasks
 from .commands import Command
 from .config import RecipeConfig, load_recipe, recipe_from_dict
-from .data import DataBundle, build_data, build_source, make_loader
+from .data.build import DataBundle, build_data, build_source, make_loader
+from .deploy.export import export_run, load_exported
+from .deploy.inference import Predictor
 from .errors import DataError, MtkdError, PluginError, RecipeError, SampleError
-from .evaluate import evaluate
-from .export import export_run, load_exported
 from .hookspecs import hookimpl
-from .inference import Predictor
-from .model import MultiTaskModel, ParameterCounts, count_parameters
-from .pipeline import RunResult, distill, run, train
+from .metrics.evaluate import evaluate
+from .model.build import build_model, build_tasks
+from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
 from .plugins import PluginSet, load_plugins
 from .preprocess import Preprocessor
-from .runs import load_run
+from .runs.folder import load_run
+from .runs.pipeline import RunResult, distill, run, train
 from .samples import LabelSpace, NoOptions, Sample, SampleSource
 from .tasks import FeatureInfo, Task
 from .weighting import LossWeighting

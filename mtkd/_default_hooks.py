@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .hookspecs import hookimpl
-from .model import MultiTaskModel
+from .model.multitask import MultiTaskModel
 from .weighting import FixedWeighting, LossWeighting
 
 

@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import load_recipe
+from .engine.fit import Interrupted
 from .errors import MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
-from .train import Interrupted
 
 if TYPE_CHECKING:
-    from .pipeline import RunResult
+    from .runs.pipeline import RunResult
 
 
 def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -29,8 +29,8 @@ def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .pipeline import run
-    from .study import is_study, run_study
+    from .runs.pipeline import run
+    from .runs.study import is_study, run_study
 
     overlays, overrides = _split_run_args(args.overrides)
     if is_study(args.recipe):
@@ -111,8 +111,8 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from .pipeline import run
-    from .runs import CONFIG
+    from .runs.folder import CONFIG
+    from .runs.pipeline import run
 
     overlays, overrides = _split_run_args(args.overrides)
     if not (args.run_dir / CONFIG).is_file():
@@ -123,7 +123,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .runs import evaluate_run
+    from .runs.folder import evaluate_run
 
     overlays, overrides = _split_run_args(args.overrides)
     results = evaluate_run(args.run_dir, overrides, list(overlays), console=console)
@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .report import comparison_rows, markdown_table, read_results, rich_table
+    from .runs.report import comparison_rows, markdown_table, read_results, rich_table
 
     rows = comparison_rows([read_results(d) for d in args.run_dirs])
     console.print(rich_table(rows, "comparison"))
@@ -143,7 +143,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from .export import export_run
+    from .deploy.export import export_run
 
     export_run(args.run_dir, args.format, args.out, console=console)
     return 0
@@ -152,7 +152,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 def cmd_embed(args: argparse.Namespace, console: Console) -> int:
     import numpy as np
 
-    from .inference import Predictor
+    from .deploy.inference import Predictor
 
     predictor = Predictor(args.run_dir, task=args.task)
     embeddings = predictor.embed(args.images, flip=not args.no_flip)
@@ -172,7 +172,7 @@ def cmd_embed(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from .inference import Predictor
+    from .deploy.inference import Predictor
 
     predictor = Predictor(args.run_dir, task=args.task)
     predictions = predictor.predict(args.images, top_k=args.top_k)
@@ -189,7 +189,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
 
 def _add_inference_commands(sub: Any) -> None:
-    from .export import FORMATS
+    from .deploy.export import FORMATS
 
     p_export = sub.add_parser(
         "export", help="export a run's inference model (ONNX, TorchScript, safetensors)"

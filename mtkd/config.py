@@ -16,7 +16,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .augment import AugmentConfig
+from .data.augment import AugmentConfig
 from .errors import RecipeError, did_you_mean
 
 

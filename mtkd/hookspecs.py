@@ -15,11 +15,11 @@ import pluggy
 
 if TYPE_CHECKING:
     from .commands import Command
-    from .model import MultiTaskModel
+    from .engine.fit import TrainContext
+    from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
     from .samples import SampleSource
     from .tasks import Task
-    from .train import TrainContext
     from .weighting import LossWeighting
 
 PROJECT = "mtkd"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .losses import weighted_total
+from .model.losses import weighted_total
 from .samples import NoOptions
 from .tasks import Task
 

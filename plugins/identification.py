@@ -64,7 +64,7 @@ class IdentificationOptions:
 EMBEDDING_NORMS = ("none", "batchnorm")
 
 
-class Embedding(nn.Module):
+class EmbeddingLayer(nn.Module):
     """Pool -> Linear -> (BatchNorm) -> ReLU: the 128-d embedding both heads share.
 
     Without the norm the layer can die: the pooled features are non-negative, so Adam can push
@@ -78,11 +78,11 @@ class Embedding(nn.Module):
         self.embed = nn.Linear(in_channels, embedding_dim)
         self.norm = nn.BatchNorm1d(embedding_dim) if norm == "batchnorm" else nn.Identity()
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def embedding(self, features: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.embed(self.pool(features).flatten(1))))
 
 
-class IdentificationHead(Embedding):
+class IdentificationHead(EmbeddingLayer):
     def __init__(
         self, in_channels: int, embedding_dim: int, num_classes: int, norm: str = "none"
     ) -> None:
@@ -90,7 +90,7 @@ class IdentificationHead(Embedding):
         self.classify = nn.Linear(embedding_dim, num_classes)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        embedding = super().forward(features)
+        embedding = self.embedding(features)
         return {"logits": self.classify(embedding), "embedding": embedding}
 
 
@@ -104,7 +104,7 @@ def _full_precision(device: torch.device) -> Iterator[None]:
         yield
 
 
-class MarginIdentificationHead(Embedding):
+class MarginIdentificationHead(EmbeddingLayer):
     """Same embedding as :class:`IdentificationHead`; the classifier is a margin loss's ``W``.
 
     ``margin_loss`` is a pytorch-metric-learning ``LargeMarginSoftmaxLoss`` subclass (ArcFace,
@@ -125,7 +125,7 @@ class MarginIdentificationHead(Embedding):
         return embedding.to(device=w.device, dtype=w.dtype)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        embedding = super().forward(features)
+        embedding = self.embedding(features)
         with _full_precision(embedding.device):
             logits = self.class_logits(self._like_centres(embedding))
         return {"logits": logits, "embedding": embedding}
@@ -193,7 +193,11 @@ class Identification(mtkd.Task):
             ("margin", o.margin is None or o.margin >= 0, "must be >= 0"),
             ("scale", o.scale > 0, "must be > 0"),
             ("sub_centers", o.sub_centers >= 1, "must be >= 1"),
-            ("embedding_norm", o.embedding_norm in EMBEDDING_NORMS, f"must be one of {', '.join(EMBEDDING_NORMS)}"),
+            (
+                "embedding_norm",
+                o.embedding_norm in EMBEDDING_NORMS,
+                f"must be one of {', '.join(EMBEDDING_NORMS)}",
+            ),
         ]
         if o.loss in ANGULAR and o.margin is not None:
             checks.append(("margin", o.margin < 180, "must be < 180 (degrees)"))

@@ -24,7 +24,7 @@ from torch import nn
 
 import mtkd
 from mtkd.errors import did_you_mean
-from mtkd.seg_metrics import iou_summary, jaccard_per_class
+from mtkd.metrics.segmentation import iou_summary, jaccard_per_class
 
 from . import seg_decoders
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import mtkd
-from mtkd.augment import AugmentConfig, augment
+from mtkd.data.augment import AugmentConfig, augment
 
 SPACES = {
     "mask": mtkd.LabelSpace(("bg", "left_eye", "right_eye"), flip=(0.0, 2.0, 1.0)),

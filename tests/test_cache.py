@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mtkd
-from mtkd.cache import materialize
+from mtkd.data.cache import materialize
 
 
 @dataclass

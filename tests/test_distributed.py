@@ -16,7 +16,7 @@ from conftest import RECIPES
 from safetensors.torch import load_file
 
 import mtkd
-from mtkd import distributed
+from mtkd.utils import distributed
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 import mtkd
-from mtkd import distributed
+from mtkd.utils import distributed
 
 
 def _save(tensors, name):

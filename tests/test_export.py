@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import mtkd.deploy.export
 import numpy as np
 import pytest
 import rich.console
@@ -18,10 +19,9 @@ from mtkd_plugins.synthetic_heads.render import render_view, sample_identities
 from PIL import Image
 
 import mtkd
-import mtkd.export
 from mtkd.cli import main
-from mtkd.export import TOLERANCE, FlatOutputs, export_run, load_exported
-from mtkd.inference import Predictor
+from mtkd.deploy.export import TOLERANCE, FlatOutputs, export_run, load_exported
+from mtkd.deploy.inference import Predictor
 
 QUIET = rich.console.Console(quiet=True)
 IDENTITIES = 6  # the tiny profile's people
@@ -150,7 +150,7 @@ def test_safetensors_rebuilds_from_weights_and_sidecar_alone(
 def test_a_failed_parity_check_leaves_no_file(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mtkd.export, "TOLERANCE", 0.0)  # even an exact match now fails
+    monkeypatch.setattr(mtkd.deploy.export, "TOLERANCE", 0.0)  # even an exact match now fails
     with pytest.raises(mtkd.MtkdError, match="does not match PyTorch"):
         export_run(run_dir, "safetensors", tmp_path / "model.safetensors", console=QUIET)
     assert list(tmp_path.iterdir()) == []

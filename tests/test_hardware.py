@@ -11,7 +11,7 @@ from rich.console import Console
 from torch import nn
 
 import mtkd
-from mtkd import hardware
+from mtkd.engine import hardware
 
 QUIET = Console(quiet=True)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mtkd import latency
-from mtkd.latency import LatencyResult, measure_latency
+from mtkd.metrics import latency
+from mtkd.metrics.latency import LatencyResult, measure_latency
 
 
 class Recorder(nn.Module):

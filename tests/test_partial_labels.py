@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 import mtkd
-from mtkd.losses import task_losses
+from mtkd.model.losses import task_losses
 from mtkd.samples import collate_samples, sample_to_tensors
 
 SPACES = {"identity": mtkd.LabelSpace(("a", "b", "c")), "mask": mtkd.LabelSpace(("bg", "fg"))}

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mtkd.errors import MtkdError
-from mtkd.plots import (
+from mtkd.viz.plots import (
     _val_metrics,
     class_colours,
     mean_by_bin,

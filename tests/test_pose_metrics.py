@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mtkd.pose_metrics import BinResult, accuracy_by_bin, bin_edges
+from mtkd.metrics.pose import BinResult, accuracy_by_bin, bin_edges
 
 
 def test_accuracy_per_bin_with_hand_counted_values() -> None:

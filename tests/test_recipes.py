@@ -26,7 +26,7 @@ STAND_INS = {
 
 
 def test_every_recipe_file_is_covered() -> None:
-    from mtkd.study import is_study
+    from mtkd.runs.study import is_study
 
     shipped = {
         p.stem for p in RECIPES.glob("*.yaml") if not p.stem.startswith("_") and not is_study(p)

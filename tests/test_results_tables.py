@@ -13,7 +13,7 @@ import pytest
 from conftest import RECIPES, REPO, tiny_overrides
 from rich.console import Console
 
-from mtkd.study import run_study
+from mtkd.runs.study import run_study
 
 
 def _script() -> ModuleType:

@@ -166,7 +166,7 @@ def test_skip_and_lower_lr_policies_train_on(
 
 
 def test_a_planted_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
-    from mtkd.checkpoint import load_checkpoint, previous_of
+    from mtkd.utils.checkpoint import load_checkpoint, previous_of
 
     run = tmp_path / "done"
     assert mtkd_cli(*train_args(tmp_path, run)).returncode == 0
@@ -206,7 +206,7 @@ def test_a_full_disk_stops_with_a_message_and_keeps_the_last_checkpoint(
 ) -> None:
     import errno
 
-    from mtkd import checkpoint
+    from mtkd.utils import checkpoint
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

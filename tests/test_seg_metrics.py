@@ -7,7 +7,12 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from mtkd.seg_metrics import iou_from_confusion, iou_summary, jaccard_per_class, segmentation_iou
+from mtkd.metrics.segmentation import (
+    iou_from_confusion,
+    iou_summary,
+    jaccard_per_class,
+    segmentation_iou,
+)
 
 # One 2 x 4 image, 4 classes; class 3 appears in neither target nor prediction.
 TARGET = torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]])

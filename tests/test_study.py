@@ -13,7 +13,7 @@ from rich.console import Console
 
 import mtkd
 from mtkd.cli import main
-from mtkd.study import is_study, plan_study, run_study
+from mtkd.runs.study import is_study, plan_study, run_study
 
 
 def write_study(tmp_path: Path, seeds: str = "[0, 1]") -> Path:
@@ -99,7 +99,7 @@ def test_compare_prints_the_same_table_for_any_runs(
 
 
 def test_the_table1_study_lists_the_paper_networks() -> None:
-    from mtkd.study import load_study
+    from mtkd.runs.study import load_study
 
     study = load_study(RECIPES / "table1.yaml")
     assert study.members[-1] == "seg_distilled_id" and len(study.members) == 5
@@ -161,7 +161,7 @@ def test_bad_member_variants_are_named(tmp_path: Path, members: str, message: st
 
 
 def test_the_shipped_ablation_and_verification_studies_load() -> None:
-    from mtkd.study import load_study
+    from mtkd.runs.study import load_study
 
     ablation = load_study(RECIPES / "ablation_teachers.yaml")
     names = [m["name"] for m in ablation.members]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 import mtkd
-from mtkd.checkpoint import load_weights
+from mtkd.utils.checkpoint import load_weights
 
 
 class Recorder:

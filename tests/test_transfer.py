@@ -19,10 +19,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 import mtkd
-from mtkd import transfer
-from mtkd.checkpoint import save_weights
-from mtkd.finetune import FreezeSchedule, param_groups, set_train_mode
-from mtkd.transfer import SHAPE, init_from
+from mtkd.model import transfer
+from mtkd.engine.finetune import FreezeSchedule, param_groups, set_train_mode
+from mtkd.model.transfer import SHAPE, init_from
+from mtkd.utils.checkpoint import save_weights
 
 STAND_IN = "mobilenetv2_035"
 
@@ -403,7 +403,7 @@ def test_a_run_with_freeze_encoder_epochs_trains_only_the_heads_first(tmp_path: 
 
 
 def test_encoder_lr_and_layer_decay_reach_the_optimizer(tmp_path: Path) -> None:
-    from mtkd.train import make_optimizer
+    from mtkd.engine.fit import make_optimizer
 
     cfg = tiny_cfg(tmp_path, **{"trainer.encoder_lr": 1e-4, "trainer.layer_decay": 0.5})
     model = mtkd.build_model(cfg, label_spaces())

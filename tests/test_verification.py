@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mtkd
-from mtkd.verification import (
+from mtkd.metrics.verification import (
     Pair,
     best_threshold,
     candidate_thresholds,

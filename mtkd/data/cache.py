@@ -22,9 +22,9 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from PIL import Image
 
-from .errors import DataError, RecipeError, SampleError
-from .preprocess import Preprocessor
-from .samples import LabelSpace, Sample, SampleSource
+from ..errors import DataError, RecipeError, SampleError
+from ..preprocess import Preprocessor
+from ..samples import LabelSpace, Sample, SampleSource
 
 CACHE_VERSION = 2  # 2: sample names are cached
 ON_ERROR = ("fail", "skip")

@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from .data import DataBundle, TensorView, make_loader
-from .errors import DataError
+from ..data.build import DataBundle, TensorView, make_loader
+from ..errors import DataError
+from ..model.losses import labelled_outputs
+from ..model.multitask import MultiTaskModel
 from .evaluate import evaluate_loader, to_device
 from .latency import measure_latency
-from .losses import labelled_outputs
-from .model import MultiTaskModel
-from .pose_metrics import accuracy_by_bin
+from .pose import accuracy_by_bin
 from .verification import (
     Pair,
     PairList,

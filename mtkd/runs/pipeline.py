@@ -12,22 +12,22 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from . import distributed
-from .assess import assess
-from .build import build_model, plugins_for
-from .checkpoint import write_json
-from .data import DataBundle, build_data, make_loader, make_train_loader, rank_share
-from .errors import MtkdError, PluginError
-from .model import MultiTaskModel
-from .plugins import PluginSet
-from .runs import RESULTS, new_run_dir, save_distilled, write_run_header
-from .train import TrainContext, fit, resolve_device, seed_everything
-from .transfer import check_init_from, init_from_recipe
+from ..utils import distributed
+from ..metrics.assess import assess
+from ..model.build import build_model, plugins_for
+from ..utils.checkpoint import write_json
+from ..data.build import DataBundle, build_data, make_loader, make_train_loader, rank_share
+from ..errors import MtkdError, PluginError
+from ..model.multitask import MultiTaskModel
+from ..plugins import PluginSet
+from .folder import RESULTS, new_run_dir, save_distilled, write_run_header
+from ..engine.fit import TrainContext, fit, resolve_device, seed_everything
+from ..model.transfer import check_init_from, init_from_recipe
 
 
 def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTaskModel:
     """The inference model, as the first ``distill`` hook implementation answers."""
-    from .plugins import load_plugins
+    from ..plugins import load_plugins
 
     plugins = plugins or load_plugins()
     student = plugins.hook.distill(model=model)
@@ -166,7 +166,7 @@ def run(
     results.update(assess(model, inference_model, data, cfg, device))
     write_json(run_dir / RESULTS, results)  # saved before the figures: plotting loses nothing
     if cfg.output.plots:
-        from .figures import write_run_figures
+        from ..viz.figures import write_run_figures
 
         write_run_figures(run_dir, model, data, results, device)
     return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results=results)

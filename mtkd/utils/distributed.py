@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 
 def launched_by_torchrun() -> bool:

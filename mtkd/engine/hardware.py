@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from . import distributed
-from .errors import RecipeError
+from ..errors import RecipeError
+from ..utils import distributed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

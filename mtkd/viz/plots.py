@@ -31,7 +31,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import ArrayLike
 
-from .errors import MtkdError
+from ..errors import MtkdError
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType

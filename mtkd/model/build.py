@@ -7,13 +7,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import parse_options
+from ..config import parse_options
+from ..errors import RecipeError
+from ..plugins import PluginSet, load_plugins
+from ..samples import LabelSpace
+from ..tasks import ROLES, Task
 from .encoder import Encoder, create_timm_trunk, resolve_taps
-from .errors import RecipeError
-from .model import MultiTaskModel
-from .plugins import PluginSet, load_plugins
-from .samples import LabelSpace
-from .tasks import ROLES, Task
+from .multitask import MultiTaskModel
 
 TASK_KEYS = ("type", "role", "weight")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .samples import PRESENT, Batch
-from .tasks import Output, Task
+from ..samples import PRESENT, Batch
+from ..tasks import Output, Task
 
 
 def select_samples(output: Output, keep: torch.Tensor) -> Output:

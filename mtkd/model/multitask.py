@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..tasks import Output, Task
 from .encoder import Encoder
-from .tasks import Output, Task
 
 
 @dataclass(frozen=True)

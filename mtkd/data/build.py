@@ -14,15 +14,15 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from . import distributed
+from ..config import parse_options
+from ..errors import DataError, RecipeError
+from ..model.build import plugins_for
+from ..plugins import PluginSet
+from ..preprocess import Preprocessor
+from ..samples import LabelSpace, SampleSource, collate_samples, sample_to_tensors
+from ..utils import distributed
 from .augment import AugmentConfig, augment
-from .build import plugins_for
 from .cache import CachedSamples, DataReport, materialize
-from .config import parse_options
-from .errors import DataError, RecipeError
-from .plugins import PluginSet
-from .preprocess import Preprocessor
-from .samples import LabelSpace, SampleSource, collate_samples, sample_to_tensors
 from .splits import fixed_split_indices, split_indices
 
 

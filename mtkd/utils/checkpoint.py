@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import MtkdError
+from ..errors import MtkdError
 
 
 def _atomic(path: Path, write: Any) -> None:

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .cache import resize_image
-from .config import load_recipe
-from .data import build_preprocessors
-from .errors import MtkdError, SampleError
-from .plugins import PluginSet, load_plugins
-from .runs import CONFIG, load_run
-from .samples import Sample, sample_to_tensors
+from ..config import load_recipe
+from ..data.build import build_preprocessors
+from ..data.cache import resize_image
+from ..errors import MtkdError, SampleError
+from ..plugins import PluginSet, load_plugins
+from ..runs.folder import CONFIG, load_run
+from ..samples import Sample, sample_to_tensors
 
 # Grey files stay H x W, as data-set readers deliver them (the face crop accepts grey; the
 # cache's resize makes them RGB); 16-bit grey is scaled, since convert("L") would clip it.

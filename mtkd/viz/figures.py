@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DataBundle
-from .model import MultiTaskModel
+from ..data.build import DataBundle
+from ..model.multitask import MultiTaskModel
 from .plots import (
     plot_accuracy_by_bin,
     plot_confusion_summary,

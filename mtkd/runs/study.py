@@ -34,11 +34,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from .config import load_recipe
-from .errors import RecipeError, did_you_mean
+from ..config import load_recipe
+from ..errors import RecipeError, did_you_mean
 from .pipeline import run
 from .report import comparison_rows, markdown_table, read_results, rich_table
-from .runs import RESULTS
+from .folder import RESULTS
 
 
 @dataclass
@@ -244,7 +244,7 @@ def run_study(
     (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
     binned = [r for r in results if r.get("accuracy_by_bin")]
     for task in sorted({t for r in binned for t in r["accuracy_by_bin"]["tasks"]}):
-        from .plots import plot_accuracy_by_bin
+        from ..viz.plots import plot_accuracy_by_bin
 
         plot_accuracy_by_bin(binned, folder / f"accuracy_by_bin-{task}.png", task=task)
     summary: dict[str, Any] = {

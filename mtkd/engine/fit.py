@@ -22,18 +22,19 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import distributed, hardware, rng
-from .build import plugins_for
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
-from .config import parse_options
-from .data import EpochSampler
-from .errors import MtkdError, RecipeError, did_you_mean
-from .evaluate import evaluate_loader, prefixed, to_device
+from ..config import parse_options
+from ..data.build import EpochSampler
+from ..errors import MtkdError, RecipeError, did_you_mean
+from ..metrics.evaluate import evaluate_loader, prefixed, to_device
+from ..model.build import plugins_for
+from ..model.losses import task_losses, weighted_total
+from ..model.multitask import MultiTaskModel
+from ..plugins import PluginSet
+from ..utils import distributed, rng
+from ..utils.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from ..weighting import FixedWeighting, LossWeighting
+from . import hardware
 from .finetune import FreezeSchedule, param_groups
-from .losses import task_losses, weighted_total
-from .model import MultiTaskModel
-from .plugins import PluginSet
-from .weighting import FixedWeighting, LossWeighting
 
 NAN_POLICIES = ("stop", "skip", "lower_lr")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")

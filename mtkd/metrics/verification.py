@@ -29,7 +29,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 K = TypeVar("K", bound=Hashable)
 

@@ -27,9 +27,9 @@ from rich.markup import escape
 from safetensors.torch import load_file
 from torch import nn
 
-from .checkpoint import write_json
+from ..errors import RecipeError
+from ..utils.checkpoint import write_json
 from .encoder import create_timm_trunk
-from .errors import RecipeError
 
 TIMM = "timm"  # source: the encoder's own timm hub weights
 REPORT = "init_from.json"

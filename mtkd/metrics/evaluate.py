@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
-from .data import make_loader
-from .losses import labelled_outputs
-from .model import MultiTaskModel
-from .samples import Batch
+from ..data.build import make_loader
+from ..model.losses import labelled_outputs
+from ..model.multitask import MultiTaskModel
+from ..samples import Batch
+from ..utils import distributed
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -29,7 +29,7 @@ from timm.models import group_parameters
 from timm.optim._param_groups import auto_group_layers
 from torch import nn
 
-from .config import check_finetune
+from ..config import check_finetune
 
 ENCODER = "encoder."
 TRUNK = "encoder.trunk."

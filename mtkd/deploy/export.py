@@ -25,14 +25,14 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from torch import nn
 
-from .build import build_model
-from .checkpoint import load_weights, save_weights, write_json
-from .config import recipe_from_dict
-from .errors import MtkdError
-from .model import MultiTaskModel
-from .plugins import PluginSet
-from .runs import CONFIG, load_run, read_label_spaces
-from .samples import LabelSpace
+from ..config import recipe_from_dict
+from ..errors import MtkdError
+from ..model.build import build_model
+from ..model.multitask import MultiTaskModel
+from ..plugins import PluginSet
+from ..runs.folder import CONFIG, load_run, read_label_spaces
+from ..samples import LabelSpace
+from ..utils.checkpoint import load_weights, save_weights, write_json
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4  # max abs difference allowed between an artefact and PyTorch

@@ -17,8 +17,8 @@ import timm
 import torch
 from torch import nn
 
-from .errors import RecipeError, did_you_mean
-from .tasks import FeatureInfo
+from ..errors import RecipeError, did_you_mean
+from ..tasks import FeatureInfo
 
 STAGES = "stages"
 

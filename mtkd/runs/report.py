@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.table import Table
 
-from .errors import MtkdError
-from .runs import RESULTS
+from ..errors import MtkdError
+from .folder import RESULTS
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
