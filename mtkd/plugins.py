@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any, Generic, TypeVar, cast
 
 import pluggy
+from omegaconf import DictConfig
 
 from . import _default_hooks, hookspecs
 from .commands import Command
@@ -102,6 +103,25 @@ class PluginSet:
         return sorted(c.name for c in callers)
 
 
+@dataclass(frozen=True)
+class _RegistrySpec:
+    """One registry: the PluginSet field, the hook that fills it, and what it holds."""
+
+    attribute: str
+    hook: str
+    kind: str
+    base: type
+
+
+REGISTRIES = (
+    _RegistrySpec("tasks", "register_tasks", "task", Task),
+    _RegistrySpec("datasets", "register_datasets", "data set", SampleSource),
+    _RegistrySpec("preprocessors", "register_preprocessors", "preprocessor", Preprocessor),
+    _RegistrySpec("commands", "register_commands", "command", Command),
+    _RegistrySpec("weightings", "register_weightings", "loss weighting", LossWeighting),
+)
+
+
 def _import_file(path: Path) -> ModuleType:
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     name = f"mtkd_user_plugin_{path.stem}_{digest}"
@@ -150,84 +170,90 @@ def load_plugins(
     Every failure names the plugin at fault: an import error, an implementation of a hook
     that does not exist, a task or data set registered twice.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    origins: dict[str, str] = {}
+    manager = _Manager()
+    manager.add(_default_hooks, CORE_PLUGIN, "mtkd core")
+    for ep in _entry_points(_allowed_from_env()):
+        manager.add_new(_load_entry_point(ep), ep.name, f"entry point {ep.value}")
+    for ref in extra:
+        manager.add_new(_import_recipe_plugin(ref), ref, "recipe")
+    for name, obj in objects:
+        manager.add(obj, name, "object")
+    try:
+        manager.pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin '{exc.plugin}' implements an unknown hook: {exc}") from exc
+    registries = {spec.attribute: _collect(manager.pm, spec) for spec in REGISTRIES}
+    return PluginSet(manager=manager.pm, origins=manager.origins, **registries)
 
-    def add(plugin: object, name: str, origin: str) -> None:
+
+def plugins_for(cfg: DictConfig, plugins: PluginSet | None = None) -> PluginSet:
+    """The given plugin set, or the default set plus the recipe's ``plugins:`` list."""
+    return plugins if plugins is not None else load_plugins(list(cfg.plugins))
+
+
+class _Manager:
+    """A pluggy manager that remembers where each plugin came from."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.origins: dict[str, str] = {}
+
+    def add(self, plugin: object, name: str, origin: str) -> None:
         try:
-            pm.register(plugin, name=name)
+            self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin '{name}' ({origin}) is invalid: {exc}") from exc
         except ValueError as exc:  # same name or same object registered twice
             raise PluginError(f"plugin '{name}' ({origin}) cannot be registered: {exc}") from exc
-        origins[name] = origin
+        self.origins[name] = origin
 
-    add(_default_hooks, CORE_PLUGIN, "mtkd core")
-    for ep in _entry_points(_allowed_from_env()):
-        try:
-            module = ep.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin '{ep.name}' (entry point {ep.value}) failed to import: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if pm.is_registered(module):
-            continue
-        add(module, ep.name, f"entry point {ep.value}")
-    for ref in extra:
-        try:
-            module = _import_plugin(ref)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"plugin '{ref}' failed to import: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not pm.is_registered(module):
-            add(module, ref, "recipe")
-    for name, obj in objects:
-        add(obj, name, "object")
+    def add_new(self, module: ModuleType, name: str, origin: str) -> None:
+        """Register ``module`` unless it already is (under another name)."""
+        if not self.pm.is_registered(module):
+            self.add(module, name, origin)
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> ModuleType:
     try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin}' implements an unknown hook: {exc}") from exc
-
-    tasks: Registry[type[Task]] = Registry("task", Task)
-    datasets: Registry[type[SampleSource]] = Registry("data set", SampleSource)
-    _collect(pm, "register_tasks", tasks)
-    _collect(pm, "register_datasets", datasets)
-    preprocessors: Registry[type[Preprocessor]] = Registry("preprocessor", Preprocessor)
-    _collect(pm, "register_preprocessors", preprocessors)
-    commands: Registry[type[Command]] = Registry("command", Command)
-    _collect(pm, "register_commands", commands)
-    weightings: Registry[type[LossWeighting]] = Registry("loss weighting", LossWeighting)
-    _collect(pm, "register_weightings", weightings)
-    return PluginSet(
-        manager=pm,
-        tasks=tasks,
-        datasets=datasets,
-        preprocessors=preprocessors,
-        commands=commands,
-        weightings=weightings,
-        origins=origins,
-    )
+        module: ModuleType = ep.load()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin '{ep.name}' (entry point {ep.value}) failed to import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return module
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry[Any]) -> None:
-    """Call one registration hook plugin by plugin, so each entry knows its plugin."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in caller.get_hookimpls():
-        plugin_name = impl.plugin_name
+def _import_recipe_plugin(ref: str) -> ModuleType:
+    try:
+        return _import_plugin(ref)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin '{ref}' failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def _collect(pm: pluggy.PluginManager, spec: _RegistrySpec) -> Registry[Any]:
+    """Call one registration hook plugin by plugin (through pluggy, each plugin's
+    implementation alone), so every registered class knows the plugin that registered it."""
+    registry: Registry[Any] = Registry(spec.kind, spec.base)
+    plugins = [impl.plugin for impl in getattr(pm.hook, spec.hook).get_hookimpls()]
+    for plugin in plugins:
+        plugin_name = pm.get_name(plugin) or repr(plugin)
+        only_this = pm.subset_hook_caller(
+            spec.hook, remove_plugins=[p for p in pm.get_plugins() if p is not plugin]
+        )
 
         def register(item: Any, _plugin: str = plugin_name) -> None:
             registry.add(item, _plugin)
 
         try:
-            impl.function(**{n: register for n in impl.argnames if n == "register"})
+            only_this(register=register)
         except PluginError:
             raise
         except Exception as exc:
             raise PluginError(
-                f"plugin '{plugin_name}' failed in {hook_name}: {type(exc).__name__}: {exc}"
+                f"plugin '{plugin_name}' failed in {spec.hook}: {type(exc).__name__}: {exc}"
             ) from exc
+    return registry

@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import parse_options
 from ..errors import DataError, RecipeError
-from ..model.build import plugins_for
-from ..plugins import PluginSet
+from ..plugins import PluginSet, plugins_for
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, SampleSource, collate_samples, sample_to_tensors
 from ..utils import distributed

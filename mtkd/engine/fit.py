@@ -26,10 +26,9 @@ from ..config import parse_options
 from ..data.build import EpochSampler
 from ..errors import MtkdError, RecipeError, did_you_mean
 from ..metrics.evaluate import evaluate_loader, prefixed, to_device
-from ..model.build import plugins_for
 from ..model.losses import task_losses, weighted_total
 from ..model.multitask import MultiTaskModel
-from ..plugins import PluginSet
+from ..plugins import PluginSet, plugins_for
 from ..utils import distributed, rng
 from ..utils.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from ..weighting import FixedWeighting, LossWeighting

@@ -9,18 +9,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import parse_options
 from ..errors import RecipeError
-from ..plugins import PluginSet, load_plugins
+from ..plugins import PluginSet, plugins_for
 from ..samples import LabelSpace
 from ..tasks import ROLES, Task
 from .encoder import Encoder, create_timm_trunk, resolve_taps
 from .multitask import MultiTaskModel
 
 TASK_KEYS = ("type", "role", "weight")
-
-
-def plugins_for(cfg: DictConfig, plugins: PluginSet | None = None) -> PluginSet:
-    """The given plugin set, or the default set plus the recipe's ``plugins:`` list."""
-    return plugins if plugins is not None else load_plugins(list(cfg.plugins))
 
 
 def _task_entry(key: str, raw: Any) -> tuple[str, Any, Any, dict[str, Any]]:

@@ -14,7 +14,8 @@ from rich.console import Console
 
 from ..utils import distributed
 from ..metrics.assess import assess
-from ..model.build import build_model, plugins_for
+from ..model.build import build_model
+from ..plugins import plugins_for
 from ..utils.checkpoint import write_json
 from ..data.build import DataBundle, build_data, make_loader, make_train_loader, rank_share
 from ..errors import MtkdError, PluginError
