@@ -19,7 +19,8 @@ import torch
 from rich.console import Console
 
 import mtkd
-from mtkd.model.losses import task_losses, weighted_total
+from mtkd.model.losses import task_losses
+from mtkd.weighting import fixed_total
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -41,9 +42,9 @@ def training_rate(model: mtkd.MultiTaskModel, batch: dict, steps: int) -> float:
     for step in range(steps + 1):
         if step == 1:  # the first step warms up allocators and kernels
             started = time.perf_counter()
-        losses, _ = task_losses(model(batch["image"]), batch, model.tasks)
+        losses, _ = task_losses(model(batch["image"]), batch, model.tasks, model.heads)
         optimizer.zero_grad(set_to_none=True)
-        weighted_total(losses, model.tasks).backward()
+        fixed_total(losses, model.tasks).backward()
         optimizer.step()
     return steps * int(batch["image"].shape[0]) / (time.perf_counter() - started)
 

@@ -15,10 +15,20 @@ The library in ten lines::
 
 from .commands import Command
 from .config import RecipeConfig, load_recipe, recipe_from_dict
+from .context import TrainContext
 from .data.build import DataBundle, build_data, build_source, make_loader
 from .deploy.export import export_run, load_exported
 from .deploy.inference import Predictor
-from .errors import DataError, MtkdError, PluginError, RecipeError, SampleError
+from .errors import (
+    DataError,
+    Interrupted,
+    MtkdError,
+    OptionError,
+    PluginError,
+    RecipeError,
+    SampleError,
+    check_options,
+)
 from .hookspecs import hookimpl
 from .metrics.evaluate import evaluate
 from .model.build import build_model, build_tasks
@@ -38,11 +48,13 @@ __all__ = [
     "DataBundle",
     "DataError",
     "FeatureInfo",
+    "Interrupted",
     "LabelSpace",
     "LossWeighting",
     "MtkdError",
     "MultiTaskModel",
     "NoOptions",
+    "OptionError",
     "ParameterCounts",
     "PluginError",
     "PluginSet",
@@ -55,10 +67,12 @@ __all__ = [
     "SampleError",
     "SampleSource",
     "Task",
+    "TrainContext",
     "build_data",
     "build_model",
     "build_source",
     "build_tasks",
+    "check_options",
     "count_parameters",
     "distill",
     "evaluate",

@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import load_recipe
-from .engine.fit import Interrupted
-from .errors import MtkdError, PluginError
+from .errors import Interrupted, MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
 
 if TYPE_CHECKING:
@@ -266,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, console))
     except Interrupted as exc:
         Console(stderr=True).print(f"[yellow]{exc}[/yellow]", highlight=False)
-        return 130
+        return 143 if exc.signal_name == "SIGTERM" else 130  # 128 + the signal's number
     except MtkdError as exc:
         Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         return 2

@@ -7,7 +7,7 @@ merged on top. Every error names the file and the key at fault.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .data.augment import AugmentConfig
-from .errors import RecipeError, did_you_mean
+from .errors import OptionError, RecipeError, did_you_mean
 
 
 @dataclass
@@ -325,6 +325,23 @@ def check_values(cfg: DictConfig) -> None:
         raise RecipeError("init_from.source: empty; give a run folder, a weights file or timm")
 
 
+def named_block(
+    raw: Any, key: str, *, name_key: str = "name", default: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``{name: <plugin>, **options}`` → (name, options): how every recipe block that picks a
+    plugin reads (``data.dataset``, ``data.preprocess`` entries, ``trainer.weighting``, and
+    ``tasks.<key>`` with ``type``, defaulting to the key)."""
+    if not isinstance(raw, Mapping):
+        if default is None:
+            raise RecipeError(f"{key}: needs a '{name_key}' (the plugin; see `mtkd plugins`)")
+        raise RecipeError(f"{key}: expected a mapping of options, got {raw!r}")
+    values = {str(k): v for k, v in raw.items()}
+    name = values.pop(name_key, default)
+    if name is None:
+        raise RecipeError(f"{key}: needs a '{name_key}' (the plugin; see `mtkd plugins`)")
+    return str(name), values
+
+
 def parse_options(options_cls: type, values: Any, key: str) -> Any:
     """Validate plugin options (a mapping) against the plugin's ``Options`` dataclass.
 
@@ -335,6 +352,8 @@ def parse_options(options_cls: type, values: Any, key: str) -> Any:
     try:
         merged = OmegaConf.merge(schema, values or {})
         return OmegaConf.to_object(merged)
+    except OptionError as exc:  # the options dataclass's own check (__post_init__)
+        raise RecipeError(f"{_option_key(key, exc.option)}: {exc.message}") from None
     except ConfigKeyError as exc:
         leaf = _full_key(exc).rpartition(".")[2]
         known = [str(k) for k in schema]
@@ -344,3 +363,7 @@ def parse_options(options_cls: type, values: Any, key: str) -> Any:
         raise RecipeError(f"wrong type for '{key}.{_full_key(exc)}': {message}") from exc
     except OmegaConfBaseException as exc:
         raise RecipeError(f"{key}: {exc}") from exc
+
+
+def _option_key(key: str, option: str) -> str:
+    return f"{key}.{option}" if option else key

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class MtkdError(Exception):
@@ -48,3 +49,31 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
         return " (none are registered)"
     shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
     return f" (known: {shown})"
+
+
+class Interrupted(MtkdError):
+    """Training stopped on Ctrl-C or SIGTERM after writing a checkpoint it can resume from."""
+
+    def __init__(self, run_dir: Path | None, signal_name: str | None = None) -> None:
+        where = f"mtkd resume {run_dir}" if run_dir else "(no run folder: nothing was saved)"
+        by = f" by {signal_name}" if signal_name and signal_name != "SIGINT" else ""
+        super().__init__(f"interrupted{by}; a checkpoint was saved. Continue with: {where}")
+        self.run_dir = run_dir
+        self.signal_name = signal_name
+
+
+class OptionError(ValueError):
+    """A plugin option with a bad value, raised where the option is checked (an options
+    dataclass's ``__post_init__``, a task's ``setup``); the engine names the recipe key."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}" if option else message)
+        self.option, self.message = option, message
+
+
+def check_options(options: object, rules: Iterable[tuple[str, bool, str]]) -> None:
+    """Raise :class:`OptionError` for the first ``(option, ok, why)`` rule that fails, with
+    the option's value: ``check_options(self, [("dim", self.dim >= 1, "must be >= 1")])``."""
+    for option, ok, why in rules:
+        if not ok:
+            raise OptionError(option, f"{getattr(options, option)!r} {why}")

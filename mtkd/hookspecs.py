@@ -1,13 +1,19 @@
 """Every hook a plugin may implement: the plugin author's contract.
 
 Implement a hook by decorating a module-level function with ``@mtkd.hookimpl`` and naming it
-after the spec. Registration hooks receive a ``register`` callback (call it once per class);
+after the spec; an implementation may take fewer arguments than the spec (pluggy passes only
+those it names). Registration hooks receive a ``register`` callback (call it once per class);
 lifecycle hooks are called with the live run context, in plugin registration order (last
-registered first, as pluggy does). ``docs/writing-plugins.md`` documents each one.
+registered first, as pluggy does). Each docstring below is the reference: its parameters,
+when it is called, and whether the first answer wins. ``docs/writing-plugins.md`` shows
+them: ``python docs/gen_hook_reference.py`` writes that section from here, and a test
+keeps the two equal.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +21,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .commands import Command
-    from .engine.fit import TrainContext
+    from .context import TrainContext
     from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
     from .samples import SampleSource
@@ -29,54 +35,130 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def register_tasks(register: Callable[[type[Task]], None]) -> None:
-    """Register task classes (subclasses of ``mtkd.Task``): ``register(MyTask)``."""
+    """Register task classes: subclasses of ``mtkd.Task``, selectable as ``tasks.<key>``.
+
+    :param register: call ``register(TaskClass)`` once per class.
+
+    Called when plugins load, once per plugin; a name registered twice is an error naming
+    both plugins.
+    """
 
 
 @hookspec
 def register_datasets(register: Callable[[type[SampleSource]], None]) -> None:
-    """Register data-set classes (subclasses of ``mtkd.SampleSource``)."""
+    """Register data-set classes: subclasses of ``mtkd.SampleSource``, selectable as
+    ``data.dataset.name``.
+
+    :param register: call ``register(SampleSourceClass)`` once per class.
+
+    Called when plugins load, once per plugin.
+    """
 
 
 @hookspec
 def register_preprocessors(register: Callable[[type[Preprocessor]], None]) -> None:
-    """Register preprocessing steps (subclasses of ``mtkd.Preprocessor``)."""
+    """Register preprocessing steps: subclasses of ``mtkd.Preprocessor``, usable in
+    ``data.preprocess`` (see ``mtkd_plugins.face_crop``).
+
+    :param register: call ``register(PreprocessorClass)`` once per class.
+
+    Called when plugins load, once per plugin.
+    """
 
 
 @hookspec
 def register_commands(register: Callable[[type[Command]], None]) -> None:
-    """Register ``mtkd`` subcommands (subclasses of ``mtkd.Command``)."""
+    """Register ``mtkd`` subcommands: subclasses of ``mtkd.Command`` (see ``mtkd synth``).
+
+    :param register: call ``register(CommandClass)`` once per class.
+
+    Called when the ``mtkd`` command starts, before it parses its arguments.
+    """
 
 
 @hookspec
 def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
-    """Register loss-weighting strategies (subclasses of ``mtkd.LossWeighting``)."""
+    """Register loss-weighting strategies: subclasses of ``mtkd.LossWeighting``, selectable
+    as ``trainer.weighting.name``.
+
+    :param register: call ``register(LossWeightingClass)`` once per class.
+
+    Called when plugins load, once per plugin.
+    """
 
 
 @hookspec(firstresult=True)
 def distill(model: MultiTaskModel) -> MultiTaskModel | None:
-    """Turn the trained model into the inference model; the first non-None answer wins.
+    """Turn the trained model into the inference model.
 
-    The built-in implementation (registered last, so any plugin overrides it) drops every task
-    whose role is ``teacher`` and the encoder taps only they used.
+    :param model: the trained model, best weights restored, every task still attached.
+    :return: the inference model, or ``None`` to let the next implementation answer.
+
+    Called once after training (``distill.enabled``). The built-in implementation, registered
+    last, drops every task whose role is ``teacher`` and the encoder taps only they read:
+    return a model to replace it.
     """
 
 
 @hookspec
 def on_train_start(context: TrainContext) -> None:
-    """Called once before the first epoch, after the optimizer exists."""
+    """A training run starts.
+
+    :param context: the run's ``mtkd.TrainContext`` (model, optimizer, recipe, state).
+
+    Called once before the first epoch, after the optimizer exists; not when a run resumes.
+    """
 
 
 @hookspec
 def on_step_end(context: TrainContext, step: int) -> None:
-    """Called after every optimizer step (``step`` counts from 1 over the whole run), after
-    any mid-epoch checkpoint of that step. Keep it cheap: it runs in the hot loop."""
+    """An optimizer step ended.
+
+    :param context: the run's ``mtkd.TrainContext``.
+    :param step: steps over the whole run, counting from 1 (skipped steps included).
+
+    Called after every step, after any mid-epoch checkpoint of that step. It runs in the
+    hot loop: keep it cheap.
+    """
 
 
 @hookspec
 def on_epoch_end(context: TrainContext, epoch: int, metrics: dict[str, Any]) -> None:
-    """Called after validation of each epoch with that epoch's metrics (already logged)."""
+    """An epoch ended.
+
+    :param context: the run's ``mtkd.TrainContext``; set ``context.stop_requested = True``
+        to stop after this epoch.
+    :param epoch: the epoch just run, counting from 1.
+    :param metrics: its record, as written to ``metrics.jsonl`` (losses and metrics per task
+        and split, learning rate, time).
+
+    Called after validation, the log line and the epoch's checkpoint.
+    """
 
 
 @hookspec
 def on_train_end(context: TrainContext) -> None:
-    """Called once after training stops (best weights already restored)."""
+    """Training stopped (last epoch, early stopping, or a hook's request).
+
+    :param context: the run's ``mtkd.TrainContext``, best weights already restored.
+
+    Called once; not when training was interrupted (Ctrl-C, SIGTERM).
+    """
+
+
+def hook_reference() -> str:
+    """The Markdown reference of every hook, generated from the specs above, in their order."""
+    specs = [v for v in globals().values() if inspect.isfunction(v) and hasattr(v, _MARK)]
+    sections = []
+    for spec in sorted(specs, key=lambda f: f.__code__.co_firstlineno):
+        first = " — *the first answer wins*" if getattr(spec, _MARK).get("firstresult") else ""
+        params = ", ".join(inspect.signature(spec).parameters)
+        doc = inspect.cleandoc(spec.__doc__ or "").replace("``", "`")
+        doc = re.sub(r":param (\w+):", r"- `\1`:", doc)
+        doc = doc.replace(":return:", "- returns:")
+        doc = re.sub(r"\n {4}(\S)", r" \1", doc)  # a parameter's continued lines
+        sections.append(f"### `{spec.__name__}({params})`{first}\n\n{doc}\n")
+    return "\n".join(sections)
+
+
+_MARK = f"{PROJECT}_spec"

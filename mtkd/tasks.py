@@ -2,7 +2,8 @@
 
 A task is one small class: a registry ``name``, the sample key holding its label, whether its
 head reads the encoder's multi-scale taps or its pooled final features, an ``Options``
-dataclass for its recipe keys, and four methods (head, loss, metrics, predictions). The
+dataclass for its recipe keys (checked in its ``__post_init__``), and two required methods
+(head, loss) beside optional ones (setup, metrics, predictions, …). The
 engine handles partial labels: ``loss`` and ``update_metrics`` only ever see the samples of a
 batch that carry ``label_key``.
 """
@@ -10,7 +11,7 @@ batch that carry ``label_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 import torchmetrics
@@ -21,6 +22,7 @@ from .samples import LabelSpace, NoOptions
 Role = Literal["student", "teacher"]
 ROLES: tuple[str, ...] = ("student", "teacher")
 Output = Any  # a Tensor, or a dict of Tensors whose first dimension is the batch
+OptionsT = TypeVar("OptionsT")
 
 
 @dataclass(frozen=True)
@@ -35,19 +37,27 @@ class FeatureInfo:
     image_size: int
 
 
-class Task:
-    """Base class of a task-head plugin. Subclass it, set the class variables, register it."""
+class Task(Generic[OptionsT]):
+    """Base class of a task-head plugin. Subclass it, set the class variables, register it.
+
+    Override :meth:`build_head` and :meth:`loss` (required); :meth:`setup`, :meth:`metrics`,
+    :meth:`predictions`, :meth:`update_metrics`, :meth:`summarize`, :meth:`describe` and the
+    :attr:`output_space` property are optional. Do not override ``__init__``: options check
+    themselves in their dataclass's ``__post_init__`` (raise :class:`mtkd.OptionError`), and
+    what needs the label space goes in :meth:`setup`; the engine adds the recipe key to the
+    message either way.
+    """
 
     name: ClassVar[str] = ""
     label_key: ClassVar[str] = ""
     uses_taps: ClassVar[bool] = False
     default_role: ClassVar[Role] = "student"
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type[Any]] = NoOptions
 
     def __init__(
         self,
         key: str,
-        options: Any,
+        options: OptionsT,
         *,
         role: Role,
         weight: float,
@@ -57,20 +67,36 @@ class Task:
         self.options = options
         self.role: Role = role
         self.weight = weight
-        self.label_space = label_space
+        self.label_space = label_space  # the data's label (what ``label_key`` holds)
+        self.setup()
+
+    def setup(self) -> None:
+        """Check what depends on the label space and derive what the head and loss need.
+
+        Called once, at the end of construction. Raise :class:`mtkd.OptionError` naming the
+        option at fault (``""`` for the task itself); the engine reports it as
+        ``tasks.<key>.<option>``."""
+
+    @property
+    def output_space(self) -> LabelSpace | None:
+        """The classes the head outputs: the label space unless the task derives its own (a
+        head that bins a vector label into named classes). Export and prediction use it."""
+        return self.label_space
 
     @property
     def num_classes(self) -> int:
-        if self.label_space is None:
+        space = self.output_space
+        if space is None:
             raise ValueError(f"task '{self.key}' needs the label space of '{self.label_key}'")
-        return self.label_space.num_classes
+        return space.num_classes
 
     def build_head(self, features: FeatureInfo) -> nn.Module:
         """The head module; it receives the list of taps if ``uses_taps`` else the final map."""
         raise NotImplementedError
 
-    def loss(self, output: Output, target: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the given (labelled) samples."""
+    def loss(self, output: Output, target: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        """Mean loss over the given (labelled) samples. ``head`` is the module
+        :meth:`build_head` made, for losses that own parameters (ArcFace's class centres)."""
         raise NotImplementedError
 
     def metrics(self) -> torchmetrics.MetricCollection:

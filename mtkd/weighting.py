@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .model.losses import weighted_total
 from .samples import NoOptions
 from .tasks import Task
 
@@ -66,7 +65,7 @@ class FixedWeighting(LossWeighting):
     def combine(
         self, losses: Mapping[str, torch.Tensor], counts: Mapping[str, int]
     ) -> torch.Tensor:
-        return weighted_total(losses, self.tasks)
+        return fixed_total(losses, self.tasks)
 
 
 def weighted_sum(
@@ -78,3 +77,9 @@ def weighted_sum(
         total = total + weights[key] * loss
     assert isinstance(total, torch.Tensor)
     return total
+
+
+def fixed_total(losses: Mapping[str, torch.Tensor], tasks: Mapping[str, Task]) -> torch.Tensor:
+    """The paper's static weighting, sum of each task's recipe ``weight`` x its loss: what the
+    engine logs as ``loss`` whatever the strategy."""
+    return weighted_sum(losses, {key: task.weight for key, task in tasks.items()})

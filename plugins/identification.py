@@ -60,6 +60,26 @@ class IdentificationOptions:
     # the embedding alive beside a loud teacher (see "A dead embedding" in identification.md).
     embedding_norm: str = "none"
 
+    def __post_init__(self) -> None:
+        angular_margin = self.loss not in ANGULAR or self.margin is None or self.margin < 180
+        mtkd.check_options(
+            self,
+            [
+                ("embedding_dim", self.embedding_dim >= 1, "must be >= 1"),
+                ("label_smoothing", 0.0 <= self.label_smoothing <= 1.0, "must be in [0, 1]"),
+                ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+                ("margin", self.margin is None or self.margin >= 0, "must be >= 0"),
+                ("scale", self.scale > 0, "must be > 0"),
+                ("sub_centers", self.sub_centers >= 1, "must be >= 1"),
+                (
+                    "embedding_norm",
+                    self.embedding_norm in EMBEDDING_NORMS,
+                    f"must be one of {', '.join(EMBEDDING_NORMS)}",
+                ),
+                ("margin", angular_margin, "must be < 180 (degrees)"),
+            ],
+        )
+
 
 EMBEDDING_NORMS = ("none", "batchnorm")
 
@@ -173,38 +193,13 @@ def margin_loss_module(
     return module
 
 
-class Identification(mtkd.Task):
+class Identification(mtkd.Task[IdentificationOptions]):
     name = "identification"
     label_key = "identity"
     Options = IdentificationOptions
 
-    def __init__(self, key: str, options: IdentificationOptions, **kwargs: Any) -> None:
-        super().__init__(key, options, **kwargs)
-        self._check_options()
-        self._head: MarginIdentificationHead | None = None  # the margin head build_head made
-
-    def _check_options(self) -> None:
-        """Bad values are recipe errors naming ``tasks.<key>.<option>``."""
-        o: IdentificationOptions = self.options
-        checks = [
-            ("embedding_dim", o.embedding_dim >= 1, "must be >= 1"),
-            ("label_smoothing", 0.0 <= o.label_smoothing <= 1.0, "must be in [0, 1]"),
-            ("loss", o.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
-            ("margin", o.margin is None or o.margin >= 0, "must be >= 0"),
-            ("scale", o.scale > 0, "must be > 0"),
-            ("sub_centers", o.sub_centers >= 1, "must be >= 1"),
-            (
-                "embedding_norm",
-                o.embedding_norm in EMBEDDING_NORMS,
-                f"must be one of {', '.join(EMBEDDING_NORMS)}",
-            ),
-        ]
-        if o.loss in ANGULAR and o.margin is not None:
-            checks.append(("margin", o.margin < 180, "must be < 180 (degrees)"))
-        for option, ok, why in checks:
-            if not ok:
-                value = getattr(o, option)
-                raise mtkd.RecipeError(f"tasks.{self.key}.{option}: {value!r} {why}")
+    def setup(self) -> None:
+        o = self.options
         if o.loss in ANGULAR and o.margin is not None and 0 < o.margin < 1:
             warnings.warn(
                 f"tasks.{self.key}.margin: {o.margin} is in degrees for {o.loss} "
@@ -217,13 +212,13 @@ class Identification(mtkd.Task):
     @property
     def margin(self) -> float | None:
         """The margin in effect (the loss's default when the recipe leaves it unset)."""
-        o: IdentificationOptions = self.options
+        o = self.options
         if o.loss == "softmax":
             return None
         return float(o.margin) if o.margin is not None else DEFAULT_MARGIN[o.loss]
 
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
-        o: IdentificationOptions = self.options
+        o = self.options
         if o.loss == "softmax":
             return IdentificationHead(
                 features.final_channels, o.embedding_dim, self.num_classes, o.embedding_norm
@@ -233,21 +228,16 @@ class Identification(mtkd.Task):
         module = margin_loss_module(
             o.loss, self.num_classes, o.embedding_dim, margin, float(o.scale), o.sub_centers
         )
-        # The loss needs this head's W; copying the model (distillation) copies the task
-        # with it, so a copied task keeps pointing at its copied head.
-        self._head = MarginIdentificationHead(
+        return MarginIdentificationHead(
             features.final_channels, o.embedding_dim, module, o.embedding_norm
         )
-        return self._head
 
-    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        if self.options.loss == "softmax":
-            return F.cross_entropy(
-                output["logits"], target, label_smoothing=self.options.label_smoothing
-            )
-        if self._head is None:
-            raise RuntimeError(f"task '{self.key}': build_head must run before loss")
-        return self._head.loss(output["embedding"], target)
+    def loss(self, output: Any, target: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        if isinstance(head, MarginIdentificationHead):  # the margin loss owns the centres W
+            return head.loss(output["embedding"], target)
+        return F.cross_entropy(
+            output["logits"], target, label_smoothing=self.options.label_smoothing
+        )
 
     def metrics(self) -> torchmetrics.MetricCollection:
         n = self.num_classes
@@ -275,7 +265,7 @@ class Identification(mtkd.Task):
                 metric.update(logits, target)
 
     def describe(self) -> str:
-        o: IdentificationOptions = self.options
+        o = self.options
         if o.loss == "softmax":
             return super().describe()
         unit = "°" if o.loss in ANGULAR else ""

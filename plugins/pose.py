@@ -50,6 +50,29 @@ class PoseOptions:
     bin_width: float = 3.0  # bins: degrees per bin (adjusted so bins tile [-scale, scale])
     alpha: float = 1.0  # bins: weight of the expected-angle loss beside the bin cross-entropy
 
+    def __post_init__(self) -> None:
+        mtkd.check_options(
+            self,
+            [
+                ("hidden", self.hidden >= 0, "must be >= 0"),
+                ("dropout", 0.0 <= self.dropout < 1.0, "must be in [0, 1)"),
+                (
+                    "parameterisation",
+                    self.parameterisation in PARAMETERISATIONS,
+                    _one_of(PARAMETERISATIONS),
+                ),
+                ("loss", self.loss in LOSSES, _one_of(LOSSES)),
+                ("beta", self.beta > 0, "must be > 0"),
+                ("scale", all(s > 0 for s in self.scale), "must be positive degrees"),
+                (
+                    "bin_width",
+                    not self.scale or 0 < self.bin_width <= 2 * min(self.scale),
+                    "must be in (0, 2 x min(scale)]",
+                ),
+                ("alpha", self.alpha >= 0, "must be >= 0"),
+            ],
+        )
+
 
 class PoseHead(nn.Module):
     """Pooled features → angles in degrees; with ``bins``, also the per-angle bin logits."""
@@ -119,51 +142,26 @@ def bin_counts(scale: Sequence[float], width: float) -> tuple[int, ...]:
     return tuple(max(2, round(2 * s / width) + 1) for s in scale)
 
 
-class Pose(mtkd.Task):
+class Pose(mtkd.Task[PoseOptions]):
     name = "pose"
     label_key = "pose"
     uses_taps = False
     default_role = "teacher"
     Options = PoseOptions
 
-    def __init__(self, key: str, options: PoseOptions, **kwargs: Any) -> None:
-        super().__init__(key, options, **kwargs)
-        self._check_options()
-        self.scale = tuple(float(s) for s in options.scale)
-        bins = options.parameterisation == "bins"
-        self.bins = bin_counts(self.scale, options.bin_width) if bins else None
-
-    def _check_options(self) -> None:
-        """Bad values are recipe errors naming ``tasks.<key>.<option>``."""
-        o: PoseOptions = self.options
-        space = self.label_space
+    def setup(self) -> None:
+        """The label must be a vector with one ``scale`` per component; the bins tile it."""
+        o, space = self.options, self.label_space
         if space is None or space.kind != "vector":
-            raise mtkd.RecipeError(
-                f"tasks.{self.key}: label '{self.label_key}' must be a vector of angles"
-            )
+            raise mtkd.OptionError("", f"label '{self.label_key}' must be a vector of angles")
         components = f"one per component of '{self.label_key}' ({', '.join(space.names)})"
-        checks = [
-            ("hidden", o.hidden >= 0, "must be >= 0"),
-            ("dropout", 0.0 <= o.dropout < 1.0, "must be in [0, 1)"),
-            (
-                "parameterisation",
-                o.parameterisation in PARAMETERISATIONS,
-                _one_of(PARAMETERISATIONS),
-            ),
-            ("loss", o.loss in LOSSES, _one_of(LOSSES)),
-            ("beta", o.beta > 0, "must be > 0"),
-            ("scale", len(o.scale) == space.num_classes, f"needs {components}"),
-            ("scale", all(s > 0 for s in o.scale), "must be positive degrees"),
-            ("bin_width", 0 < o.bin_width <= 2 * min(o.scale), "must be in (0, 2 x min(scale)]"),
-            ("alpha", o.alpha >= 0, "must be >= 0"),
-        ]
-        for option, ok, why in checks:
-            if not ok:
-                value = getattr(o, option)
-                raise mtkd.RecipeError(f"tasks.{self.key}.{option}: {value!r} {why}")
+        mtkd.check_options(o, [("scale", len(o.scale) == space.num_classes, f"needs {components}")])
+        self.scale = tuple(float(s) for s in o.scale)
+        bins = o.parameterisation == "bins"
+        self.bins = bin_counts(self.scale, o.bin_width) if bins else None
 
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
-        o: PoseOptions = self.options
+        o = self.options
         return PoseHead(features.final_channels, o.hidden, o.dropout, self.scale, self.bins)
 
     def _angle_loss(self, degrees: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -176,7 +174,7 @@ class Pose(mtkd.Task):
             return F.mse_loss(pred, true)
         return F.smooth_l1_loss(pred, true, beta=self.options.beta)
 
-    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: Any, target: torch.Tensor, head: nn.Module) -> torch.Tensor:
         regression = self._angle_loss(output["angles"], target)
         if self.bins is None:
             return regression

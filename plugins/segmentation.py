@@ -44,6 +44,40 @@ class SegmentationOptions:
     atrous_rates: list[int] | None = None  # deeplabv3plus: three ASPP dilations ([12, 24, 36])
     dropout: float | None = None  # deeplabv3plus (ASPP, 0.5) and fpn (0.2)
 
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            hint = did_you_mean(self.decoder, DECODERS) if self.decoder else ""
+            raise mtkd.OptionError(
+                "decoder",
+                f"unknown decoder '{self.decoder}'"
+                f"{hint if hint.startswith(' (did') else ''}; valid: {', '.join(DECODERS)}",
+            )
+        channels = self.decoder_channels
+        if channels is not None and any(c <= 0 for c in channels):
+            raise mtkd.OptionError("decoder_channels", f"{list(channels)} must be positive widths")
+        if self.atrous_rates is not None:
+            self._check_atrous_rates(list(self.atrous_rates))
+        if self.dropout is not None:
+            self._check_dropout(self.dropout)
+
+    def _check_atrous_rates(self, rates: list[int]) -> None:
+        if self.decoder != "deeplabv3plus":
+            raise mtkd.OptionError(
+                "atrous_rates",
+                f"only decoder 'deeplabv3plus' uses it (decoder is '{self.decoder}')",
+            )
+        if len(rates) != 3 or any(r <= 0 for r in rates):
+            raise mtkd.OptionError("atrous_rates", f"{rates} must be three positive dilations")
+
+    def _check_dropout(self, dropout: float) -> None:
+        if self.decoder not in ("deeplabv3plus", "fpn"):
+            raise mtkd.OptionError(
+                "dropout",
+                f"only decoders 'deeplabv3plus' and 'fpn' use it (decoder is '{self.decoder}')",
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise mtkd.OptionError("dropout", f"{dropout!r} must be in [0, 1)")
+
 
 def upsample_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     """pix2pix ``upsample``: ConvTranspose(stride 2, 'same') → BN → ReLU."""
@@ -106,51 +140,14 @@ class UNetDecoder(nn.Module):
         return x
 
 
-class Segmentation(mtkd.Task):
+class Segmentation(mtkd.Task[SegmentationOptions]):
     name = "segmentation"
     label_key = "mask"
     uses_taps = True
     Options = SegmentationOptions
 
-    def __init__(self, key: str, options: SegmentationOptions, **kwargs: Any) -> None:
-        super().__init__(key, options, **kwargs)
-        self._check_options()
-
-    def _check_options(self) -> None:
-        """Bad values are recipe errors naming ``tasks.<key>.<option>``."""
-        o: SegmentationOptions = self.options
-        where = f"tasks.{self.key}"
-        if o.decoder not in DECODERS:
-            hint = did_you_mean(o.decoder, DECODERS) if o.decoder else ""
-            raise mtkd.RecipeError(
-                f"{where}.decoder: unknown decoder '{o.decoder}'"
-                f"{hint if hint.startswith(' (did') else ''}; valid: {', '.join(DECODERS)}"
-            )
-        if o.decoder_channels is not None and any(c <= 0 for c in o.decoder_channels):
-            raise mtkd.RecipeError(
-                f"{where}.decoder_channels: {list(o.decoder_channels)} must be positive widths"
-            )
-        if o.atrous_rates is not None:
-            if o.decoder != "deeplabv3plus":
-                raise mtkd.RecipeError(
-                    f"{where}.atrous_rates: only decoder 'deeplabv3plus' uses it "
-                    f"(decoder is '{o.decoder}')"
-                )
-            if len(o.atrous_rates) != 3 or any(r <= 0 for r in o.atrous_rates):
-                raise mtkd.RecipeError(
-                    f"{where}.atrous_rates: {list(o.atrous_rates)} must be three positive dilations"
-                )
-        if o.dropout is not None:
-            if o.decoder not in ("deeplabv3plus", "fpn"):
-                raise mtkd.RecipeError(
-                    f"{where}.dropout: only decoders 'deeplabv3plus' and 'fpn' use it "
-                    f"(decoder is '{o.decoder}')"
-                )
-            if not 0.0 <= o.dropout < 1.0:
-                raise mtkd.RecipeError(f"{where}.dropout: {o.dropout!r} must be in [0, 1)")
-
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
-        o: SegmentationOptions = self.options
+        o = self.options
         if o.decoder == PIX2PIX_UNET:
             channels = PIX2PIX_CHANNELS if o.decoder_channels is None else o.decoder_channels
             return UNetDecoder(
@@ -170,7 +167,7 @@ class Segmentation(mtkd.Task):
             dropout=o.dropout,
         )
 
-    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: Any, target: torch.Tensor, head: nn.Module) -> torch.Tensor:
         return F.cross_entropy(output, target)
 
     def summarize(self, metrics: torchmetrics.MetricCollection) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RECIPES, run_tiny_synthetic
+from helpers import RECIPES, run_tiny_synthetic
 
 import mtkd
 from mtkd.data.splits import split_indices

@@ -55,7 +55,7 @@ def test_colour_jitter_changes_only_the_image_and_stays_in_range() -> None:
 
 
 def test_training_split_alone_is_augmented() -> None:
-    from conftest import RECIPES
+    from helpers import RECIPES
 
     cfg = mtkd.load_recipe(
         RECIPES / "mobilenetv2_id.yaml",

@@ -112,7 +112,7 @@ def test_unknown_policy_names_the_key() -> None:
 
 
 def test_unknown_preprocessor_is_named(tmp_path: Path) -> None:
-    from conftest import RECIPES
+    from helpers import RECIPES
 
     cfg = mtkd.load_recipe(
         RECIPES / "mobilenetv2_id.yaml",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, tiny_overrides
+from helpers import RECIPES, tiny_overrides
 
 from mtkd.cli import main
 

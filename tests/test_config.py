@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, label_spaces
+from helpers import RECIPES, label_spaces
 
 import mtkd
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import RECIPES
+from helpers import RECIPES
 from safetensors.torch import load_file
 
 import mtkd
@@ -88,6 +88,7 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_the_weights_one_process_trains(tmp_path: Path) -> None:
     _mtkd_run(tmp_path / "single")
     done = _mtkd_run(tmp_path / "ddp", ranks=2)
@@ -114,6 +115,7 @@ def test_two_cpu_processes_train_the_weights_one_process_trains(tmp_path: Path) 
     assert two["val/loss"] == pytest.approx(one["val/loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_learned_loss_weights_stay_identical_on_every_rank(tmp_path: Path) -> None:
     _mtkd_run(tmp_path / "ddp", "trainer.weighting.name=gradnorm", ranks=2)
     weights0 = load_file(str(tmp_path / "ddp" / "weighting-0.safetensors"))
@@ -149,6 +151,7 @@ def test_each_rank_takes_a_strided_share_of_every_global_batch(
     assert distributed.shard(list(range(9)), 4) == [0, 2, 4, 6]  # a last batch of 1 is dropped
 
 
+@pytest.mark.slow
 def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_ddp(
     tmp_path: Path,
 ) -> None:

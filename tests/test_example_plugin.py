@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RECIPES, REPO
+from helpers import RECIPES, REPO
 from safetensors import safe_open
 
 import mtkd
@@ -59,6 +59,7 @@ def tensor_names(path: Path) -> set[str]:
         return set(weights.keys())
 
 
+@pytest.mark.slow
 def test_installed_package_is_found_and_trains_as_a_teacher(tmp_path: Path) -> None:
     pytest.importorskip("setuptools")  # the build backend, used without build isolation
     source, site = tmp_path / "src", tmp_path / "site"
@@ -120,14 +121,15 @@ def test_bins_yaw_and_serves_as_a_student() -> None:
     model = model_with(plugins, "tasks.head_direction={role: student, threshold: 20}")
     task: Any = model.tasks["head_direction"]  # the example's HeadDirection
     assert task.label_key == "pose" and task.role == "student"
-    assert task.label_space is not None and task.label_space.names == ("left", "frontal", "right")
+    assert task.output_space is not None and task.output_space.names == ("left", "frontal", "right")
+    assert task.label_space is not None and task.label_space.kind == "vector"  # the data's pose
     yaw = torch.tensor([-90.0, -20.5, -20.0, 0.0, 20.0, 20.5, 90.0])
     pose = torch.stack([yaw, torch.full_like(yaw, 30.0), torch.full_like(yaw, -10.0)], dim=1)
     assert task.directions(pose).tolist() == [0, 0, 1, 1, 1, 2, 2]
 
     logits = model(torch.rand(7, 3, 32, 32))["head_direction"]
     assert logits.shape == (7, 3)
-    assert task.loss(logits, pose).item() > 0
+    assert model.task_loss("head_direction", logits, pose).item() > 0
     perfect = torch.nn.functional.one_hot(task.directions(pose), 3).float() * 10
     metrics = task.metrics()
     task.update_metrics(metrics, perfect, pose)

@@ -9,19 +9,20 @@ import json
 import re
 from pathlib import Path
 
-import mtkd.deploy.export
 import numpy as np
 import pytest
 import rich.console
 import torch
-from conftest import REPO, run_tiny_synthetic
+from helpers import REPO, run_tiny_synthetic
 from mtkd_plugins.synthetic_heads.render import render_view, sample_identities
 from PIL import Image
 
 import mtkd
+import mtkd.deploy.export
 from mtkd.cli import main
 from mtkd.deploy.export import TOLERANCE, FlatOutputs, export_run, load_exported
 from mtkd.deploy.inference import Predictor
+from mtkd.metrics.verification import embed_with_flip
 
 QUIET = rich.console.Console(quiet=True)
 IDENTITIES = 6  # the tiny profile's people
@@ -231,3 +232,21 @@ def test_cli_export_embed_and_predict(
     assert main(["predict", str(tmp_path), "face.png"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "not a run folder" in err and "Traceback" not in err
+
+
+def test_mtkd_embed_returns_the_vectors_verification_scores(run_dir: Path, tmp_path: Path) -> None:
+    """One embedding rule: the CLI's vectors for image files are the flip-summed, normalised
+    embeddings that verification computes for the same images from the data set."""
+    cfg = mtkd.load_recipe(run_dir / "config.yaml")
+    data = mtkd.build_data(cfg, console=QUIET)
+    images = next(iter(mtkd.make_loader(data.test, 4, shuffle=False)))["image"]
+    paths = []
+    for i, image in enumerate(images):
+        pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        paths.append(tmp_path / f"test{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    model = mtkd.load_run(run_dir)
+    scored = embed_with_flip(lambda x: model(x)["identification"]["embedding"], images)
+    out = tmp_path / "embeddings.npy"
+    assert main(["embed", str(run_dir), *map(str, paths), "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), scored, rtol=0, atol=1e-6)

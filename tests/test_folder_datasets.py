@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import RECIPES, REPO
+from helpers import RECIPES, REPO
 from mtkd_plugins.folders import plugin as folders_plugin
 from PIL import Image
 from rich.console import Console

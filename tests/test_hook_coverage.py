@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-from conftest import RECIPES, REPO, tiny_overrides
+from helpers import RECIPES, REPO, tiny_overrides
 
 import mtkd
 from mtkd import hookspecs

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RECIPES
+from helpers import RECIPES
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -52,13 +52,12 @@ TARGET = torch.arange(8) % IDENTITIES
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_lowers_its_training_loss_in_a_few_steps(loss: str) -> None:
     model = model_for(f"tasks.identification.loss={loss}").train()
-    task = model.tasks["identification"]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = images()
     losses = []
     for _ in range(8):
         optimizer.zero_grad()
-        value = task.loss(model(x)["identification"], TARGET)
+        value = model.task_loss("identification", model(x)["identification"], TARGET)
         value.backward()
         optimizer.step()
         losses.append(float(value.detach()))
@@ -75,7 +74,7 @@ def test_margin_loss_trains_the_class_centres_held_in_the_head(loss: str) -> Non
     assert "heads.identification.margin_loss.W" in model.state_dict()  # and checkpoints hold it
     before = centres.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    model.tasks["identification"].loss(model(images())["identification"], TARGET).backward()
+    model.task_loss("identification", model(images())["identification"], TARGET).backward()
     assert centres.grad is not None and bool(centres.grad.abs().sum() > 0)
     optimizer.step()
     assert not torch.equal(centres.detach(), before)
@@ -174,8 +173,8 @@ def test_margin_applies_to_the_loss_only_and_zero_margin_is_plain_cross_entropy(
         out, out0 = margined(x)["identification"], plain(x)["identification"]
         torch.testing.assert_close(out["logits"], out0["logits"])  # same seed, no margin
         cross_entropy = F.cross_entropy(out["logits"], target)
-        assert float(margined.tasks["identification"].loss(out, target)) > float(cross_entropy)
-        torch.testing.assert_close(plain.tasks["identification"].loss(out0, target), cross_entropy)
+        assert float(margined.task_loss("identification", out, target)) > float(cross_entropy)
+        torch.testing.assert_close(plain.task_loss("identification", out0, target), cross_entropy)
 
 
 def test_softmax_is_the_default_and_builds_the_papers_head_unchanged() -> None:
@@ -203,9 +202,10 @@ def test_softmax_is_the_default_and_builds_the_papers_head_unchanged() -> None:
     assert torch.equal(out["logits"], classify(embedding))
     target = torch.tensor([0, 1, 3])
     smoothed = task_for("tasks.identification.label_smoothing=0.1")
-    assert torch.equal(task.loss(out, target), F.cross_entropy(out["logits"], target))
+    assert torch.equal(task.loss(out, target, head), F.cross_entropy(out["logits"], target))
     assert torch.equal(
-        smoothed.loss(out, target), F.cross_entropy(out["logits"], target, label_smoothing=0.1)
+        smoothed.loss(out, target, head),
+        F.cross_entropy(out["logits"], target, label_smoothing=0.1),
     )
 
 
@@ -272,7 +272,7 @@ def test_margin_loss_runs_in_float32_under_autocast_and_keeps_its_weights(loss: 
     task, head = model.tasks["identification"], model.heads["identification"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images(4))["identification"]
-        value = task.loss(out, TARGET[:4])
+        value = task.loss(out, TARGET[:4], head)
     assert out["embedding"].dtype == torch.bfloat16  # autocast is on for the encoder ...
     assert out["logits"].dtype == torch.float32  # ... but not for the cosines
     assert value.dtype == torch.float32
@@ -281,7 +281,7 @@ def test_margin_loss_runs_in_float32_under_autocast_and_keeps_its_weights(loss: 
     assert head.margin_loss.W.grad is not None
     # the same embedding in float32 without autocast gives the same loss
     torch.testing.assert_close(
-        task.loss({"embedding": out["embedding"].float()}, TARGET[:4]), value
+        task.loss({"embedding": out["embedding"].float()}, TARGET[:4], head), value
     )
 
 
@@ -293,7 +293,7 @@ def test_margin_centres_follow_the_model_to_another_device(loss: str) -> None:
     if torch.cuda.is_available():
         model = model_for(f"tasks.identification.loss={loss}").cuda()
         out = model(images(4).cuda())["identification"]
-        value = model.tasks["identification"].loss(out, TARGET[:4].cuda())
+        value = model.task_loss("identification", out, TARGET[:4].cuda())
         assert value.device.type == "cuda" and math.isfinite(float(value))
 
 
@@ -304,7 +304,7 @@ def test_a_copied_model_trains_its_own_centres() -> None:
     original_w = model.heads["identification"].margin_loss.W
     clone_w = clone.heads["identification"].margin_loss.W
     assert clone_w is not original_w
-    clone.tasks["identification"].loss(clone(images(4))["identification"], TARGET[:4]).backward()
+    clone.task_loss("identification", clone(images(4))["identification"], TARGET[:4]).backward()
     assert clone_w.grad is not None
     assert original_w.grad is None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RECIPES
+from helpers import RECIPES
 from mtkd_plugins.loss_weighting import (
     DwaOptions,
     DynamicWeightAveraging,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RECIPES, assert_same_identification, label_spaces
+from helpers import RECIPES, assert_same_identification, label_spaces
 
 import mtkd
 

@@ -50,12 +50,12 @@ def test_only_masked_samples_reach_the_segmentation_loss(
     seg = model.tasks["segmentation"]
     original = seg.loss
 
-    def spy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def spy(output: torch.Tensor, target: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
         seen["output"], seen["target"] = output, target
-        return original(output, target)
+        return original(output, target, head)
 
     monkeypatch.setattr(seg, "loss", spy)
-    _, counts = task_losses(model(batch["image"]), batch, model.tasks)
+    _, counts = task_losses(model(batch["image"]), batch, model.tasks, model.heads)
     assert counts == {"identification": 5, "segmentation": 2}
     assert seen["output"].shape[0] == 2 and seen["target"].shape[0] == 2
     # the two masked samples were images 0 and 3: their masks are 0 and 1 everywhere
@@ -68,7 +68,7 @@ def test_a_batch_without_any_mask_keeps_the_decoder_in_the_graph(
     cfg = tiny_recipe()
     model = mtkd.build_model(cfg, SPACES)
     batch = collate_samples([sample_to_tensors(s, SPACES) for s in make_samples([False, False])])
-    losses, counts = task_losses(model(batch["image"]), batch, model.tasks)
+    losses, counts = task_losses(model(batch["image"]), batch, model.tasks, model.heads)
     assert counts["segmentation"] == 0 and float(losses["segmentation"].detach()) == 0.0
     sum(losses.values()).backward()
     decoder_grads = [p.grad for p in model.heads["segmentation"].parameters()]

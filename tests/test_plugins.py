@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, tiny_overrides
+from helpers import RECIPES, tiny_overrides
 from rich.console import Console
 
 import mtkd
@@ -55,7 +55,7 @@ class Brightness(mtkd.Task):
         pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return nn.Sequential(pool, nn.Linear(features.final_channels, 1))
 
-    def loss(self, output, target):
+    def loss(self, output, target, head):
         return F.mse_loss(output, target)
 
     def metrics(self):
@@ -202,7 +202,7 @@ def test_a_plugin_can_replace_the_distillation_hook(tmp_path: Path) -> None:
     cfg = mtkd.load_recipe(
         RECIPES / "seg_distilled_id.yaml", ["encoder.name=mobilenetv2_035", "data.image_size=32"]
     )
-    from conftest import label_spaces
+    from helpers import label_spaces
 
     model = mtkd.build_model(cfg, label_spaces(), plugins)
     assert set(mtkd.distill(model, plugins).tasks) == {"identification", "segmentation"}
@@ -256,19 +256,35 @@ class _Shadowing:
         register(_ShadowCommand)  # type: ignore[operator]
 
 
-def test_every_hook_is_documented_for_plugin_authors() -> None:
-    import inspect
+def test_the_hook_reference_in_the_guide_is_generated_from_the_hookspecs() -> None:
+    """Each hookspec's docstring (parameters, when it is called, first answer wins) is the
+    reference: the guide's section must be exactly what docs/gen_hook_reference.py writes."""
+    import importlib.util
 
-    from conftest import REPO
+    from helpers import REPO
 
     from mtkd import hookspecs
 
+    spec = importlib.util.spec_from_file_location("gen", REPO / "docs" / "gen_hook_reference.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
     guide = (REPO / "docs" / "writing-plugins.md").read_text()
-    hooks = [
-        name
-        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-        if hasattr(fn, "mtkd_spec")
-    ]
-    assert len(hooks) >= 8
-    for name in hooks:
-        assert f"| `{name}` | `{name}(" in guide, f"hook {name} is not in docs/writing-plugins.md"
+    assert gen.with_reference(guide) == guide, "run: python docs/gen_hook_reference.py"
+    reference = hookspecs.hook_reference()
+    names = [n for n, f in vars(hookspecs).items() if hasattr(f, "mtkd_spec")]
+    assert len(names) >= 10
+    for name in names:
+        assert f"### `{name}(" in reference
+        doc = getattr(hookspecs, name).__doc__
+        assert ":param " in doc and "Called " in doc, f"{name}: say its parameters and when"
+    assert "### `distill(model)` — *the first answer wins*" in reference
+
+
+def test_every_task_method_a_plugin_may_override_is_in_the_guide() -> None:
+    from helpers import REPO
+
+    guide = (REPO / "docs" / "writing-plugins.md").read_text()
+    public = [n for n in vars(mtkd.Task) if not n.startswith("_") and n not in ("num_classes",)]
+    for name in public:
+        assert f"`{name}" in guide, f"Task.{name} is not described in docs/writing-plugins.md"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPES
+from helpers import RECIPES
 from rich.console import Console
 
 import mtkd
@@ -53,8 +53,8 @@ def test_head_outputs_angles_in_degrees(parameterisation: str) -> None:
     if parameterisation == "bins":  # 3° bins on ±90, ±40 and ±15 with both ends as centres
         assert out["bin_logits"].shape == (2, 61 + 28 + 11)
         # labels fall in the bins whose centres they are nearest (31° → the 30° bin)
-        assert float(task.loss(out, torch.tensor([[31.0, -39.0, 14.0]] * 2))) < 0.05
-        assert float(task.loss(out, torch.tensor([[-30.0, -40.0, 15.0]] * 2))) > 10
+        assert float(model.task_loss("pose", out, torch.tensor([[31.0, -39.0, 14.0]] * 2))) < 0.05
+        assert float(model.task_loss("pose", out, torch.tensor([[-30.0, -40.0, 15.0]] * 2))) > 10
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,6 @@ def test_head_outputs_angles_in_degrees(parameterisation: str) -> None:
 )
 def test_loss_decreases_on_a_fixed_batch(extra: tuple[str, ...]) -> None:
     model = model_for("tasks.identification=null", "tasks.pose.role=student", *extra).train()
-    task = model.tasks["pose"]
     x = images(8)
     target = torch.rand(8, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1
     target = target * torch.tensor([90.0, 40.0, 15.0])
@@ -71,7 +70,7 @@ def test_loss_decreases_on_a_fixed_batch(extra: tuple[str, ...]) -> None:
     losses = []
     for _ in range(10):
         optimizer.zero_grad()
-        loss = task.loss(model(x)["pose"], target)
+        loss = model.task_loss("pose", model(x)["pose"], target)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))

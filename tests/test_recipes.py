@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import RECIPES, label_spaces
+from helpers import RECIPES, label_spaces
 from omegaconf import DictConfig
 from rich.console import Console
 

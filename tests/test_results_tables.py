@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import RECIPES, REPO, tiny_overrides
+from helpers import RECIPES, REPO, tiny_overrides
 from rich.console import Console
 
 from mtkd.runs.study import run_study
@@ -40,6 +40,7 @@ def two_seed_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_study(study, tiny_overrides(tmp_path), console=Console(quiet=True))
 
 
+@pytest.mark.slow
 def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
     two_seed_study: Path, tmp_path: Path
 ) -> None:
@@ -56,6 +57,7 @@ def test_tables_show_each_seed_and_the_paper_beside_the_measured_accuracy(
     assert "ResNet-101-ID" not in section  # only the study's networks are compared
 
 
+@pytest.mark.slow
 def test_accuracy_by_yaw_pools_seeds_and_neighbouring_bins_by_image_count() -> None:
     def run(seed: int, accuracies: list[float], counts: list[int]) -> dict[str, object]:
         bins = [
@@ -76,6 +78,7 @@ def test_accuracy_by_yaw_pools_seeds_and_neighbouring_bins_by_image_count() -> N
     assert "| net | 62 % (8) | 50 % (6) |" in table
 
 
+@pytest.mark.slow
 def test_latency_benchmark_times_every_member_of_a_study_against_the_first(
     two_seed_study: Path,
 ) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RECIPES, assert_same_identification, label_spaces
+from helpers import RECIPES, assert_same_identification, label_spaces
 from mtkd_plugins.seg_decoders import SmpDecoderHead, TapPyramid
 from mtkd_plugins.segmentation import DECODERS, UNetDecoder
 from omegaconf import DictConfig

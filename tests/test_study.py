@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import timm
-from conftest import RECIPES, tiny_overrides
+from helpers import RECIPES, tiny_overrides
 from rich.console import Console
 
 import mtkd

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import RECIPES, run_tiny_synthetic
+from helpers import RECIPES, run_tiny_synthetic
 
 import mtkd
 

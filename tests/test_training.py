@@ -127,3 +127,35 @@ def test_same_seed_gives_the_same_result(tiny_recipe: Callable[..., DictConfig])
         console=Console(quiet=True),
     )
     assert first.results["test"] == second.results["test"]
+
+
+def test_metrics_lines_are_strict_json_with_null_for_non_finite_values() -> None:
+    """NaN and Inf are not JSON: a reader other than Python's would reject the file."""
+    from mtkd.engine.metrics_log import NON_FINITE, json_line
+
+    line = json_line({"epoch": 1, "val/loss": float("nan"), "lr": 0.001, "x": float("inf")})
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"bare {name} in a JSON line")
+
+    record = json.loads(line, parse_constant=no_constants)
+    assert record == {
+        "epoch": 1,
+        "val/loss": None,
+        "lr": 0.001,
+        "x": None,
+        NON_FINITE: ["val/loss", "x"],
+    }
+    assert json_line({"epoch": 2, "lr": 0.5}) == json.dumps({"epoch": 2, "lr": 0.5})
+
+
+def test_resume_cuts_the_metrics_log_back_atomically(tmp_path: Path) -> None:
+    """The log is replaced whole (temporary file, then rename), never truncated in place."""
+    from mtkd.engine.metrics_log import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    inode = path.stat().st_ino
+    assert MetricsLog(path).keep_first(2) == [{"epoch": 1}, {"epoch": 2}]
+    assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
+    assert path.stat().st_ino != inode and not (tmp_path / "metrics.jsonl.tmp").exists()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import timm
 import torch
-from conftest import RECIPES, label_spaces, tiny_overrides
+from helpers import RECIPES, label_spaces, tiny_overrides
 from omegaconf import DictConfig
 from rich.console import Console
 from safetensors.torch import load_file
@@ -19,8 +19,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 import mtkd
-from mtkd.model import transfer
 from mtkd.engine.finetune import FreezeSchedule, param_groups, set_train_mode
+from mtkd.model import transfer
 from mtkd.model.transfer import SHAPE, init_from
 from mtkd.utils.checkpoint import save_weights
 
@@ -403,7 +403,7 @@ def test_a_run_with_freeze_encoder_epochs_trains_only_the_heads_first(tmp_path: 
 
 
 def test_encoder_lr_and_layer_decay_reach_the_optimizer(tmp_path: Path) -> None:
-    from mtkd.engine.fit import make_optimizer
+    from mtkd.engine.setup import make_optimizer
 
     cfg = tiny_cfg(tmp_path, **{"trainer.encoder_lr": 1e-4, "trainer.layer_decay": 0.5})
     model = mtkd.build_model(cfg, label_spaces())

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ..config import parse_options
+from ..config import named_block, parse_options
 from ..errors import DataError, RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..preprocess import Preprocessor
@@ -63,17 +63,10 @@ class DataBundle:
         return {name: len(view) for name, view in views.items()}
 
 
-def _named_entry(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
-    if not isinstance(raw, dict) or "name" not in raw:
-        raise RecipeError(f"{key}: needs a 'name' (the plugin; see `mtkd plugins`)")
-    values = dict(raw)
-    return str(values.pop("name")), values
-
-
 def build_source(cfg: DictConfig, plugins: PluginSet | None = None) -> SampleSource:
     """Instantiate the data-set plugin named by ``data.dataset.name`` with its options."""
     plugins = plugins_for(cfg, plugins)
-    name, values = _named_entry(
+    name, values = named_block(
         OmegaConf.to_container(cfg.data.dataset, resolve=True), "data.dataset"
     )
     source_cls = plugins.datasets.get(name, key="data.dataset.name")
@@ -90,7 +83,7 @@ def build_preprocessors(cfg: DictConfig, plugins: PluginSet | None = None) -> li
     steps = []
     for i, raw in enumerate(OmegaConf.to_container(cfg.data.preprocess, resolve=True) or []):
         key = f"data.preprocess[{i}]"
-        name, values = _named_entry(raw, key)
+        name, values = named_block(raw, key)
         step_cls = plugins.preprocessors.get(name, key=f"{key}.name")
         options = parse_options(step_cls.Options, values, key)
         try:

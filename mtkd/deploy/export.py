@@ -89,7 +89,7 @@ class FlatOutputs(nn.Module):
         for name, (task, key), shape in zip(
             self.output_names, self.paths, self.output_shapes, strict=True
         ):
-            space = self.model.tasks[task].label_space
+            space = self.model.tasks[task].output_space
             logits_like = key in (None, "logits") and len(shape) >= 1
             if space is not None and space.kind == "class" and logits_like:
                 names[name] = list(space.names) if shape[0] == len(space.names) else None

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..config import load_recipe
 from ..data.build import build_preprocessors
 from ..data.cache import resize_image
 from ..errors import MtkdError, SampleError
+from ..metrics.verification import embed_with_flip
 from ..plugins import PluginSet, load_plugins
 from ..runs.folder import CONFIG, load_run
 from ..samples import Sample, sample_to_tensors
@@ -86,7 +86,7 @@ class Predictor:
                 f"run '{self.run_dir}' has no task '{task}' in its inference model "
                 f"(it has: {', '.join(self.model.tasks) or 'none'})"
             )
-        space = self.model.tasks[task].label_space
+        space = self.model.tasks[task].output_space
         if space is None or space.kind != "class":
             raise MtkdError(f"task '{task}' of run '{self.run_dir}' has no class names")
         self.task = task
@@ -127,18 +127,16 @@ class Predictor:
             yield torch.stack([self.load(p) for p in chunk])
 
     def embed(self, paths: Sequence[str | Path], *, flip: bool = True) -> np.ndarray:
-        """L2-normalised embeddings (N, D) float32; ``flip`` also embeds the mirror image and
-        averages the two (each normalised first), which steadies them against pose."""
-        rows = []
-        for images in self._batches(paths):
-            emb = F.normalize(self._outputs(images)["embedding"], dim=1)
-            if flip:
-                mirrored = F.normalize(self._outputs(images.flip(-1))["embedding"], dim=1)
-                emb = F.normalize(emb + mirrored, dim=1)
-            rows.append(emb)
+        """L2-normalised embeddings (N, D) float32, by the rule verification scores with
+        (:func:`~mtkd.metrics.verification.embed_with_flip`): with ``flip``, the image's and
+        its mirror's raw embeddings summed, then normalised, which steadies them against pose."""
+        rows = [
+            embed_with_flip(lambda x: self._outputs(x)["embedding"], images, flip=flip)
+            for images in self._batches(paths)
+        ]
         if not rows:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        return torch.cat(rows).numpy().astype(np.float32, copy=False)
+        return np.concatenate(rows).astype(np.float32, copy=False)
 
     @property
     def embedding_dim(self) -> int:

@@ -17,6 +17,18 @@ from ..utils import distributed
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_device(name: str) -> torch.device:
+    """``trainer.device``: auto picks this rank's GPU under torchrun, else any GPU, else CPU."""
+    if name in ("auto", "cuda") and torch.cuda.is_available() and distributed.is_active():
+        return torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise RecipeError(f"trainer.device: '{name}' is not a device: {exc}") from exc
+
+
 def check_options(trainer: DictConfig) -> None:
     if trainer.precision not in PRECISIONS:
         raise RecipeError(

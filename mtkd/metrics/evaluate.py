@@ -48,16 +48,16 @@ def evaluate_loader(
                 if target is None:
                     continue
                 n = int(target.shape[0])
-                sums[key] += task.loss(output, target).detach() * n
+                sums[key] += task.loss(output, target, model.heads[key]).detach() * n
                 counts[key] += n
                 task.update_metrics(metrics[key], output, target)
     finally:
         model.train(was_training)
     if distributed.is_active():  # each rank saw a shard: sum losses and counts over ranks
         keys = list(model.tasks)
-        packed = torch.stack([sums[k].double() for k in keys])
-        packed = torch.cat([packed, torch.tensor([float(counts[k]) for k in keys]).to(packed)])
-        values = distributed.all_reduce_sum(packed).tolist()
+        values = distributed.sum_over_ranks(
+            [sums[k] for k in keys] + [float(counts[k]) for k in keys], device
+        )
         sums = {k: torch.tensor(values[i]) for i, k in enumerate(keys)}
         counts = {k: int(values[len(keys) + i]) for i, k in enumerate(keys)}
     results: dict[str, Any] = {}

@@ -62,30 +62,33 @@ def measure_latency(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    results: list[LatencyResult] = []
     try:
         with torch.inference_mode():
-            for batch in batch_sizes:
-                x = torch.rand(batch, channels, h, w, device=device)
-                for _ in range(warmup):
-                    model(x)
-                _sync(device)
-                times: list[float] = []
-                for _ in range(repeats):
-                    start = perf_counter()
-                    model(x)
-                    _sync(device)
-                    times.append(perf_counter() - start)
-                median_s = statistics.median(times)
-                results.append(
-                    LatencyResult(
-                        batch=batch,
-                        median_ms=median_s * 1000.0,
-                        images_per_s=batch / median_s if median_s > 0 else float("inf"),
-                        threads=torch.get_num_threads(),
-                        device=str(device),
-                    )
-                )
+            return [
+                _time_batch(model, torch.rand(b, channels, h, w, device=device), repeats, warmup)
+                for b in batch_sizes
+            ]
     finally:
         model.train(was_training)
-    return results
+
+
+def _time_batch(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> LatencyResult:
+    """The median of ``repeats`` timed forward passes after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        model(x)
+    _sync(x.device)
+    times: list[float] = []
+    for _ in range(repeats):
+        start = perf_counter()
+        model(x)
+        _sync(x.device)
+        times.append(perf_counter() - start)
+    median_s = statistics.median(times)
+    batch = int(x.shape[0])
+    return LatencyResult(
+        batch=batch,
+        median_ms=median_s * 1000.0,
+        images_per_s=batch / median_s if median_s > 0 else float("inf"),
+        threads=torch.get_num_threads(),
+        device=str(x.device),
+    )

@@ -74,21 +74,7 @@ def accuracy_by_bin(
 
     NaN values are always a :class:`ValueError` (filter unlabelled samples first).
     """
-    hit = np.asarray(correct)
-    v = np.asarray(values, dtype=np.float64)
-    if hit.ndim != 1 or v.shape != hit.shape:
-        raise ValueError(
-            f"correct and values must be 1-D and equally long, got {hit.shape} and {v.shape}"
-        )
-    if hit.dtype != bool:
-        if not np.isin(hit, (0, 1)).all():
-            raise ValueError("correct must be boolean (or 0/1)")
-        hit = hit.astype(bool)
-    if np.isnan(v).any():
-        raise ValueError(f"{int(np.isnan(v).sum())} value(s) are NaN")
-    if outside not in ("separate", "clip", "error"):
-        raise ValueError(f"outside must be 'separate', 'clip' or 'error', got '{outside}'")
-
+    hit, v = _checked_inputs(correct, values, outside)
     edges = bin_edges(bin_width, low, high)
     below, above = v < low, v > high
     if outside == "error" and (below.any() or above.any()):
@@ -107,9 +93,29 @@ def accuracy_by_bin(
     results = [
         result(float(edges[b]), float(edges[b + 1]), inside & (index == b)) for b in range(n_bins)
     ]
-    if outside == "separate":
-        if below.any():
-            results.insert(0, result(-math.inf, low, below))
-        if above.any():
-            results.append(result(high, math.inf, above))
+    if outside == "separate" and below.any():
+        results.insert(0, result(-math.inf, low, below))
+    if outside == "separate" and above.any():
+        results.append(result(high, math.inf, above))
     return results
+
+
+def _checked_inputs(
+    correct: np.ndarray, values: np.ndarray, outside: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``correct`` as bools and ``values`` as float64, or a ValueError saying what is wrong."""
+    hit = np.asarray(correct)
+    v = np.asarray(values, dtype=np.float64)
+    if hit.ndim != 1 or v.shape != hit.shape:
+        raise ValueError(
+            f"correct and values must be 1-D and equally long, got {hit.shape} and {v.shape}"
+        )
+    if hit.dtype != bool:
+        if not np.isin(hit, (0, 1)).all():
+            raise ValueError("correct must be boolean (or 0/1)")
+        hit = hit.astype(bool)
+    if np.isnan(v).any():
+        raise ValueError(f"{int(np.isnan(v).sum())} value(s) are NaN")
+    if outside not in ("separate", "clip", "error"):
+        raise ValueError(f"outside must be 'separate', 'clip' or 'error', got '{outside}'")
+    return hit, v

@@ -75,6 +75,26 @@ def read_lfw_pairs(path: str | Path) -> PairList[NamedKey]:
     too few or too many lines) raises :class:`mtkd.DataError` naming the file and line.
     """
     path = Path(path)
+    lines = _nonblank_lines(path)
+    header_no, header = lines[0]
+    n_folds, per_fold = _pairs_header(header, path, header_no)
+    body = _pair_lines(lines[1:], n_folds * 2 * per_fold, n_folds, per_fold, path, header_no)
+    pairs: PairList[NamedKey] = []
+    for i, (no, fields) in enumerate(body):
+        fold, within = divmod(i, 2 * per_fold)
+        if within < per_fold:
+            a, b = _matched_pair(fields, path, no, f"pair {within + 1} of fold {fold + 1}")
+        else:
+            where = f"pair {within - per_fold + 1} of fold {fold + 1}"
+            a, b = _mismatched_pair(fields, path, no, where)
+        pairs.append(Pair(a, b, within < per_fold, fold))
+    return pairs
+
+
+Line = tuple[int, list[str]]
+
+
+def _nonblank_lines(path: Path) -> list[Line]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -83,21 +103,26 @@ def read_lfw_pairs(path: str | Path) -> PairList[NamedKey]:
     lines = [(no, fields) for no, fields in lines if fields]
     if not lines:
         raise DataError(f"{path}: the pairs file is empty")
+    return lines
 
-    header_no, header = lines[0]
+
+def _pairs_header(header: list[str], path: Path, no: int) -> tuple[int, int]:
+    """(folds, pairs per fold) from ``<folds> <pairs per fold>`` or ``<pairs>``."""
     if len(header) == 2:
-        n_folds = _parse_count(header[0], path, header_no, "the number of folds")
-        per_fold = _parse_count(header[1], path, header_no, "the number of pairs per fold")
-    elif len(header) == 1:
-        n_folds, per_fold = 1, _parse_count(header[0], path, header_no, "the number of pairs")
-    else:
-        raise DataError(
-            f"{path}:{header_no}: the header must be '<folds> <pairs per fold>' or '<pairs>', "
-            f"got {len(header)} fields"
-        )
+        n_folds = _parse_count(header[0], path, no, "the number of folds")
+        return n_folds, _parse_count(header[1], path, no, "the number of pairs per fold")
+    if len(header) == 1:
+        return 1, _parse_count(header[0], path, no, "the number of pairs")
+    raise DataError(
+        f"{path}:{no}: the header must be '<folds> <pairs per fold>' or '<pairs>', "
+        f"got {len(header)} fields"
+    )
 
-    body = lines[1:]
-    expected = n_folds * 2 * per_fold
+
+def _pair_lines(
+    body: list[Line], expected: int, n_folds: int, per_fold: int, path: Path, header_no: int
+) -> list[Line]:
+    """The body, which must hold exactly the lines the header promises."""
     if len(body) < expected:
         last = body[-1][0] if body else header_no
         raise DataError(
@@ -110,33 +135,36 @@ def read_lfw_pairs(path: str | Path) -> PairList[NamedKey]:
             f"{path}:{body[expected][0]}: unexpected line after the {expected} pair lines "
             f"the header promises"
         )
+    return body
 
-    pairs: PairList[NamedKey] = []
-    for i, (no, fields) in enumerate(body):
-        fold, within = divmod(i, 2 * per_fold)
-        same = within < per_fold
-        if same:
-            if len(fields) != 3:
-                raise DataError(
-                    f"{path}:{no}: expected a matched pair 'name n1 n2' (pair {within + 1} of "
-                    f"fold {fold + 1}), got {len(fields)} fields"
-                )
-            name, n1, n2 = fields
-            a = (name, _parse_count(n1, path, no, "an image number"))
-            b = (name, _parse_count(n2, path, no, "an image number"))
-        else:
-            if len(fields) != 4:
-                raise DataError(
-                    f"{path}:{no}: expected a mismatched pair 'name1 n1 name2 n2' (pair "
-                    f"{within - per_fold + 1} of fold {fold + 1}), got {len(fields)} fields"
-                )
-            name1, n1, name2, n2 = fields
-            if name1 == name2:
-                raise DataError(f"{path}:{no}: a mismatched pair names '{name1}' twice")
-            a = (name1, _parse_count(n1, path, no, "an image number"))
-            b = (name2, _parse_count(n2, path, no, "an image number"))
-        pairs.append(Pair(a, b, same, fold))
-    return pairs
+
+def _matched_pair(fields: list[str], path: Path, no: int, where: str) -> tuple[NamedKey, NamedKey]:
+    if len(fields) != 3:
+        raise DataError(
+            f"{path}:{no}: expected a matched pair 'name n1 n2' ({where}), got {len(fields)} fields"
+        )
+    name, n1, n2 = fields
+    return (
+        (name, _parse_count(n1, path, no, "an image number")),
+        (name, _parse_count(n2, path, no, "an image number")),
+    )
+
+
+def _mismatched_pair(
+    fields: list[str], path: Path, no: int, where: str
+) -> tuple[NamedKey, NamedKey]:
+    if len(fields) != 4:
+        raise DataError(
+            f"{path}:{no}: expected a mismatched pair 'name1 n1 name2 n2' ({where}), "
+            f"got {len(fields)} fields"
+        )
+    name1, n1, name2, n2 = fields
+    if name1 == name2:
+        raise DataError(f"{path}:{no}: a mismatched pair names '{name1}' twice")
+    return (
+        (name1, _parse_count(n1, path, no, "an image number")),
+        (name2, _parse_count(n2, path, no, "an image number")),
+    )
 
 
 def index_pairs(
@@ -294,17 +322,10 @@ def generate_pairs(
     if labels.ndim != 1:
         raise ValueError(f"groups must be one id per sample, got shape {labels.shape}")
     rng = np.random.default_rng(seed)
-    ids, inverse = np.unique(labels, return_inverse=True)
-    by_group = np.argsort(inverse, kind="stable")  # sample indices, ascending within a group
-    members = np.split(by_group, np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1])
-    sizes = np.array([len(m) for m in members], dtype=np.int64)
-
-    fold_of = _assign_groups(sizes, n_folds, rng)
+    members = _group_members(labels)
+    fold_of = _assign_groups(np.array([len(m) for m in members], dtype=np.int64), n_folds, rng)
     per_fold = [[members[g] for g in np.flatnonzero(fold_of == f)] for f in range(n_folds)]
-    caps = [_capacities(ms) for ms in per_fold]
-    n_disjoint = min(pairs_per_fold, *(min(c) for c in caps))
-
-    pairs: PairList[int] = []
+    n_disjoint = min(pairs_per_fold, *(min(_capacities(ms)) for ms in per_fold))
     if n_disjoint >= 1:
         if n_disjoint < pairs_per_fold:
             warnings.warn(
@@ -313,27 +334,46 @@ def generate_pairs(
                 f"instead of {pairs_per_fold}",
                 stacklevel=2,
             )
+        pairs: PairList[int] = []
         for f, ms in enumerate(per_fold):
             pairs += [Pair(a, b, True, f) for a, b in _matched(ms, n_disjoint, rng)]
             pairs += [Pair(a, b, False, f) for a, b in _mismatched(ms, n_disjoint, rng)]
         return pairs
+    return _shared_group_pairs(members, len(labels), n_folds, pairs_per_fold, rng)
 
+
+def _group_members(labels: np.ndarray) -> list[np.ndarray]:
+    """Sample indices of each group (groups in sorted order, indices ascending within)."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    by_group = np.argsort(inverse, kind="stable")
+    return np.split(by_group, np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1])
+
+
+def _shared_group_pairs(
+    members: list[np.ndarray],
+    n_samples: int,
+    n_folds: int,
+    pairs_per_fold: int,
+    rng: np.random.Generator,
+) -> PairList[int]:
+    """The fallback: pairs drawn from all groups pooled, dealt out to the folds."""
     matched_cap, mismatched_cap = _capacities(members)
     n_shared = min(pairs_per_fold, matched_cap // n_folds, mismatched_cap // n_folds)
     if n_shared < 1:
         raise DataError(
-            f"cannot make {n_folds} verification folds from {len(ids)} group(s) of "
-            f"{len(labels)} sample(s): {matched_cap} matched and {mismatched_cap} mismatched "
+            f"cannot make {n_folds} verification folds from {len(members)} group(s) of "
+            f"{n_samples} sample(s): {matched_cap} matched and {mismatched_cap} mismatched "
             f"pairs are possible, at least {n_folds} of each are needed"
         )
     warnings.warn(
-        f"generate_pairs: {len(ids)} group(s) cannot fill {n_folds} group-disjoint folds; "
+        f"generate_pairs: {len(members)} group(s) cannot fill {n_folds} group-disjoint folds; "
         f"the folds share groups ({n_shared} matched and mismatched pairs per fold)",
-        stacklevel=2,
+        stacklevel=3,
     )
     matched = _matched(members, n_shared * n_folds, rng)
     mismatched = _mismatched(members, n_shared * n_folds, rng)
     m_order, x_order = rng.permutation(len(matched)), rng.permutation(len(mismatched))
+    pairs: PairList[int] = []
     for f in range(n_folds):
         take = slice(f * n_shared, (f + 1) * n_shared)
         pairs += [Pair(matched[i][0], matched[i][1], True, f) for i in m_order[take]]
@@ -356,6 +396,8 @@ def embed_with_flip(
     model_fn: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor | np.ndarray,
     batch_size: int | None = None,
+    *,
+    flip: bool = True,
 ) -> np.ndarray:
     """Embeddings of ``images`` (N, C, H, W), each summed with its horizontal flip's, L2-normalised.
 
@@ -363,6 +405,9 @@ def embed_with_flip(
     ``normalize(f(x) + f(flip(x)))`` — the raw embeddings are summed, then normalised once.
     ``model_fn`` maps a batch to (N, D) embeddings; it runs under ``torch.inference_mode``
     in chunks of ``batch_size`` (all at once when ``None``). Returns float32 (N, D).
+    The one embedding rule of mtkd: verification, ``mtkd embed`` and ``Predictor.embed`` all
+    call it, so the vectors a user gets are the ones verification scored (``flip=False``:
+    the image alone, normalised).
     """
     batch = torch.as_tensor(images)
     if batch.ndim != 4:
@@ -374,7 +419,9 @@ def embed_with_flip(
     with torch.inference_mode():
         for start in range(0, batch.shape[0], step):
             x = batch[start : start + step]
-            summed = model_fn(x) + model_fn(torch.flip(x, dims=(-1,)))
+            summed = model_fn(x)
+            if flip:
+                summed = summed + model_fn(torch.flip(x, dims=(-1,)))
             chunks.append(summed.detach().float().cpu().reshape(x.shape[0], -1))
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import parse_options
-from ..errors import RecipeError
+from ..config import named_block, parse_options
+from ..errors import OptionError, PluginError, RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..samples import LabelSpace
 from ..tasks import ROLES, Task
@@ -19,13 +20,8 @@ TASK_KEYS = ("type", "role", "weight")
 
 
 def _task_entry(key: str, raw: Any) -> tuple[str, Any, Any, dict[str, Any]]:
-    if not isinstance(raw, Mapping):
-        raise RecipeError(f"tasks.{key}: expected a mapping of options, got {raw!r}")
-    values = dict(raw)
-    kind = str(values.pop("type", key))
-    role = values.pop("role", None)
-    weight = values.pop("weight", 1.0)
-    return kind, role, weight, values
+    kind, values = named_block(raw, f"tasks.{key}", name_key="type", default=key)
+    return kind, values.pop("role", None), values.pop("weight", 1.0), values
 
 
 def build_tasks(
@@ -60,12 +56,28 @@ def build_tasks(
                 f"tasks.{key}: task '{kind}' needs label '{task_cls.label_key}', which the data "
                 f"set does not provide (it provides: {', '.join(sorted(label_spaces)) or 'none'})"
             )
-        tasks[key] = task_cls(key, options, role=role, weight=weight, label_space=space)
+        tasks[key] = _new_task(task_cls, key, options, role, weight, space)
     if not tasks:
         raise RecipeError("tasks: a recipe needs at least one task")
     if all(t.role == "teacher" for t in tasks.values()):
         raise RecipeError("tasks: every task is a teacher, so distillation would leave nothing")
     return tasks
+
+
+def _new_task(
+    cls: type[Task], key: str, options: Any, role: Any, weight: float, space: LabelSpace
+) -> Task:
+    """The task object; an option its ``setup`` rejects is reported by its recipe key."""
+    if "head" not in inspect.signature(cls.loss).parameters:
+        raise PluginError(
+            f"task '{cls.name}' ({cls.__module__}): loss(self, output, target) must also take "
+            "`head` (the module build_head made) — see docs/writing-plugins.md"
+        )
+    try:
+        return cls(key, options, role=role, weight=weight, label_space=space)
+    except OptionError as exc:
+        where = f"tasks.{key}.{exc.option}" if exc.option else f"tasks.{key}"
+        raise RecipeError(f"{where}: {exc.message}") from None
 
 
 def build_model(

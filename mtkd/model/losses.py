@@ -1,11 +1,11 @@
-"""Per-task losses over the samples that carry each task's label, and their weighted sum."""
+"""Per-task losses over the samples that carry each task's label."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import torch
+from torch import nn
 
 from ..samples import PRESENT, Batch
 from ..tasks import Output, Task
@@ -59,7 +59,10 @@ def labelled_outputs(
 
 
 def task_losses(
-    outputs: Mapping[str, Output], batch: Batch, tasks: Mapping[str, Task]
+    outputs: Mapping[str, Output],
+    batch: Batch,
+    tasks: Mapping[str, Task],
+    heads: Mapping[str, nn.Module] | nn.ModuleDict,
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Loss and labelled-sample count per task; a task with no labelled sample gets a zero."""
     losses: dict[str, torch.Tensor] = {}
@@ -68,14 +71,6 @@ def task_losses(
         if target is None:
             losses[key], counts[key] = _zero_like(output), 0
         else:
-            losses[key], counts[key] = task.loss(output, target), int(target.shape[0])
+            losses[key] = task.loss(output, target, heads[key])
+            counts[key] = int(target.shape[0])
     return losses, counts
-
-
-def weighted_total(losses: Mapping[str, torch.Tensor], tasks: Mapping[str, Task]) -> torch.Tensor:
-    """The paper's static weighting: sum of weight x loss."""
-    total: Any = 0.0
-    for key, loss in losses.items():
-        total = total + tasks[key].weight * loss
-    assert isinstance(total, torch.Tensor)
-    return total

@@ -58,6 +58,10 @@ class MultiTaskModel(nn.Module):
             for key, task in self.tasks.items()
         }
 
+    def task_loss(self, key: str, output: Output, target: torch.Tensor) -> torch.Tensor:
+        """Task ``key``'s loss on its head's ``output`` (samples that carry its label)."""
+        return self.tasks[key].loss(output, target, self.heads[key])
+
     def without_tasks(self, keys: Iterable[str]) -> MultiTaskModel:
         """A copy without the given tasks' heads, and without taps no remaining head reads."""
         drop = set(keys)

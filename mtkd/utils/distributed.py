@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -78,6 +78,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def sum_over_ranks(values: Sequence[torch.Tensor | float], device: torch.device) -> list[float]:
+    """Sum a few scalars over ranks in one collective, in float64 so counts stay exact (in a
+    single process: the values themselves)."""
+    packed = torch.stack([torch.as_tensor(v, device=device).to(torch.float64) for v in values])
+    return [float(v) for v in all_reduce_sum(packed).tolist()]
 
 
 def average_gradients(parameters: Any) -> None:

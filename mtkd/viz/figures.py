@@ -54,7 +54,7 @@ def write_run_figures(
     """curves.png, confusion-<task>.png, predictions-<task>.png, accuracy_by_bin.png."""
     written = [plot_training_curves(run_dir)]
     for key, matrix in (results.get("confusion") or {}).items():
-        space = model.tasks[key].label_space
+        space = model.tasks[key].output_space
         names = space.names if space is not None else [str(i) for i in range(len(matrix))]
         written.append(
             plot_confusion_summary(np.asarray(matrix), names, run_dir / f"confusion-{key}.png")

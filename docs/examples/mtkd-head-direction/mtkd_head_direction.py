@@ -30,25 +30,29 @@ class HeadDirectionOptions:  # recipe keys under tasks.head_direction
     component: str = "yaw"  # the component of the pose vector that is binned
     hidden: int = 64  # width of the hidden layer
 
+    def __post_init__(self) -> None:
+        mtkd.check_options(self, [("threshold", self.threshold > 0, "must be > 0")])
 
-class HeadDirection(mtkd.Task):
+
+class HeadDirection(mtkd.Task[HeadDirectionOptions]):
     name = "head_direction"
     label_key = "pose"  # reads the pose vector; the classes are derived from it
     Options = HeadDirectionOptions
 
-    def __init__(self, key: str, options: HeadDirectionOptions, **kwargs: Any) -> None:
-        super().__init__(key, options, **kwargs)
-        pose = self.label_space
-        if pose is None or pose.kind != "vector" or options.component not in pose.names:
-            raise mtkd.RecipeError(
-                f"tasks.{key}.component: '{options.component}' is not a component of the "
-                f"'{self.label_key}' vector ({', '.join(pose.names) if pose else 'none'})"
+    def setup(self) -> None:
+        pose, component = self.label_space, self.options.component
+        if pose is None or pose.kind != "vector" or component not in pose.names:
+            names = ", ".join(pose.names) if pose else "none"
+            raise mtkd.OptionError(
+                "component",
+                f"'{component}' is not a component of the '{self.label_key}' vector ({names})",
             )
-        if not options.threshold > 0:
-            raise mtkd.RecipeError(f"tasks.{key}.threshold: {options.threshold!r} must be > 0")
-        self.column = pose.names.index(options.component)
-        # What the head outputs: three named classes (num_classes, export and predict use it).
-        self.label_space = mtkd.LabelSpace(DIRECTIONS)
+        self.column = pose.names.index(component)
+
+    @property
+    def output_space(self) -> mtkd.LabelSpace:
+        """Three named classes derived from the pose vector (what export and predict name)."""
+        return mtkd.LabelSpace(DIRECTIONS)
 
     def directions(self, pose: torch.Tensor) -> torch.Tensor:
         """Class per sample: 0 left, 1 frontal, 2 right (the threshold itself is frontal)."""
@@ -64,7 +68,7 @@ class HeadDirection(mtkd.Task):
             nn.Linear(self.options.hidden, self.num_classes),
         )
 
-    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: Any, target: torch.Tensor, head: nn.Module) -> torch.Tensor:
         return F.cross_entropy(output, self.directions(target))
 
     def metrics(self) -> torchmetrics.MetricCollection:

@@ -1,0 +1,63 @@
+"""The loop's checkpoint: everything needed to continue exactly where it was taken."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..context import TrainContext
+from ..utils import distributed, rng
+from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from .state import EpochTally, LoopState
+from .step import TrainStep
+
+LAST = Path("checkpoints") / "last"
+
+
+class LoopCheckpoint:
+    """Saves and restores the model, optimizer, scheduler, weighting, AMP scaler, RNG and
+    :class:`LoopState` together, in ``<run>/checkpoints/last``."""
+
+    def __init__(self, ctx: TrainContext, step: TrainStep, scheduler: Any) -> None:
+        self.ctx, self.step, self.scheduler = ctx, step, scheduler
+
+    def save(self, state: LoopState) -> None:
+        """Written atomically, by rank 0 only."""
+        run_dir = self.ctx.run_dir
+        if run_dir is None or not distributed.is_main():
+            return
+        state.history_len = len(self.ctx.history)
+        extra = {
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "weighting": self.step.weighting.state_dict(),
+            "scaler": self.step.scaler.state_dict() if self.step.scaler else None,
+        }
+        ctx = self.ctx
+        save_checkpoint(
+            run_dir / LAST, ctx.model, ctx.optimizer, state.to_dict(), extra, rng.capture()
+        )
+
+    def save_epoch_end(self, state: LoopState) -> None:
+        """At an epoch's end the checkpoint points at the next epoch, with an empty tally."""
+        self.save(replace(state, epoch=state.epoch + 1, step=0, tally=EpochTally()))
+
+    def restore(self, run_dir: Path, console: Console) -> LoopState:
+        """Load the last checkpoint; returns the state to continue from (RNG restored last)."""
+        ctx = self.ctx
+        raw, extra, rng_state, notes = load_checkpoint(run_dir / LAST, ctx.model, ctx.optimizer)
+        for note in notes:
+            console.print(f"[yellow]{note}: resuming from the checkpoint before it")
+        if self.scheduler is not None and extra.get("scheduler") is not None:
+            self.scheduler.load_state_dict(extra["scheduler"])
+        if extra.get("weighting"):
+            self.step.weighting.load_state_dict(extra["weighting"])
+        if self.step.scaler is not None and extra.get("scaler"):
+            self.step.scaler.load_state_dict(extra["scaler"])
+        state = LoopState.from_dict(raw)
+        if not distributed.is_main():  # the saved tally is already summed over ranks
+            state.tally = EpochTally()
+        rng.restore(rng_state)
+        return state

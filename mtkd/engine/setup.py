@@ -1,0 +1,88 @@
+"""What a training run is made of, built from the recipe's ``trainer`` block: device,
+optimizer and schedule (timm), and the loss-weighting strategy (a plugin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from timm.optim import create_optimizer_v2, list_optimizers
+from timm.scheduler import create_scheduler_v2
+
+from ..config import named_block, parse_options
+from ..errors import RecipeError, did_you_mean
+from ..model.multitask import MultiTaskModel
+from ..plugins import PluginSet, plugins_for
+from ..weighting import FixedWeighting, LossWeighting
+from . import hardware
+from .finetune import param_groups
+
+NAN_POLICIES = ("stop", "skip", "lower_lr")
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Options checked before anything moves to a device."""
+    if trainer.on_nan not in NAN_POLICIES:
+        raise RecipeError(
+            f"trainer.on_nan: '{trainer.on_nan}' is not one of {', '.join(NAN_POLICIES)}"
+        )
+    hardware.check_options(trainer)
+
+
+def prepare_model(model: MultiTaskModel, trainer: DictConfig, device: torch.device) -> None:
+    """Device, memory format and (under DDP on GPUs) synchronised BatchNorm."""
+    model.to(device)
+    hardware.to_memory_format(model, trainer)
+    hardware.use_sync_batchnorm(model, trainer, device)
+
+
+def make_optimizer(model: torch.nn.Module, trainer: DictConfig) -> torch.optim.Optimizer:
+    known = [str(name) for name in list_optimizers()]
+    if trainer.optimizer.lower() not in known:
+        raise RecipeError(
+            f"trainer.optimizer: unknown optimizer '{trainer.optimizer}'"
+            + did_you_mean(trainer.optimizer, known)
+        )
+    return create_optimizer_v2(
+        param_groups(model, trainer),
+        opt=trainer.optimizer,
+        lr=trainer.lr,
+        weight_decay=trainer.weight_decay,
+    )
+
+
+def make_weighting(
+    model: MultiTaskModel, cfg: DictConfig, plugins: PluginSet | None
+) -> LossWeighting:
+    """The recipe's ``trainer.weighting`` strategy, its options checked against the plugin."""
+    name, raw = named_block(dict(cfg.trainer.weighting), "trainer.weighting", default="fixed")
+    if plugins is None and name == FixedWeighting.name:  # the default needs no plugin loading
+        cls: type[LossWeighting] = FixedWeighting
+    else:  # the recipe's own `plugins:` may provide the strategy
+        registry = plugins_for(cfg, plugins).weightings
+        cls = registry.get(name, key="trainer.weighting.name")
+    options = parse_options(cls.Options, raw, "trainer.weighting")
+    return cls(model.tasks, options, list(model.encoder.parameters()))
+
+
+def add_weighting_parameters(optimizer: torch.optim.Optimizer, weighting: LossWeighting) -> None:
+    """Learned loss weights train in their own group, without weight decay."""
+    learned = [p for p in weighting.parameters() if p.requires_grad]
+    if learned:
+        optimizer.add_param_group({"params": learned, "weight_decay": 0.0})
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig) -> Any:
+    name = trainer.scheduler
+    if name in ("none", "", None):
+        return None
+    if name not in SCHEDULERS:
+        raise RecipeError(
+            f"trainer.scheduler: unknown scheduler '{name}'" + did_you_mean(name, SCHEDULERS)
+        )
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=name, num_epochs=trainer.max_epochs, warmup_epochs=trainer.warmup_epochs
+    )
+    return scheduler

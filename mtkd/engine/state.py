@@ -1,0 +1,52 @@
+"""The training loop's resumable state: one dataclass saved in, and restored from, every
+checkpoint's ``state.json`` — one list of fields, so save and restore cannot drift apart."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class EpochTally:
+    """Running loss sums of the current epoch; saved mid-epoch so a resumed epoch logs exactly."""
+
+    total: float = 0.0
+    seen: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def task_losses(self) -> dict[str, float]:
+        """Mean loss per task over its labelled samples (tasks with none are left out)."""
+        return {k: self.sums[k] / n for k, n in self.counts.items() if n}
+
+    def results(self) -> dict[str, float]:
+        out = {"loss": self.total / max(self.seen, 1)}
+        out.update({f"{k}/loss": mean for k, mean in self.task_losses().items()})
+        return out
+
+
+@dataclass
+class LoopState:
+    """Where training stands. ``epoch``/``step`` say where to continue: a checkpoint taken at
+    an epoch's end holds the next epoch and step 0."""
+
+    epoch: int = 0  # 0-based epoch to run (or running)
+    step: int = 0  # steps of that epoch already done
+    global_step: int = 0  # optimizer steps over the whole run, skipped ones included
+    history_len: int = 0  # epochs logged to metrics.jsonl
+    best_epoch: int = -1  # 1-based epoch of the best monitored value; -1: none yet
+    best_value: float = math.inf
+    stale: int = 0  # epochs since the monitored value last improved
+    skipped_steps: int = 0  # steps skipped for a non-finite loss
+    tally: EpochTally = field(default_factory=EpochTally)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LoopState:
+        values = dict(raw)
+        values["tally"] = EpochTally(**values.get("tally", {}))
+        return cls(**values)
