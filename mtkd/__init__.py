@@ -25,6 +25,7 @@ from .model.build import build_model, build_tasks
 from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
 from .plugins import PluginSet, load_plugins
 from .preprocess import Preprocessor
+from .pretrained import PretrainedEntry
 from .runs.folder import load_run
 from .runs.pipeline import RunResult, distill, run, train
 from .samples import LabelSpace, NoOptions, Sample, SampleSource
@@ -48,6 +49,7 @@ __all__ = [
     "PluginSet",
     "Predictor",
     "Preprocessor",
+    "PretrainedEntry",
     "RecipeConfig",
     "RecipeError",
     "RunResult",

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .engine.fit import TrainContext
     from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
+    from .pretrained import PretrainedEntry
     from .samples import SampleSource
     from .tasks import Task
     from .weighting import LossWeighting
@@ -50,6 +51,18 @@ def register_commands(register: Callable[[type[Command]], None]) -> None:
 @hookspec
 def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
     """Register loss-weighting strategies (subclasses of ``mtkd.LossWeighting``)."""
+
+
+@hookspec
+def register_pretrained(register: Callable[[PretrainedEntry], None]) -> None:
+    """Register pretrained encoders (model-zoo entries): ``register(entry)`` once per entry.
+
+    ``register`` takes a ``mtkd.PretrainedEntry`` *instance* (not a class), usually read from
+    a card the plugin ships beside its weights file (``mtkd.pretrained.read_cards(folder)``).
+    Called when plugins load; every implementation is called (not firstresult), and a name
+    registered twice is an error naming both plugins. Recipes then start from an entry with
+    ``encoder.weights=zoo:<name>`` or ``init_from=zoo:<name>``; ``mtkd zoo`` lists them.
+    """
 
 
 @hookspec(firstresult=True)
