@@ -124,7 +124,8 @@ def as_dtypes(
 
 def encoder_name_of(model: nn.Module) -> str:
     """The timm architecture of a MultiTaskModel's trunk (what its encoder.name was)."""
-    trunk = model.encoder.trunk if isinstance(model.encoder, Encoder) else model
+    encoder = getattr(model, "encoder", None)
+    trunk = encoder.trunk if isinstance(encoder, Encoder) else model
     cfg = getattr(trunk, "pretrained_cfg", None) or {}
     return str(cfg.get("architecture") or type(trunk).__name__)
 

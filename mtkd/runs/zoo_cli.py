@@ -142,7 +142,9 @@ def add_zoo_parser(sub: Any) -> None:
     p_rel.add_argument("--name", required=True, help="the entry's name (zoo:NAME)")
     p_rel.add_argument("--out", type=Path, required=True, help="the zoo folder, e.g. plugins/zoo")
     p_rel.add_argument(
-        "--heads", nargs="*", help="ship exactly these heads (default: all that fit, smallest first)"
+        "--heads",
+        nargs="*",
+        help="ship exactly these heads (default: all that fit, smallest first)",
     )
     p_rel.add_argument("--max-mb", type=float, default=10.0, help="largest file (MB, 10^6 bytes)")
     p_rel.add_argument(
