@@ -35,6 +35,7 @@ from .model.build import build_model, build_tasks
 from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
 from .plugins import PluginSet, load_plugins
 from .preprocess import Preprocessor
+from .pretrained import PretrainedEntry
 from .runs.folder import load_run
 from .runs.pipeline import RunResult, distill, run, train
 from .samples import LabelSpace, NoOptions, Sample, SampleSource
@@ -60,6 +61,7 @@ __all__ = [
     "PluginSet",
     "Predictor",
     "Preprocessor",
+    "PretrainedEntry",
     "RecipeConfig",
     "RecipeError",
     "RunResult",

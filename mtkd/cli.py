@@ -1,5 +1,5 @@
-"""The mtkd command: run recipes, export and query their models, list plugins, and the commands
-plugins add."""
+"""The mtkd command: run recipes, export and query their models, list plugins and pretrained
+encoders, and the commands plugins add."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.table import Table
 from .config import load_recipe
 from .errors import Interrupted, MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
+from .runs.zoo_cli import add_zoo_parser
 
 if TYPE_CHECKING:
     from .runs.pipeline import RunResult
@@ -101,6 +102,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             "preprocessors": plugins.preprocessors.by_plugin(name),
             "commands": plugins.commands.by_plugin(name),
             "loss weightings": plugins.weightings.by_plugin(name),
+            "pretrained encoders": plugins.pretrained.by_plugin(name),
             "hooks": plugins.hooks_of(name),
         }
         for label, names in registered.items():
@@ -248,6 +250,7 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)
     _add_inference_commands(sub)
+    add_zoo_parser(sub)  # mtkd zoo [--json], mtkd zoo release
     for name in plugins.commands.names() if plugins else []:
         if name in sub.choices:
             raise PluginError(f"command '{name}' clashes with a built-in mtkd command")

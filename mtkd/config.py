@@ -24,7 +24,7 @@ from .errors import OptionError, RecipeError, did_you_mean
 class EncoderConfig:
     name: str = "mobilenetv2_100"
     pretrained: bool = False  # timm hub weights (needs the network)
-    weights: str | None = None  # a local weights file (safetensors or torch), no network
+    weights: str | None = None  # a local weights file (safetensors or torch) or zoo:<name>
     taps: Any = "stages"  # "stages", "none", or a list of module names
     out_indices: list[int] | None = None  # which stages, with taps: stages (negatives allowed)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
@@ -113,7 +113,7 @@ class OutputConfig:
 
 @dataclass
 class InitFromConfig:
-    source: str | None = None  # a run folder, a .safetensors/.pt/.pth file, or timm (hub weights)
+    source: str | None = None  # a run folder, a weights file, zoo:<name>, or timm (hub weights)
     heads: bool = True  # also load task-head tensors whose name and shape match
     strict: bool = False  # every encoder tensor must load (default: at least one)
 
@@ -322,7 +322,9 @@ def check_values(cfg: DictConfig) -> None:
     check_finetune(cfg.trainer)
     source = cfg.init_from.source
     if source is not None and not str(source).strip():
-        raise RecipeError("init_from.source: empty; give a run folder, a weights file or timm")
+        raise RecipeError(
+            "init_from.source: empty; give a run folder, a weights file, zoo:<name> or timm"
+        )
 
 
 def named_block(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .context import TrainContext
     from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
+    from .pretrained import PretrainedEntry
     from .samples import SampleSource
     from .tasks import Task
     from .weighting import LossWeighting
@@ -84,6 +85,20 @@ def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None
     :param register: call ``register(LossWeightingClass)`` once per class.
 
     Called when plugins load, once per plugin.
+    """
+
+
+@hookspec
+def register_pretrained(register: Callable[[PretrainedEntry], None]) -> None:
+    """Register pretrained encoders (model-zoo entries), usable as ``encoder.weights=zoo:<name>``
+    or ``init_from=zoo:<name>`` and listed by ``mtkd zoo``.
+
+    :param register: call ``register(entry)`` once per entry, with a ``mtkd.PretrainedEntry``
+        *instance* (not a class), usually read from a card the plugin ships beside its weights
+        file (``mtkd.pretrained.read_cards(folder)``).
+
+    Called when plugins load, once per plugin (every implementation, not firstresult); a name
+    registered twice is an error naming both plugins.
     """
 
 

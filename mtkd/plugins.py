@@ -1,4 +1,4 @@
-"""Plugin loading and the registries of tasks and data sets.
+"""Plugin loading and the registries plugins fill (tasks, data sets, ..., pretrained encoders).
 
 Built-in and third-party plugins load the same way: through the ``mtkd`` entry-point group.
 A recipe may list extra plugin modules or ``.py`` files under ``plugins:``. Setting
@@ -26,6 +26,7 @@ from . import _default_hooks, hookspecs
 from .commands import Command
 from .errors import PluginError, did_you_mean
 from .preprocess import Preprocessor
+from .pretrained import PretrainedEntry
 from .samples import SampleSource
 from .tasks import Task
 from .weighting import LossWeighting
@@ -38,24 +39,35 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Named classes registered by plugins; a name may be registered once."""
+    """Named items registered by plugins; a name may be registered once.
 
-    def __init__(self, kind: str, base: type) -> None:
+    Items are classes (subclasses of ``base``: tasks, data sets, ...) or, with ``instances``,
+    objects (instances of ``base``: pretrained encoders, which are data, not code).
+    """
+
+    def __init__(self, kind: str, base: type, instances: bool = False) -> None:
         self.kind = kind
         self.base = base
+        self.instances = instances
         self._items: dict[str, tuple[T, str]] = {}
 
-    def add(self, item: Any, plugin: str) -> None:
-        name = getattr(item, "name", "")
-        if not (isinstance(item, type) and issubclass(item, self.base)):
+    def _check_type(self, item: Any, plugin: str) -> None:
+        if self.instances:
+            fits, relation = isinstance(item, self.base), "an instance"
+        else:
+            fits, relation = isinstance(item, type) and issubclass(item, self.base), "a subclass"
+        if not fits:
             raise PluginError(
                 f"plugin '{plugin}' registered {item!r} as a {self.kind}, "
-                f"but it is not a subclass of {self.base.__name__}"
+                f"but it is not {relation} of {self.base.__name__}"
             )
+
+    def add(self, item: Any, plugin: str) -> None:
+        self._check_type(item, plugin)
+        name = getattr(item, "name", "")
         if not name:
-            raise PluginError(
-                f"plugin '{plugin}' registered {self.kind} {item.__name__} without a name"
-            )
+            label = item.__name__ if isinstance(item, type) else repr(item)
+            raise PluginError(f"plugin '{plugin}' registered {self.kind} {label} without a name")
         if name in self._items:
             other = self._items[name][1]
             raise PluginError(
@@ -74,6 +86,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def values(self) -> list[T]:
+        """Every registered item, by name."""
+        return [self._items[name][0] for name in self.names()]
+
     def by_plugin(self, plugin: str) -> list[str]:
         return sorted(n for n, (_, p) in self._items.items() if p == plugin)
 
@@ -91,6 +107,7 @@ class PluginSet:
     preprocessors: Registry[type[Preprocessor]]
     commands: Registry[type[Command]]
     weightings: Registry[type[LossWeighting]]
+    pretrained: Registry[PretrainedEntry]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -111,6 +128,7 @@ class _RegistrySpec:
     hook: str
     kind: str
     base: type
+    instances: bool = False  # registers objects (instances of base), not classes
 
 
 REGISTRIES = (
@@ -119,6 +137,9 @@ REGISTRIES = (
     _RegistrySpec("preprocessors", "register_preprocessors", "preprocessor", Preprocessor),
     _RegistrySpec("commands", "register_commands", "command", Command),
     _RegistrySpec("weightings", "register_weightings", "loss weighting", LossWeighting),
+    _RegistrySpec(
+        "pretrained", "register_pretrained", "pretrained encoder", PretrainedEntry, instances=True
+    ),
 )
 
 
@@ -237,7 +258,7 @@ def _import_recipe_plugin(ref: str) -> ModuleType:
 def _collect(pm: pluggy.PluginManager, spec: _RegistrySpec) -> Registry[Any]:
     """Call one registration hook plugin by plugin (through pluggy, each plugin's
     implementation alone), so every registered class knows the plugin that registered it."""
-    registry: Registry[Any] = Registry(spec.kind, spec.base)
+    registry: Registry[Any] = Registry(spec.kind, spec.base, spec.instances)
     plugins = [impl.plugin for impl in getattr(pm.hook, spec.hook).get_hookimpls()]
     for plugin in plugins:
         plugin_name = pm.get_name(plugin) or repr(plugin)

@@ -15,6 +15,7 @@ from ..samples import LabelSpace
 from ..tasks import ROLES, Task
 from .encoder import Encoder, create_timm_trunk, resolve_taps
 from .multitask import MultiTaskModel
+from .zoo import load_encoder_weights, split_weights
 
 TASK_KEYS = ("type", "role", "weight")
 
@@ -85,12 +86,16 @@ def build_model(
     label_spaces: Mapping[str, LabelSpace],
     plugins: PluginSet | None = None,
 ) -> MultiTaskModel:
-    """The encoder named in ``cfg.encoder`` with one head per task of ``cfg.tasks``."""
+    """The encoder named in ``cfg.encoder`` with one head per task of ``cfg.tasks``.
+
+    ``encoder.weights=zoo:<name>`` loads a pretrained zoo entry's encoder (``model/zoo.py``)."""
+    plugins = plugins_for(cfg, plugins)
     tasks = build_tasks(cfg, label_spaces, plugins)
     enc = cfg.encoder
     raw_kwargs: Any = OmegaConf.to_container(enc.kwargs, resolve=True)
     kwargs = {str(k): v for k, v in raw_kwargs.items()}
-    trunk = create_timm_trunk(enc.name, pretrained=enc.pretrained, weights=enc.weights, **kwargs)
+    weights, zoo_ref = split_weights(enc)
+    trunk = create_timm_trunk(enc.name, pretrained=enc.pretrained, weights=weights, **kwargs)
     needs_taps = any(task.uses_taps for task in tasks.values())
     taps_cfg = enc.taps if isinstance(enc.taps, str) else list(enc.taps)
     out_indices = list(enc.out_indices) if enc.out_indices is not None else None
@@ -101,4 +106,6 @@ def build_model(
             f"encoder.taps: task(s) {readers} read encoder taps, but none are configured"
         )
     encoder = Encoder(trunk, taps, cfg.data.image_size)
+    if zoo_ref is not None:
+        load_encoder_weights(encoder, zoo_ref, plugins, encoder_name=enc.name)
     return MultiTaskModel(encoder, tasks)

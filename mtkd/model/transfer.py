@@ -9,6 +9,7 @@ Recipe use::
 
     init_from: runs/pretrain_synthetic_heads-20250101-120000     # shorthand for {source: ...}
     init_from: {source: model.safetensors, heads: false, strict: true}
+    init_from: zoo:mobilenetv2_heads64       # a pretrained zoo entry (mtkd.model.zoo)
 
 Library use: ``mtkd.transfer.init_from(model, "runs/...")`` before ``mtkd.train(...)``.
 """
@@ -28,8 +29,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import RecipeError
+from ..plugins import PluginSet, plugins_for
 from ..utils.checkpoint import write_json
 from .encoder import create_timm_trunk
+from .zoo import check_refs, entry_state, zoo_name
 
 TIMM = "timm"  # source: the encoder's own timm hub weights
 REPORT = "init_from.json"
@@ -254,26 +257,36 @@ def match(
     return chosen, skipped
 
 
+def _read_source(
+    model: nn.Module, source: str | Path, plugins: PluginSet | None
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """(what was read, its tensors under model names) for any kind of source."""
+    if str(source) == TIMM:
+        return timm_state(model)
+    if zoo_name(str(source)) is not None:
+        return entry_state(str(source), model, plugins)
+    path = resolve_source(source)
+    return str(path), as_model_keys(read_state(path))
+
+
 def init_from(
     model: nn.Module,
     source: str | Path,
     *,
     heads: bool = True,
     strict: bool = False,
+    plugins: PluginSet | None = None,
 ) -> TransferReport:
     """Copy matching tensors from ``source`` into ``model``; the report says what and why not.
 
     ``source``: a run folder (its best checkpoint, else the distilled model, else the last
     checkpoint), a ``.safetensors`` or torch state-dict file (an mtkd model's or a bare timm
-    trunk's), or ``"timm"`` (the trunk's hub weights). Raises :class:`RecipeError` naming
-    ``init_from`` when the source is missing or unreadable, when no encoder weight fits, and
-    with ``strict`` when any encoder tensor does not.
+    trunk's), ``"timm"`` (the trunk's hub weights), or ``"zoo:<name>"`` (a pretrained entry
+    registered by a plugin of ``plugins``, default the installed ones; checksum verified).
+    Raises :class:`RecipeError` naming ``init_from`` when the source is missing or unreadable,
+    when no encoder weight fits, and with ``strict`` when any encoder tensor does not.
     """
-    if str(source) == TIMM:
-        resolved, state = timm_state(model)
-    else:
-        path = resolve_source(source)
-        resolved, state = str(path), as_model_keys(read_state(path))
+    resolved, state = _read_source(model, source, plugins)
     chosen, skipped = match(model, state, heads=heads)
     report = TransferReport(str(source), resolved, heads, sorted(chosen), skipped)
     _check(report, chosen, model, strict)
@@ -308,16 +321,25 @@ def _check(
         )
 
 
-def check_init_from(cfg: Any) -> None:
-    """Fail fast on a missing ``init_from`` source, before the (slow) data are built."""
+def check_init_from(cfg: Any, plugins: PluginSet | None = None) -> None:
+    """Fail fast on a missing ``init_from`` source or an unknown or unfitting ``zoo:`` entry
+    (also in ``encoder.weights``), before the (slow) data are built."""
     spec = cfg.get("init_from")
-    if spec is not None and spec.source and str(spec.source) != TIMM:
-        resolve_source(str(spec.source))
+    source = spec.source if spec is not None else None
+    if source and str(source) != TIMM and zoo_name(str(source)) is None:
+        resolve_source(str(source))
+    check_refs(cfg, plugins)
 
 
-def init_from_recipe(model: nn.Module, cfg: Any) -> TransferReport | None:
+def init_from_recipe(
+    model: nn.Module, cfg: Any, plugins: PluginSet | None = None
+) -> TransferReport | None:
     """Apply the recipe's ``init_from`` (``None`` when it names no source)."""
     spec = cfg.get("init_from")
     if spec is None or not spec.source:
         return None
-    return init_from(model, str(spec.source), heads=bool(spec.heads), strict=bool(spec.strict))
+    source = str(spec.source)
+    plugins = plugins_for(cfg, plugins) if zoo_name(source) is not None else plugins
+    return init_from(
+        model, source, heads=bool(spec.heads), strict=bool(spec.strict), plugins=plugins
+    )

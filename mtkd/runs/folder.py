@@ -76,6 +76,8 @@ def load_run(
     if not (run_dir / CONFIG).is_file():
         raise MtkdError(f"'{run_dir}' is not a run folder (no {CONFIG})")
     cfg = load_recipe(run_dir / CONFIG)
+    # the trained weights replace any starting weights: no hub download, no zoo entry needed
+    cfg.encoder.pretrained, cfg.encoder.weights = False, None
     model = build_model(cfg, read_label_spaces(run_dir), plugins)
     if distilled:
         info_path = run_dir / DISTILLED / "tasks.json"

@@ -115,14 +115,14 @@ def run(
     console = console if console is not None and main else Console(quiet=not main)
     plugins = plugins_for(cfg, plugins)
     if resume_dir is None:
-        check_init_from(cfg)  # a missing source fails before the data are built
+        check_init_from(cfg, plugins)  # a missing source fails before the data are built
     seed_everything(cfg.trainer.seed)
     with distributed.main_first():  # rank 0 fills the disk cache, the others then read it
         data = build_data(cfg, plugins, console)
     model = build_model(cfg, data.label_spaces, plugins)
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
     # the run folder exists, so a source that fits nothing leaves no empty run behind)
-    transfer = init_from_recipe(model, cfg) if resume_dir is None else None
+    transfer = init_from_recipe(model, cfg, plugins) if resume_dir is None else None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         if (run_dir / RESULTS).is_file():
