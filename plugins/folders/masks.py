@@ -109,9 +109,9 @@ def _far_error(
     distances = np.linalg.norm(palette.colours - colours[worst], axis=1)
     return mtkd.SampleError(
         path,
+        "colours far from every palette colour (does data.dataset.palette match the files?)",
         f"colour {colour} ({int(counts[worst])} pixels) is {distances.min():.0f} away from "
-        f"the nearest palette colour ('{palette.names[int(distances.argmin())]}'); {limits} "
-        "— does data.dataset.palette match these files?",
+        f"the nearest palette colour ('{palette.names[int(distances.argmin())]}'); {limits}",
     )
 
 

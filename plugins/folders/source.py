@@ -50,15 +50,16 @@ def mask_size_verdict(mask: np.ndarray, image: np.ndarray, entry: Entry, options
     tolerance = getattr(options, "mask_size_tolerance", 0.0)
     if policy == "resize" and off <= tolerance:
         return "resize"
-    hint = (
-        f"{off:.1%} off, beyond {KEY}.mask_size_tolerance={tolerance:g}"
+    limit = (
+        f"beyond {KEY}.mask_size_tolerance={tolerance:g}"
         if policy == "resize"
         else f"{KEY}.mask_size=fail"
     )
     raise mtkd.SampleError(
         entry.mask,
-        f"mask is {mw}x{mh} pixels but its image {entry.image} is {iw}x{ih} ({hint}; "
-        f"{KEY}.mask_size=drop_mask keeps the image without its mask)",
+        "mask is not the size of its image",
+        f"{mw}x{mh} pixels, its image {entry.image} {iw}x{ih}: {off:.1%} off, {limit}; "
+        f"{KEY}.mask_size=drop_mask keeps the image without its mask",
     )
 
 
