@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .data.augment import AugmentConfig
+from .data.resize import check_resize_mode
 from .errors import OptionError, RecipeError, did_you_mean
 
 
@@ -36,6 +37,9 @@ class SplitConfig:
     val: float = 0.2  # fraction of the remaining samples used for validation
     holdout: float = 0.0  # fraction of whole groups (people) never trained on: verification
     seed: int = 0
+    # a data set's own split without validation samples: take `val` of each group's training
+    # samples for validation (off: such a split trains without validation, as before)
+    val_from_train: bool = False
 
 
 @dataclass
@@ -43,6 +47,7 @@ class DataConfig:
     dataset: dict[str, Any] = field(default_factory=dict)  # {name: <data-set plugin>, **options}
     preprocess: list[Any] = field(default_factory=list)  # [{name: <preprocessor>, **options}]
     image_size: int = 128
+    resize: str = "squash"  # non-square images: squash | center_crop | top_crop | pad
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 0
@@ -317,9 +322,22 @@ def check_finetune(trainer: Any) -> None:
         raise RecipeError(f"trainer.layer_decay: must be in (0, 1], got {decay}")
 
 
+def check_data(data: Any) -> None:
+    """The data sizes' ranges: a zero or negative size would fail deep inside a generator or
+    the DataLoader instead of naming the key."""
+    for key in ("image_size", "batch_size", "eval_batch_size"):
+        value = getattr(data, key, None)
+        if value is not None and value < 1:
+            raise RecipeError(f"data.{key}: must be 1 or more, got {value}")
+    if getattr(data, "num_workers", 0) < 0:
+        raise RecipeError(f"data.num_workers: must be 0 or more, got {data.num_workers}")
+    check_resize_mode(getattr(data, "resize", "squash"))
+
+
 def check_values(cfg: DictConfig) -> None:
     """Range checks that a type alone cannot express; each error names its key."""
     check_finetune(cfg.trainer)
+    check_data(cfg.data)
     source = cfg.init_from.source
     if source is not None and not str(source).strip():
         raise RecipeError(

@@ -33,10 +33,11 @@ class SampleError(DataError):
     skips the sample and counts it, as ``data.on_error`` says.
     """
 
-    def __init__(self, path: object, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: object, reason: str, detail: str = "") -> None:
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
         self.path = str(path)
-        self.reason = reason
+        self.reason = reason  # a short fixed phrase: skipped samples are counted by it
+        self.detail = detail  # what is particular to this file (sizes, colours), if anything
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -329,6 +329,7 @@ class PredictedClasses(_ShareEverHit):
 
 ACTIVE = "embedding_active"
 PREDICTED = "classes_predicted"
+COLLAPSE_EPOCHS = 3  # epochs in a row naming one class before the collapse is warned about
 
 
 @mtkd.hookimpl
@@ -336,9 +337,30 @@ def register_tasks(register: Any) -> None:
     register(Identification)
 
 
+def _collapsed(record: dict[str, Any], key: str, classes: int) -> bool:
+    share = record.get(f"val/{key}/{PREDICTED}")
+    return share is not None and round(share * classes) <= 1
+
+
+def collapsed_epochs(history: list[dict[str, Any]], key: str, classes: int) -> int:
+    """How many epochs in a row, up to the last one, named one class for every image."""
+    streak = 0
+    for record in reversed(history):
+        if not _collapsed(record, key, classes):
+            break
+        streak += 1
+    return streak
+
+
 @mtkd.hookimpl
 def on_epoch_end(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
-    """Say so when an identification embedding died or collapsed: more training cannot help."""
+    """Say so when an identification embedding died or collapsed: more training cannot help.
+
+    A collapse is only reported once it lasted ``COLLAPSE_EPOCHS`` epochs: after the first
+    epoch a healthy network often still names one class for everything."""
+    history = list(getattr(context, "history", None) or [])
+    if not history or history[-1] is not metrics:
+        history.append(metrics)
     for key, task in context.model.tasks.items():
         if not isinstance(task, Identification):
             continue
@@ -349,12 +371,11 @@ def on_epoch_end(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
                 "trainer.lr or raise its weight",
                 stacklevel=1,
             )
-        elif (share := metrics.get(f"val/{key}/{PREDICTED}")) is not None and round(
-            share * task.num_classes
-        ) <= 1:
+        elif collapsed_epochs(history, key, task.num_classes) == COLLAPSE_EPOCHS:
             warnings.warn(
-                f"epoch {epoch}: task '{key}' names one class for every validation image (the "
-                "encoder's features collapsed): its accuracy is at chance; lower trainer.lr, "
-                "or use an encoder with normalisation layers or pretrained weights",
+                f"epoch {epoch}: task '{key}' has named one class for every validation image "
+                f"for {COLLAPSE_EPOCHS} epochs (the encoder's features collapsed): its accuracy "
+                "is at chance; lower trainer.lr, or use an encoder with normalisation layers "
+                "or pretrained weights",
                 stacklevel=1,
             )

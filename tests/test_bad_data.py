@@ -104,3 +104,84 @@ def test_bad_files_stop_the_run_naming_the_file(name: str, tmp_path: Path) -> No
     message = str(caught.value)
     assert any(str(path) in message or path.name in message for path in faults.values())
     assert "data.on_error=skip" in message
+
+
+# --- one line, never a traceback (issue 16) ---------------------------------------------------
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def tiny_run(tmp: Path, *extra: str) -> list[str]:
+    """`mtkd run` arguments for a seconds-long run on random images, with ``extra`` overrides."""
+    return [
+        "run",
+        str(RECIPES / "mobilenetv2_id.yaml"),
+        "encoder.name=test_efficientnet",
+        "data.dataset.name=random_images",
+        "data.dataset.identities=4",
+        "data.dataset.views=6",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "evaluate.latency=false",
+        f"output.root={tmp / 'runs'}",
+        *extra,
+    ]
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the command; it must fail with status 2 and an error, not a traceback."""
+    from mtkd.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return " ".join(err.split())  # rich wraps long lines at the terminal's width
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.batch_size=0", "data.batch_size: must be 1 or more, got 0"),
+        ("data.batch_size=-4", "data.batch_size: must be 1 or more, got -4"),
+        ("data.eval_batch_size=0", "data.eval_batch_size: must be 1 or more"),
+        ("data.num_workers=-1", "data.num_workers: must be 0 or more"),
+        ("data.image_size=0", "data.image_size: must be 1 or more, got 0"),
+        ("data.resize=stretch", "data.resize: 'stretch' is not one of squash"),
+    ],
+)
+def test_impossible_data_sizes_are_one_line_errors_naming_the_key(
+    override: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert named in one_line_error(capsys, tiny_run(tmp_path, override))
+
+
+def test_synthetic_heads_at_image_size_zero_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*tiny_run(tmp_path, "data.image_size=0"), "data.dataset.name=synthetic_heads"]
+    assert "data.image_size" in one_line_error(capsys, argv)  # was a ZeroDivisionError
+
+
+def test_an_image_size_the_encoder_cannot_take_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = tiny_run(tmp_path, "encoder.name=inception_v3", "data.cache=memory")
+    message = one_line_error(capsys, argv)
+    assert "encoder: 'InceptionV3' cannot run at data.image_size=32" in message
+
+
+def test_corrupt_cache_files_are_rebuilt_with_a_one_line_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtkd.cli import main
+
+    argv = tiny_run(tmp_path, "data.cache=disk", f"data.cache_dir={tmp_path / 'cache'}")
+    mtkd.build_data(mtkd.load_recipe(argv[1], argv[2:]))  # the cache the run will look for
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    images = folder / "images.npy"
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])  # a truncated file
+    assert main(argv) == 0
+    out = "".join(capsys.readouterr().out.split())  # rich wraps lines, even inside words
+    assert f"samplecache'{folder}':images.npycannotberead" in out and "rebuilding" in out

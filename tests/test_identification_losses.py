@@ -372,7 +372,32 @@ def test_collapsed_features_name_one_class_for_every_image_and_are_warned_about(
     varied = torch.eye(IDENTITIES)[:4] * 5  # images 0-3 each name their own class
     task.update_metrics(metrics, {"logits": varied, "embedding": same}, labels)
     assert float(metrics.compute()[PREDICTED]) == 4 / IDENTITIES
-    context = SimpleNamespace(model=SimpleNamespace(tasks={"identification": task}))
     collapsed = {f"val/identification/{ACTIVE}": 1.0, f"val/identification/{PREDICTED}": 0.1}
-    with pytest.warns(UserWarning, match="one class for every validation image"):
-        on_epoch_end(context, 3, collapsed)
+    history = [dict(collapsed) for _ in range(3)]
+    context = SimpleNamespace(
+        model=SimpleNamespace(tasks={"identification": task}), history=history
+    )
+    with pytest.warns(UserWarning, match="one class for every validation image for 3 epochs"):
+        on_epoch_end(context, 3, history[-1])
+
+
+def test_the_collapse_warning_waits_until_it_lasted_three_epochs() -> None:
+    """After epoch 1 a healthy network often still names one class: only a lasting collapse
+    is worth a warning, once."""
+    import warnings
+    from types import SimpleNamespace
+
+    from mtkd_plugins.identification import ACTIVE, PREDICTED, on_epoch_end
+
+    task = task_for()
+    one = {f"val/identification/{ACTIVE}": 1.0, f"val/identification/{PREDICTED}": 0.1}
+    many = {f"val/identification/{ACTIVE}": 1.0, f"val/identification/{PREDICTED}": 0.8}
+    context = SimpleNamespace(model=SimpleNamespace(tasks={"identification": task}), history=[])
+    warned = []
+    for epoch, record in enumerate([one, one, many, one, one, one, one, one], start=1):
+        context.history.append(dict(record))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            on_epoch_end(context, epoch, context.history[-1])
+        warned += [epoch for w in caught if "one class for every" in str(w.message)]
+    assert warned == [6]  # epochs 4, 5, 6 in a row; said once

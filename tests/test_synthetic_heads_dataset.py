@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import RECIPES, run_tiny_synthetic
 
 import mtkd
@@ -88,3 +89,32 @@ def test_synth_command_writes_images_palette_masks_and_an_index(tmp_path: Path) 
     assert read_back.name == "palette_folder" and len(read_back) == 6
     np.testing.assert_array_equal(np.asarray(read_back[0]["image"]), image)
     assert read_back.report().get("off_palette_pixels", 0) == 0
+
+
+def test_a_spread_wider_than_the_views_is_clipped_so_counts_stay_near_the_mean() -> None:
+    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeadsOptions, views_per_identity
+
+    few = views_per_identity(SyntheticHeadsOptions(identities=30, views=4, views_spread=50))
+    assert min(few) >= 1 and max(few) <= 7  # once 1-54 views: 43 images for 3 x 4
+    assert 3 <= sum(few) / len(few) <= 5
+    for views, spread in ((200, 50), (60, 0), (48, 8), (20, 5), (4, 3)):
+        options = SyntheticHeadsOptions(identities=20, views=views, views_spread=spread, seed=2)
+        rng = np.random.default_rng([2, 1_000_003])  # the draw before the clip, unchanged
+        before = rng.integers(views - spread, views + spread + 1, size=20).tolist()
+        assert views_per_identity(options) == before
+
+
+def test_synth_prints_how_many_views_each_person_got(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtkd.cli import main
+
+    args = ["synth", str(tmp_path / "heads"), "--identities", "3", "--views", "4"]
+    assert main([*args, "--size", "16"]) == 0
+    printed = capsys.readouterr().out.replace("\n", " ")
+    assert "views spread 50 clipped to 3" in printed
+    assert "person_000" in printed and "person_002" in printed
+    written = len(list((tmp_path / "heads" / "images").rglob("*.png")))
+    assert f"wrote {written} images" in printed and written <= 3 * 7
+    assert main(["synth", str(tmp_path / "zero"), "--size", "0"]) == 2
+    assert "--size: must be 1 or more" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from helpers import RECIPES, tiny_overrides
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -159,3 +160,29 @@ def test_resume_cuts_the_metrics_log_back_atomically(tmp_path: Path) -> None:
     assert MetricsLog(path).keep_first(2) == [{"epoch": 1}, {"epoch": 2}]
     assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
     assert path.stat().st_ino != inode and not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+def test_a_last_training_batch_of_one_sample_is_left_out_instead_of_crashing_batchnorm(
+    tmp_path: Path,
+) -> None:
+    """42 training samples in batches of 41: the one left over would reach BatchNorm alone."""
+    cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml",
+        tiny_overrides(
+            tmp_path,
+            **{
+                "encoder.name": "mobilenetv2_035",
+                "data.dataset.identities": 6,
+                "data.dataset.views": 10,
+                "data.split.test": 0.1,
+                "data.split.val": 0.2,
+                "data.batch_size": 41,
+                "trainer.max_epochs": 2,
+                "evaluate.latency": False,
+                "output.plots": False,
+            },
+        ),
+    )
+    result = mtkd.run(cfg, console=Console(quiet=True))
+    assert result.results["data"]["train"] == 42
+    assert result.results["epochs_run"] == 2

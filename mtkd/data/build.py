@@ -22,7 +22,7 @@ from ..samples import LabelSpace, SampleSource, collate_samples, sample_to_tenso
 from ..utils import distributed
 from .augment import AugmentConfig, augment
 from .cache import CachedSamples, DataReport, materialize
-from .splits import fixed_split_indices, split_indices
+from .splits import fixed_split_indices, split_indices, validation_from_train
 
 
 class TensorView(Dataset):
@@ -93,6 +93,23 @@ def build_preprocessors(cfg: DictConfig, plugins: PluginSet | None = None) -> li
     return steps
 
 
+def split_parts(cached: CachedSamples, split: Any) -> dict[str, np.ndarray]:
+    """Indices per split: the data set's own split (with validation carved out of training
+    when ``data.split.val_from_train`` asks for it), else ``data.split``'s per-group split."""
+    groups = None if cached.groups is None else cached.groups.tolist()
+    try:
+        if cached.split is None:
+            return split_indices(
+                groups, len(cached), split.test, split.val, split.seed, split.holdout
+            )
+        parts = fixed_split_indices(cached.split)
+        if split.get("val_from_train", False):
+            parts = validation_from_train(parts, groups, split.val, split.seed)
+        return parts
+    except ValueError as exc:
+        raise RecipeError(f"data.split: {exc}") from exc
+
+
 def build_data(
     cfg: DictConfig, plugins: PluginSet | None = None, console: Console | None = None
 ) -> DataBundle:
@@ -112,22 +129,14 @@ def build_data(
             mode=data.cache,
             cache_dir=Path(data.cache_dir) if data.cache_dir else None,
             progress=lambda i, _n: progress.update(bar, completed=i + 1) if i % 64 == 0 else None,
+            resize=data.get("resize", "squash"),
+            notify=lambda line: console.print(line, highlight=False, markup=False),
         )
     for line in report.lines():
         console.print(line, highlight=False)
     if len(cached) == 0:
         raise DataError(f"data set '{source.name}': no sample is left after loading")
-    split = data.split
-    try:
-        if cached.split is not None:
-            parts = fixed_split_indices(cached.split)
-        else:
-            groups = None if cached.groups is None else cached.groups.tolist()
-            parts = split_indices(
-                groups, len(cached), split.test, split.val, split.seed, split.holdout
-            )
-    except ValueError as exc:
-        raise RecipeError(f"data.split: {exc}") from exc
+    parts = split_parts(cached, data.split)
     if len(parts["train"]) == 0:
         raise DataError(f"data set '{source.name}': the split leaves no training samples")
     augment_cfg: AugmentConfig = OmegaConf.to_object(data.augment)  # type: ignore[assignment]
@@ -148,23 +157,36 @@ class EpochSampler(Sampler[int]):
 
     Under torchrun each rank takes its share of every global batch of ``global_batch``
     samples (see :func:`mtkd.distributed.shard`); the order itself is the same everywhere.
+    With ``min_batch`` above 1 (a model whose BatchNorm cannot train on one sample), an epoch's
+    last batch is left out when it would give a rank fewer than ``min_batch`` samples: those
+    few samples, a different few each epoch, wait for the next epoch's shuffle.
     """
 
-    def __init__(self, n: int, seed: int, global_batch: int | None = None) -> None:
-        self.n, self.seed, self.global_batch = n, seed, global_batch
+    def __init__(
+        self, n: int, seed: int, global_batch: int | None = None, min_batch: int = 1
+    ) -> None:
+        self.n, self.seed, self.global_batch, self.min_batch = n, seed, global_batch, min_batch
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def used(self) -> int:
+        """How many of the shuffled samples an epoch uses (all, unless the last batch is short)."""
+        batch = self.global_batch or self.n
+        short = self.n % batch if batch else 0
+        if 0 < short < self.min_batch * distributed.world_size():
+            return self.n - short
+        return self.n
+
     def _order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
+        order = torch.randperm(self.n, generator=generator).tolist()[: self.used()]
         return distributed.shard(order, self.global_batch or self.n)
 
     def length(self) -> int:
         """Samples this rank sees in a whole epoch."""
-        return len(distributed.shard(list(range(self.n)), self.global_batch or self.n))
+        return len(distributed.shard(list(range(self.used())), self.global_batch or self.n))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._order()[self.start :])
@@ -174,19 +196,40 @@ class EpochSampler(Sampler[int]):
 
 
 def make_train_loader(
-    dataset: Dataset, batch_size: int, *, seed: int = 0, num_workers: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    num_workers: int = 0,
+    min_batch: int = 1,
 ) -> DataLoader:
     """The training loader: shuffled by an :class:`EpochSampler` (resumable), partial labels.
 
     ``batch_size`` is the global batch: under torchrun each rank loads its share of it.
     Its own generator seeds worker processes, so starting an epoch draws nothing from the
-    global RNG (which augmentation uses, and a checkpoint restores mid-epoch).
+    global RNG (which augmentation uses, and a checkpoint restores mid-epoch). ``min_batch``
+    is the smallest batch the model trains on (2 for one whose BatchNorm sees a single value
+    per channel: see :func:`mtkd.model.probe.smallest_train_batch`); a shorter last batch is
+    left out of each epoch.
     """
     ranks = distributed.world_size()
+    per_rank = max(1, batch_size // ranks)
+    n = len(dataset)  # type: ignore[arg-type]
+    if per_rank < min_batch:
+        raise RecipeError(
+            f"data.batch_size: {batch_size} gives batches of {per_rank} per process, but the "
+            f"model's BatchNorm layers need at least {min_batch} samples to train; raise it"
+        )
+    sampler = EpochSampler(n, seed, batch_size, min_batch)
+    if n and sampler.length() == 0:
+        raise DataError(
+            f"{n} training sample(s): the model's BatchNorm layers need batches of at least "
+            f"{min_batch} to train; add samples or lower data.split.test / data.split.val"
+        )
     return DataLoader(
         dataset,
-        batch_size=max(1, batch_size // ranks),
-        sampler=EpochSampler(len(dataset), seed, batch_size),  # type: ignore[arg-type]
+        batch_size=per_rank,
+        sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         collate_fn=collate_samples,

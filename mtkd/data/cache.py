@@ -11,32 +11,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from PIL import Image
 
 from ..errors import DataError, RecipeError, SampleError
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, Sample, SampleSource
+from .cache_store import (
+    CacheDamaged,
+    default_cache_dir,
+    discard,
+    load_array,
+    partial_folder,
+    read_meta,
+    remove_abandoned_partials,
+)
+from .resize import check_resize_mode, resize_image, resize_label
+
+__all__ = ["CachedSamples", "DataReport", "default_cache_dir", "materialize", "resize_image"]
 
 CACHE_VERSION = 2  # 2: sample names are cached
 ON_ERROR = ("fail", "skip")
 MODES = ("memory", "disk")
-
-
-def default_cache_dir() -> Path:
-    """``$MTKD_CACHE_DIR``, else ``$XDG_CACHE_HOME/mtkd``, else ``~/.cache/mtkd``."""
-    if os.environ.get("MTKD_CACHE_DIR"):
-        return Path(os.environ["MTKD_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mtkd"
 
 
 @dataclass
@@ -103,66 +105,44 @@ class CachedSamples:
         return out
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """3-channel uint8 at ``size`` x ``size``: how every cached (and predicted-on) image is made."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.dtype != np.uint8:
-        raise DataError(f"images must be uint8, got {image.dtype}")
-    if image.shape[:2] == (size, size):
-        return image
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
-        (size, size), Image.Resampling.BILINEAR
-    )
-    return np.asarray(resized)
-
-
-def _resize_label(value: np.ndarray, size: int) -> np.ndarray:
-    if value.shape == (size, size):
-        return value
-    if value.max(initial=0) > 255 or value.min(initial=0) < 0:
-        raise DataError(f"per-pixel labels must be class ids in 0..255, got {value.max()}")
-    resized = Image.fromarray(value.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(resized)
-
-
-def _label_array(value: Any, image_shape: tuple[int, ...], size: int) -> np.ndarray:
+def _label_array(
+    value: Any, image_shape: tuple[int, ...], size: int, resize: str = "squash"
+) -> np.ndarray:
     array = np.asarray(value)
     if array.ndim == 2 and array.shape == image_shape[:2]:
-        return _resize_label(array, size)
+        return resize_label(array, size, resize)
     return array
 
 
 def cache_key(
-    source: SampleSource, preprocessors: Sequence[Preprocessor], size: int, on_error: str
+    source: SampleSource,
+    preprocessors: Sequence[Preprocessor],
+    size: int,
+    on_error: str,
+    resize: str = "squash",
 ) -> str:
     options = source.options
     shown = asdict(options) if is_dataclass(options) and not isinstance(options, type) else options
-    blob = json.dumps(
-        {
-            "version": CACHE_VERSION,
-            "source": source.name,
-            "options": shown,
-            "content": source.fingerprint(),
-            "image_size": size,
-            "preprocess": [p.fingerprint() for p in preprocessors],
-            "on_error": on_error,
-        },
-        sort_keys=True,
-        default=str,
-    )
+    settings = {
+        "version": CACHE_VERSION,
+        "source": source.name,
+        "options": shown,
+        "content": source.fingerprint(),
+        "image_size": size,
+        "preprocess": [p.fingerprint() for p in preprocessors],
+        "on_error": on_error,
+    }
+    if resize != "squash":  # squash keeps the key (and so the caches) of before the option
+        settings["resize"] = resize
+    blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 class _Writer:
     """Preallocated arrays (in memory, or .npy files being written) filled sample by sample."""
 
-    def __init__(self, n: int, size: int, folder: Path | None) -> None:
-        self.n, self.size, self.folder = n, size, folder
+    def __init__(self, n: int, size: int, folder: Path | None, resize: str = "squash") -> None:
+        self.n, self.size, self.folder, self.resize = n, size, folder, resize
         self.images = self._alloc("images", (n, size, size, 3), np.dtype(np.uint8))
         self.labels: dict[str, np.ndarray] = {}
         self.present: dict[str, np.ndarray] = {}
@@ -174,11 +154,11 @@ class _Writer:
 
     def put(self, row: int, sample: Sample) -> None:
         image = np.asarray(sample["image"])
-        self.images[row] = resize_image(image, self.size)
+        self.images[row] = resize_image(image, self.size, self.resize)
         for key, value in sample.items():
             if key == "image" or value is None:
                 continue
-            array = _label_array(value, image.shape, self.size)
+            array = _label_array(value, image.shape, self.size, self.resize)
             if key not in self.labels:
                 dtype: np.dtype[Any]
                 if array.ndim == 2:
@@ -205,9 +185,10 @@ def _build(
     on_error: str,
     folder: Path | None,
     progress: Any,
+    resize: str = "squash",
 ) -> tuple[CachedSamples, DataReport, list[int]]:
     n = len(source)
-    writer = _Writer(n, size, folder)
+    writer = _Writer(n, size, folder, resize)
     report = DataReport(source=source.name, total=n)
     skipped: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
@@ -269,25 +250,79 @@ def _save_meta(folder: Path, cached: CachedSamples, report: DataReport) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def _load(folder: Path) -> tuple[CachedSamples, DataReport]:
-    meta = json.loads((folder / "meta.json").read_text())
-    n = int(meta["n"])
+def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """The parts of ``meta.json`` that list one value per sample must list ``n`` of them."""
+    n = meta["n"]
+    if meta.get("version") != CACHE_VERSION:
+        raise CacheDamaged(folder, f"version {meta.get('version')}, expected {CACHE_VERSION}")
+    for name in ("groups", "split", "names"):
+        values = meta.get(name)
+        if values is not None and len(values) != n:
+            raise CacheDamaged(folder, f"meta.json lists {len(values)} {name} for {n} samples")
 
-    def load(name: str) -> np.ndarray:
-        return np.load(folder / f"{name}.npy", mmap_mode="r")[:n]
 
+def _load(folder: Path, size: int) -> tuple[CachedSamples, DataReport]:
+    """A cache folder's arrays (memory-mapped) and report, after checking them: a folder with
+    missing, truncated or inconsistent files raises :class:`CacheDamaged`."""
+    meta = read_meta(folder)
+    n = meta["n"]
+    try:
+        _check_meta(folder, meta)
+        labels = [str(key) for key in meta["labels"]]
+        groups = None if meta["groups"] is None else np.asarray(meta["groups"], dtype=np.int64)
+        spaces = {k: LabelSpace.from_dict(v) for k, v in meta["label_spaces"].items()}
+        report = DataReport(**meta["report"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CacheDamaged(folder, f"meta.json is inconsistent ({exc!r})") from exc
     cached = CachedSamples(
-        load("images"),
-        {key: load(f"label-{key}") for key in meta["labels"]},
-        {key: load(f"present-{key}") for key in meta["labels"]},
-        None if meta["groups"] is None else np.asarray(meta["groups"], dtype=np.int64),
+        load_array(folder, "images", n, (size, size, 3)),
+        {key: load_array(folder, f"label-{key}", n) for key in labels},
+        {key: load_array(folder, f"present-{key}", n, ()) for key in labels},
+        groups,
         meta["split"],
-        {k: LabelSpace.from_dict(v) for k, v in meta["label_spaces"].items()},
+        spaces,
         meta.get("names"),
     )
-    report = DataReport(**meta["report"])
     report.from_cache = True
     return cached, report
+
+
+def _open_or_discard(
+    folder: Path, size: int, notify: Callable[[str], None]
+) -> tuple[CachedSamples, DataReport] | None:
+    """The cached samples and report of ``folder``; None when there is no complete cache
+    there (a damaged one is said so and moved out of the way, to be rebuilt)."""
+    if not folder.exists():
+        return None
+    try:
+        if not (folder / "meta.json").is_file():
+            raise CacheDamaged(folder, "meta.json is missing")
+        return _load(folder, size)
+    except CacheDamaged as exc:
+        notify(f"{exc}: rebuilding it")
+        discard(folder)
+        return None
+
+
+def _build_on_disk(
+    source: SampleSource,
+    preprocessors: Sequence[Preprocessor],
+    settings: tuple[int, str, str],
+    folder: Path,
+    progress: Any,
+) -> None:
+    """Build the cache of ``source`` into a locked partial folder and swap it in as ``folder``."""
+    size, on_error, resize = settings
+    with partial_folder(folder.parent, folder.name) as partial:
+        cached, report, _ = _build(source, preprocessors, size, on_error, partial, progress, resize)
+        _save_meta(partial, cached, report)
+        del cached
+        if not (folder / "meta.json").is_file():  # else another process finished it first
+            try:
+                os.replace(partial, folder)
+            except OSError:
+                if not (folder / "meta.json").is_file():
+                    raise
 
 
 def materialize(
@@ -299,41 +334,34 @@ def materialize(
     mode: str = "memory",
     cache_dir: Path | None = None,
     progress: Any = None,
+    resize: str = "squash",
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[CachedSamples, DataReport]:
-    """Every sample of ``source``, preprocessed and resized to ``size``, as cached arrays."""
+    """Every sample of ``source``, preprocessed and resized to ``size``, as cached arrays.
+
+    ``notify`` hears what happened to the disk cache on the way (a damaged one rebuilt)."""
     if on_error not in ON_ERROR:
         raise RecipeError(f"data.on_error: '{on_error}' is not one of {', '.join(ON_ERROR)}")
     if mode not in MODES:
         raise RecipeError(f"data.cache: '{mode}' is not one of {', '.join(MODES)}")
+    check_resize_mode(resize)
     tick = progress or (lambda _i, _n: None)
     if mode == "memory":
-        cached, report, _ = _build(source, preprocessors, size, on_error, None, tick)
+        cached, report, _ = _build(source, preprocessors, size, on_error, None, tick, resize)
         return cached, report
+    tell = notify or (lambda _line: None)
     root = cache_dir or default_cache_dir()
-    key = cache_key(source, preprocessors, size, on_error)
+    for partial in remove_abandoned_partials(root):
+        tell(f"removed '{partial}', left by a cache build that was killed")
+    key = cache_key(source, preprocessors, size, on_error, resize)
     folder = root / f"{source.name}-{size}px-{key}"
-    if (folder / "meta.json").is_file():
-        return _load(folder)
+    found = _open_or_discard(folder, size, tell)
+    if found is not None:
+        return found
+    _build_on_disk(source, preprocessors, (size, on_error, resize), folder, tick)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        partial = root / f".{folder.name}.{os.getpid()}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-    except OSError as exc:
-        raise DataError(
-            f"data.cache_dir: cannot write the sample cache in '{root}': {exc}"
-        ) from exc
-    try:
-        cached, report, _ = _build(source, preprocessors, size, on_error, partial, tick)
-        _save_meta(partial, cached, report)
-        del cached
-        if (folder / "meta.json").is_file():  # another process finished the same cache first
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            os.replace(partial, folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    cached, report = _load(folder)
+        cached, report = _load(folder, size)
+    except CacheDamaged as exc:
+        raise DataError(f"{exc} (just written: is the disk full or failing?)") from exc
     report.from_cache = False
     return cached, report

@@ -74,3 +74,31 @@ def fixed_split_indices(labels: Sequence[str]) -> dict[str, np.ndarray]:
         name: np.array([i for i, s in enumerate(labels) if s == name], dtype=np.int64)
         for name in names
     }
+
+
+def validation_from_train(
+    parts: dict[str, np.ndarray], groups: Sequence[int] | None, val: float, seed: int
+) -> dict[str, np.ndarray]:
+    """A fixed split without validation samples, with ``val`` of each group's training samples
+    moved to validation (as :func:`split_indices` takes it: at least one from a group of two
+    or more, never a group's last training sample); splits that have validation stay as they
+    are. Each group's choice is drawn from its own (seed, group) stream."""
+    if len(parts["val"]) or val <= 0:
+        return parts
+    if not 0 < val < 1:
+        raise ValueError(f"split fractions must be in [0, 1): val={val}")
+    members: dict[int, list[int]] = defaultdict(list)
+    for index in parts["train"].tolist():
+        members[int(groups[index]) if groups is not None else 0].append(index)
+    train: list[int] = []
+    chosen: list[int] = []
+    for group in sorted(members):
+        idx = np.array(members[group])
+        np.random.default_rng([seed, group & 0xFFFFFFFF, 1]).shuffle(idx)
+        n_val = _take(len(idx), val, keep=1)
+        chosen.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    out = dict(parts)
+    out["train"] = np.array(sorted(train), dtype=np.int64)
+    out["val"] = np.array(sorted(chosen), dtype=np.int64)
+    return out

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import load_recipe
 from ..data.build import build_preprocessors
-from ..data.cache import resize_image
+from ..data.resize import resize_image
 from ..errors import MtkdError, SampleError
 from ..metrics.verification import embed_with_flip
 from ..plugins import PluginSet, load_plugins
@@ -108,7 +108,8 @@ class Predictor:
                     path, f"preprocessing step '{step.name}' dropped it (e.g. no face found)"
                 )
         assert sample is not None
-        image = resize_image(np.asarray(sample["image"]), self.image_size)
+        mode = str(self.cfg.data.get("resize", "squash"))  # as the run was trained
+        image = resize_image(np.asarray(sample["image"]), self.image_size, mode)
         return sample_to_tensors({"image": image}, {})["image"]
 
     @torch.inference_mode()

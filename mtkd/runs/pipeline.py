@@ -20,6 +20,7 @@ from ..errors import MtkdError, PluginError
 from ..metrics.assess import assess
 from ..model.build import build_model
 from ..model.multitask import MultiTaskModel
+from ..model.probe import smallest_train_batch
 from ..model.transfer import check_init_from, init_from_recipe
 from ..plugins import PluginSet, plugins_for
 from ..utils import distributed
@@ -57,7 +58,11 @@ def train(
     distributed.setup(cfg.trainer.device)  # joins torchrun's process group, if launched so
     seed_everything(cfg.trainer.seed)
     train_loader = make_train_loader(
-        data.train, cfg.data.batch_size, seed=cfg.trainer.seed, num_workers=cfg.data.num_workers
+        data.train,
+        cfg.data.batch_size,
+        seed=cfg.trainer.seed,
+        num_workers=cfg.data.num_workers,
+        min_batch=smallest_train_batch(model, cfg.data.image_size),  # no batch of one for BN
     )
     val_loader = make_loader(
         rank_share(data.val), cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import mtkd
@@ -18,6 +18,7 @@ import mtkd
 from .csv_index import CsvIndex, read_csv_index
 from .index import (
     Entry,
+    check_split_names,
     empty_identity_folders,
     folder_identity,
     image_files,
@@ -43,6 +44,7 @@ class Catalog:
     identity_level: int
     pattern: re.Pattern[str] | None
     csv: CsvIndex | None
+    split_names: dict[str, str] = field(default_factory=dict)  # split value -> train|val|test
 
 
 def resolve_identity_from(
@@ -77,7 +79,8 @@ def open_catalog(
     # with a CSV the image folder only anchors relative paths (folder identity, pattern)
     images = root / options.images if table else sub_folder(root, options.images, "images")
     identity_from = resolve_identity_from(options.identity_from, pattern, table)
-    return Catalog(root, images, identity_from, options.identity_level, pattern, table)
+    split_names = check_split_names(options.split_names)
+    return Catalog(root, images, identity_from, options.identity_level, pattern, table, split_names)
 
 
 def _entry(
@@ -103,7 +106,7 @@ def _entry(
         outside = catalog.identity_from == "folder"
         counts["ignored_outside_identity_folders" if outside else "ignored_without_identity"] += 1
         return None
-    pose, split = parse_labels({**found, **cells}, where)
+    pose, split = parse_labels({**found, **cells}, where, catalog.split_names)
     return Entry(image, identity, pose, split, mask)
 
 

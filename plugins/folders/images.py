@@ -50,7 +50,7 @@ def _decode(path: Path, what: str, convert: Callable[[Image.Image], T]) -> T:
         raise mtkd.SampleError(path, f"{what} is too large to decode safely") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         message = str(exc).replace(str(path), "").strip(" :'") or type(exc).__name__
-        if "truncated" in message:
+        if "truncated" in message.lower():
             message = "truncated"
         raise mtkd.SampleError(path, f"{what} is corrupt ({message})") from exc
 

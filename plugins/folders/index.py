@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 import mtkd
 
@@ -32,6 +33,7 @@ SPLITS = {
 }
 
 Pose = tuple[float, float, float]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,19 +61,43 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if i % 2 else (1, p.lower()) for i, p in enumerate(parts) if p)
 
 
+def _walked_before(path: str, here: str, seen: set[str], counts: Counter[str]) -> bool:
+    """Whether the folder ``path`` (a sub-folder of ``here``) leads somewhere already walked:
+    a link back to a folder above it (a loop: ``alice/loop -> ..``), or a second way into one
+    folder. Either is counted, and walked no further."""
+    real, above = os.path.realpath(path), os.path.realpath(here)
+    if above == real or above.startswith(real.rstrip(os.sep) + os.sep):
+        counts["ignored_symlink_loops"] += 1  # it leads to a folder it is inside of
+        return True
+    if real in seen:
+        counts["ignored_repeated_folders"] += 1
+        return True
+    seen.add(real)
+    return False
+
+
 def list_folder(folder: Path, skip: Collection[Path], counts: Counter[str]) -> Listing:
     """Every file and folder under ``folder``; hidden ones are counted and left out, and so
-    are the ``skip`` folders (label folders nested in the image folder)."""
+    are the ``skip`` folders (label folders nested in the image folder). Linked folders are
+    followed (a person folder may be a link), each real folder once: a link loop is counted
+    and cut, never walked round. Folders that cannot be read are counted."""
     skipped = {os.path.normpath(p) for p in skip}
+    seen = {os.path.realpath(folder)}
     files: list[Path] = []
     folders: list[Path] = []
-    for here, dirs, names in os.walk(folder, followlinks=True):  # linked person folders
+
+    def unreadable(_error: OSError) -> None:
+        counts["ignored_unreadable_folders"] += 1
+
+    for here, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
         kept = []
-        for name in dirs:
+        for name in sorted(dirs, key=natural_key):  # the first way into a folder wins
             path = os.path.join(here, name)
             if name.startswith("."):
                 counts["ignored_hidden"] += 1
-            elif os.path.normpath(path) not in skipped:
+            elif os.path.normpath(path) not in skipped and not _walked_before(
+                path, here, seen, counts
+            ):
                 kept.append(name)
         dirs[:] = kept
         folders.extend(Path(here, name) for name in kept)
@@ -83,6 +109,21 @@ def list_folder(folder: Path, skip: Collection[Path], counts: Counter[str]) -> L
     files.sort(key=lambda p: natural_key(p.as_posix()))
     folders.sort(key=lambda p: natural_key(p.as_posix()))
     return Listing(files, folders)
+
+
+def unique_files(entries: list[T], path_of: Callable[[T], Path], counts: Counter[str]) -> list[T]:
+    """``entries`` with each real file once (by resolved path, the first one kept): two links
+    to one photo must not make two samples, possibly of two people. The others are counted."""
+    seen: set[str] = set()
+    out: list[T] = []
+    for entry in entries:
+        real = os.path.realpath(path_of(entry))
+        if real in seen:
+            counts["ignored_duplicate_files"] += 1
+            continue
+        seen.add(real)
+        out.append(entry)
+    return out
 
 
 def image_files(listing: Listing, counts: Counter[str]) -> list[Path]:
@@ -139,8 +180,36 @@ def empty_identity_folders(
     ]
 
 
-def parse_labels(facts: Mapping[str, str], where: str) -> tuple[Pose | None, str | None]:
-    """Pose (components not given are 0) and split from a pattern's groups or a CSV row."""
+def check_split_names(values: Mapping[Any, str]) -> dict[str, str]:
+    """``split_names`` (a data set's own split values, e.g. session numbers, to the words
+    train, val, test), with each value checked; keys become strings as paths give them."""
+    out: dict[str, str] = {}
+    for raw, word in values.items():
+        split = SPLITS.get(str(word).strip().lower())
+        if split is None:
+            raise mtkd.RecipeError(
+                f"{KEY}.split_names.{raw}: '{word}' is not one of train, val, test"
+            )
+        out[str(raw).strip()] = split
+    return out
+
+
+def _split(value: str, names: Mapping[str, str], where: str) -> str:
+    text = value.strip()
+    split = names.get(text) or SPLITS.get(text.lower())
+    if split is None:
+        raise mtkd.DataError(
+            f"{where}: split '{value}' is not one of train, val, test "
+            f"(map the data set's own values in {KEY}.split_names)"
+        )
+    return split
+
+
+def parse_labels(
+    facts: Mapping[str, str], where: str, split_names: Mapping[str, str] | None = None
+) -> tuple[Pose | None, str | None]:
+    """Pose (components not given are 0) and split from a pattern's groups or a CSV row;
+    ``split_names`` maps split values other than the usual words (``{"3": test}``)."""
     pose: Pose | None = None
     if any(k in facts for k in POSE_KEYS):
         values = []
@@ -150,13 +219,7 @@ def parse_labels(facts: Mapping[str, str], where: str) -> tuple[Pose | None, str
             except ValueError:
                 raise mtkd.DataError(f"{where}: {k} '{facts[k]}' is not a number") from None
         pose = (values[0], values[1], values[2])
-    split = None
-    if "split" in facts:
-        split = SPLITS.get(facts["split"].strip().lower())
-        if split is None:
-            raise mtkd.DataError(
-                f"{where}: split '{facts['split']}' is not one of train, val, test"
-            )
+    split = _split(facts["split"], split_names or {}, where) if "split" in facts else None
     return pose, split
 
 

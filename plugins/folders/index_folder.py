@@ -9,13 +9,13 @@ import numpy as np
 
 from .images import read_index_label
 from .index import Entry
-from .masks import check_indices, parse_classes
-from .options import KEY, FolderOptions, MaskOptions
-from .source import FolderSource, check_size
+from .masks import check_indices, parse_classes, resize_nearest
+from .options import KEY, FolderOptions, MaskOptions, MaskSizeOptions
+from .source import FolderSource
 
 
 @dataclass
-class IndexFolderOptions(MaskOptions, FolderOptions):
+class IndexFolderOptions(MaskSizeOptions, MaskOptions, FolderOptions):
     """Common options, how labels are found, and the class names (``classes`` is required)."""
 
     images: str = "images"  # images/<person>/<view>.jpg beside masks/<person>/<view>.png
@@ -36,8 +36,11 @@ class IndexFolder(FolderSource):
     def mask_names(self) -> tuple[str, ...]:
         return self.classes
 
-    def load_mask(self, index: int, entry: Entry, image: np.ndarray) -> np.ndarray:
+    def load_mask(self, index: int, entry: Entry, image: np.ndarray) -> np.ndarray | None:
         assert entry.mask is not None
         values = read_index_label(entry.mask)
-        check_size(values, image, entry)
-        return check_indices(values, self.classes, entry.mask)
+        verdict = self.fit_mask(index, values, image, entry)
+        if verdict == "drop":
+            return None
+        ids = check_indices(values, self.classes, entry.mask)
+        return resize_nearest(ids, image.shape) if verdict == "resize" else ids

@@ -18,6 +18,7 @@ import mtkd
 
 from .index import (
     Entry,
+    check_split_names,
     compile_pattern,
     folder_identity,
     image_files,
@@ -27,7 +28,14 @@ from .index import (
     relative_to,
 )
 from .masks import Palette, parse_palette
-from .options import KEY, PaletteOptions, optional_file, required_folder, sub_folder
+from .options import (
+    KEY,
+    MaskSizeOptions,
+    PaletteOptions,
+    optional_file,
+    required_folder,
+    sub_folder,
+)
 from .palette_folder import PaletteFolder
 from .source import no_images_error
 from .xml_index import read_xml_pairs
@@ -58,11 +66,13 @@ class Mut1nyLayout:
     xml: str = ""  # "": root/training_fixed.xml when present; "none": pair by folders
     pattern: str = ""  # regex on the image path under root: yaw, pitch, roll, split groups
     exclude_subjects: list[str] = field(default_factory=list)  # e.g. folders of several people
+    split_names: dict[Any, str] = field(default_factory=dict)  # split value -> train|val|test
 
 
 @dataclass
-class Mut1nyOptions(PaletteOptions, Mut1nyLayout):
-    """The layout, and the palette (empty: the 11-label community palette)."""
+class Mut1nyOptions(MaskSizeOptions, PaletteOptions, Mut1nyLayout):
+    """The layout, the palette (empty: the 11-label community palette), and what a label of
+    another size than its image becomes."""
 
 
 def pair_by_folders(images: Path, labels: Path, counts: Counter[str]) -> list[tuple[Path, Path]]:
@@ -120,6 +130,7 @@ class Mut1ny(PaletteFolder):
                 f"{KEY}.pattern: mut1ny reads identity from labels/<subject>/; "
                 "remove the identity group"
             )
+        split_names = check_split_names(options.split_names)
         pairs, source = self._pairs(root)
         labels, excluded = root / options.labels, set(options.exclude_subjects)
         entries: list[Entry] = []
@@ -137,7 +148,7 @@ class Mut1ny(PaletteFolder):
             if facts is None:
                 self.counts["ignored_not_matching_pattern"] += 1
                 continue
-            pose, split = parse_labels(facts, f"{image} ({KEY}.pattern)")
+            pose, split = parse_labels(facts, f"{image} ({KEY}.pattern)", split_names)
             entries.append(Entry(image, subject, pose, split, label))
         if not entries:
             raise no_images_error(source, self.counts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mtkd
 
@@ -25,6 +26,7 @@ class FolderOptions:
     identity_level: int = 0  # folder level under `images` that names the person (-1: parent)
     pattern: str = ""  # regex searched in each image path; groups identity/yaw/pitch/roll/split
     csv: str = ""  # CSV index (relative to root): image, identity, yaw, pitch, roll, split, mask
+    split_names: dict[Any, str] = field(default_factory=dict)  # split value -> train|val|test
 
 
 @dataclass
@@ -43,6 +45,32 @@ class PaletteOptions:
     palette: dict[str, list[int]] = field(default_factory=dict)  # class: [R, G, B], id order
     tolerance: float = 40.0  # largest RGB distance a label colour may be from the palette
     blends: bool = True  # also accept mixes of two palette colours (anti-aliased edges)
+    stray_fraction: float = 0.001  # share of a mask's pixels that may be beyond tolerance
+
+
+MASK_SIZE_POLICIES = ("resize", "fail", "drop_mask")
+
+
+@dataclass
+class MaskSizeOptions:
+    """What a label image of another size than its image becomes."""
+
+    mask_size: str = "resize"  # resize (nearest, within mask_size_tolerance) | fail | drop_mask
+    mask_size_tolerance: float = 0.05  # largest relative difference of a side that resize takes
+
+
+def check_mask_options(options: object) -> None:
+    """The ranges of the mask options a plugin's Options carries (errors name the key)."""
+    policy = getattr(options, "mask_size", "fail")
+    if policy not in MASK_SIZE_POLICIES:
+        raise mtkd.RecipeError(
+            f"{KEY}.mask_size: '{policy}' is not one of {', '.join(MASK_SIZE_POLICIES)}"
+        )
+    for key in ("mask_size_tolerance", "stray_fraction", "tolerance"):  # where the plugin has it
+        value = getattr(options, key, 0.0)
+        if value < 0 or (key != "tolerance" and value >= 1):
+            limit = ">= 0" if key == "tolerance" else "in [0, 1)"
+            raise mtkd.RecipeError(f"{KEY}.{key}: must be {limit}, got {value}")
 
 
 def required_folder(value: str, key: str) -> Path:

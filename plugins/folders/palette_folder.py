@@ -7,17 +7,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-import mtkd
-
 from .images import read_colour_label
 from .index import Entry
-from .masks import Palette, parse_palette, snap_to_palette
-from .options import KEY, FolderOptions, MaskOptions, PaletteOptions
-from .source import FolderSource, check_size
+from .masks import Palette, parse_palette, resize_nearest, snap_to_palette
+from .options import KEY, FolderOptions, MaskOptions, MaskSizeOptions, PaletteOptions
+from .source import FolderSource
 
 
 @dataclass
-class PaletteFolderOptions(PaletteOptions, MaskOptions, FolderOptions):
+class PaletteFolderOptions(MaskSizeOptions, PaletteOptions, MaskOptions, FolderOptions):
     """Common options, how labels are found, and the palette (``palette`` is required)."""
 
     images: str = "images"  # images/<person>/<view>.png beside masks/<person>/<view>.png
@@ -32,9 +30,8 @@ class PaletteFolder(FolderSource):
 
     def __init__(self, options: Any, image_size: int, seed: int) -> None:
         self.palette = self.make_palette(options)
-        if options.tolerance < 0:
-            raise mtkd.RecipeError(f"{KEY}.tolerance: must be >= 0, got {options.tolerance}")
         self._off_palette: dict[int, int] = {}  # per sample, so decoding twice counts once
+        self._stray: dict[int, int] = {}
         super().__init__(options, image_size, seed)
 
     def make_palette(self, options: Any) -> Palette:
@@ -44,17 +41,26 @@ class PaletteFolder(FolderSource):
     def mask_names(self) -> tuple[str, ...]:
         return self.palette.names
 
-    def load_mask(self, index: int, entry: Entry, image: np.ndarray) -> np.ndarray:
+    def load_mask(self, index: int, entry: Entry, image: np.ndarray) -> np.ndarray | None:
         assert entry.mask is not None
         rgb = read_colour_label(entry.mask)
-        check_size(rgb, image, entry)
+        verdict = self.fit_mask(index, rgb, image, entry)
+        if verdict == "drop":
+            return None
         options = self.options
-        ids, off = snap_to_palette(rgb, self.palette, options.tolerance, options.blends, entry.mask)
-        self._off_palette[index] = off
-        return ids
+        snapped = snap_to_palette(
+            rgb, self.palette, options.tolerance, options.blends, entry.mask, options.stray_fraction
+        )
+        self._off_palette[index] = snapped.off_palette
+        if snapped.stray:
+            self._stray[index] = snapped.stray
+        return resize_nearest(snapped.ids, image.shape) if verdict == "resize" else snapped.ids
 
     def report(self) -> dict[str, int]:
         out = super().report()
         out["masks_decoded"] = len(self._off_palette)
         out["off_palette_pixels"] = sum(self._off_palette.values())
+        if self._stray:  # pixels beyond tolerance, within stray_fraction: snapped
+            out["masks_with_stray_pixels"] = len(self._stray)
+            out["stray_pixels"] = sum(self._stray.values())
         return out

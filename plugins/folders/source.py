@@ -20,9 +20,9 @@ import mtkd
 
 from .catalog import find_entries, open_catalog
 from .images import read_image
-from .index import Entry, compile_pattern, natural_key
+from .index import Entry, compile_pattern, natural_key, unique_files
 from .masks import mirror_table
-from .options import KEY, required_folder
+from .options import KEY, check_mask_options, required_folder
 from .pairing import MaskFinder, attach_masks
 
 POSE_NAMES = ("yaw", "pitch", "roll")
@@ -37,13 +37,30 @@ def no_images_error(folder: Path, counts: Counter[str]) -> mtkd.DataError:
     )
 
 
-def check_size(mask: np.ndarray, image: np.ndarray, entry: Entry) -> None:
-    """A mask must cover its image pixel for pixel; the engine resizes both later."""
-    if mask.shape[:2] != image.shape[:2]:
-        (mh, mw), (ih, iw) = mask.shape[:2], image.shape[:2]
-        raise mtkd.SampleError(
-            entry.mask, f"mask is {mw}x{mh} pixels but its image {entry.image} is {iw}x{ih}"
-        )
+def mask_size_verdict(mask: np.ndarray, image: np.ndarray, entry: Entry, options: Any) -> str:
+    """``same``, ``resize`` or ``drop`` for a label image against its image, as the options'
+    ``mask_size`` policy says; a mismatch the policy does not take is a SampleError."""
+    if mask.shape[:2] == image.shape[:2]:
+        return "same"
+    policy = getattr(options, "mask_size", "fail")
+    if policy == "drop_mask":
+        return "drop"
+    (mh, mw), (ih, iw) = mask.shape[:2], image.shape[:2]
+    off = max(abs(mh - ih) / ih, abs(mw - iw) / iw)
+    tolerance = getattr(options, "mask_size_tolerance", 0.0)
+    if policy == "resize" and off <= tolerance:
+        return "resize"
+    limit = (
+        f"beyond {KEY}.mask_size_tolerance={tolerance:g}"
+        if policy == "resize"
+        else f"{KEY}.mask_size=fail"
+    )
+    raise mtkd.SampleError(
+        entry.mask,
+        "mask is not the size of its image",
+        f"{mw}x{mh} pixels, its image {entry.image} {iw}x{ih}: {off:.1%} off, {limit}; "
+        f"{KEY}.mask_size=drop_mask keeps the image without its mask",
+    )
 
 
 class FolderSource(mtkd.SampleSource):
@@ -53,8 +70,10 @@ class FolderSource(mtkd.SampleSource):
 
     def __init__(self, options: Any, image_size: int, seed: int) -> None:
         super().__init__(options, image_size, seed)
+        check_mask_options(options)
         self.counts: Counter[str] = Counter()
-        self.entries: list[Entry] = self.index()
+        self._mask_sizes: dict[int, str] = {}  # per sample: resize or drop (decoded once)
+        self.entries: list[Entry] = unique_files(self.index(), lambda e: e.image, self.counts)
         splits = [e.split for e in self.entries]
         if any(splits) and not all(splits):
             missing = next(e for e in self.entries if e.split is None)
@@ -103,9 +122,18 @@ class FolderSource(mtkd.SampleSource):
         """Mask classes, with the left/right swaps a flip augmentation needs."""
         return mtkd.LabelSpace(names, flip=mirror_table(names))
 
-    def load_mask(self, index: int, entry: Entry, image: np.ndarray) -> np.ndarray:
-        """The class-id mask (uint8 H x W) of ``entry``, checked against its image."""
+    def load_mask(self, index: int, entry: Entry, image: np.ndarray) -> np.ndarray | None:
+        """The class-id mask (uint8 H x W) of ``entry``, checked against its image (None: the
+        mask is dropped, see :meth:`fit_mask`)."""
         raise NotImplementedError
+
+    def fit_mask(self, index: int, mask: np.ndarray, image: np.ndarray, entry: Entry) -> str:
+        """Whether the decoded label ``mask`` is used as it is (``same``), resized to its image
+        (``resize``) or dropped (``drop``), as ``mask_size`` says; counted once per sample."""
+        verdict = mask_size_verdict(mask, image, entry, self.options)
+        if verdict != "same":
+            self._mask_sizes[index] = verdict
+        return verdict
 
     # --- the SampleSource contract ---------------------------------------------------------
 
@@ -123,7 +151,9 @@ class FolderSource(mtkd.SampleSource):
         if entry.pose is not None:
             sample["pose"] = np.asarray(entry.pose, dtype=np.float32)
         if entry.mask is not None:
-            sample["mask"] = self.load_mask(index, entry, image)
+            mask = self.load_mask(index, entry, image)
+            if mask is not None:
+                sample["mask"] = mask
         return sample
 
     def groups(self) -> Sequence[int] | None:
@@ -148,6 +178,10 @@ class FolderSource(mtkd.SampleSource):
         if "pose" in self.label_spaces:
             out["samples_with_pose"] = sum(e.pose is not None for e in self.entries)
         out.update({k: v for k, v in sorted(self.counts.items()) if v})
+        verdicts = Counter(self._mask_sizes.values())
+        for verdict, key in (("resize", "masks_resized"), ("drop", "masks_dropped_wrong_size")):
+            if verdicts[verdict]:
+                out[key] = verdicts[verdict]
         return out
 
     def fingerprint(self) -> str:

@@ -37,7 +37,7 @@ def mirrored_classes(names: Sequence[str]) -> tuple[float, ...]:
 class SyntheticHeadsOptions:
     identities: int = 67  # the paper's 67 synthetic people
     views: int = 200  # mean views per identity (the paper: 150-250)
-    views_spread: int = 50  # each identity gets views ± spread (uniform, deterministic)
+    views_spread: int = 50  # each identity gets views ± spread (uniform; at most views - 1)
     yaw_range: list[float] = field(default_factory=lambda: [-90.0, 90.0])
     pitch_range: list[float] = field(default_factory=lambda: [-40.0, 40.0])
     roll_range: list[float] = field(default_factory=lambda: [-15.0, 15.0])
@@ -50,11 +50,19 @@ def _range(values: Sequence[float], key: str) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
+def effective_spread(options: SyntheticHeadsOptions) -> int:
+    """``views_spread``, clipped to ``views - 1`` so the counts stay centred on ``views`` (a
+    spread of 50 around 4 views once gave 1-54 views, not about 4); a spread below ``views``
+    is used as it is, so every data set drawn before the clip is drawn the same."""
+    return max(0, min(options.views_spread, options.views - 1))
+
+
 def views_per_identity(options: SyntheticHeadsOptions) -> list[int]:
     """How many views each person has: a pure function of the options."""
     rng = np.random.default_rng([options.seed, 1_000_003])
-    low = max(1, options.views - options.views_spread)
-    high = max(low, options.views + options.views_spread)
+    spread = effective_spread(options)
+    low = max(1, options.views - spread)
+    high = max(low, options.views + spread)
     return [int(v) for v in rng.integers(low, high + 1, size=options.identities)]
 
 

@@ -19,7 +19,12 @@ from rich.progress import Progress
 
 import mtkd
 
-from .dataset import SyntheticHeads, SyntheticHeadsOptions
+from .dataset import (
+    SyntheticHeads,
+    SyntheticHeadsOptions,
+    effective_spread,
+    views_per_identity,
+)
 from .labels import CLASS_NAMES, PALETTE, mask_to_rgb
 
 
@@ -82,6 +87,26 @@ class SynthCommand(mtkd.Command):
             views_spread=args.views_spread,
             seed=args.seed,
         )
+        if args.size < 1:
+            raise mtkd.RecipeError(f"--size: must be 1 or more, got {args.size}")
         count = write_dataset(args.out_dir, options, args.size, console)
         console.print(f"wrote {count} images with masks to {args.out_dir}")
+        for line in count_lines(options):
+            console.print(line, highlight=False)
         return 0
+
+
+def count_lines(options: SyntheticHeadsOptions) -> list[str]:
+    """Views per person, and the spread actually used when the asked one was clipped."""
+    counts = views_per_identity(options)
+    spread = effective_spread(options)
+    lines = [
+        f"views per person: {min(counts)}-{max(counts)} (mean {sum(counts) / len(counts):.1f})"
+    ]
+    if spread != options.views_spread:
+        lines.append(
+            f"views spread {options.views_spread} clipped to {spread} (at most views - 1, so "
+            f"each person has {options.views} views on average)"
+        )
+    lines.append("  " + ", ".join(f"person_{i:03d} {n}" for i, n in enumerate(counts)))
+    return lines
