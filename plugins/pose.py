@@ -37,6 +37,7 @@ import mtkd
 
 PARAMETERISATIONS = ("regression", "bins")
 LOSSES = ("smooth_l1", "l1", "mse")
+HIDDEN_NORMS = ("none", "batchnorm")
 
 
 @dataclass
@@ -49,6 +50,9 @@ class PoseOptions:
     scale: list[float] = field(default_factory=lambda: [90.0, 40.0, 15.0])  # degrees per unit
     bin_width: float = 3.0  # bins: degrees per bin (adjusted so bins tile [-scale, scale])
     alpha: float = 1.0  # bins: weight of the expected-angle loss beside the bin cross-entropy
+    # none: Linear -> ReLU. batchnorm: Linear -> BatchNorm -> ReLU, which keeps the hidden layer
+    # alive when the encoder moves fast (a plain one can die: see pose.md, "A dead head")
+    hidden_norm: str = "none"
 
     def __post_init__(self) -> None:
         mtkd.check_options(
@@ -70,6 +74,7 @@ class PoseOptions:
                     "must be in (0, 2 x min(scale)]",
                 ),
                 ("alpha", self.alpha >= 0, "must be >= 0"),
+                ("hidden_norm", self.hidden_norm in HIDDEN_NORMS, _one_of(HIDDEN_NORMS)),
             ],
         )
 
@@ -87,12 +92,14 @@ class PoseHead(nn.Module):
         dropout: float,
         scale: Sequence[float],
         bins: Sequence[int] | None,
+        hidden_norm: str = "none",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         width = in_channels
         if hidden > 0:
-            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True)]
+            norm = [nn.BatchNorm1d(hidden)] if hidden_norm == "batchnorm" else []
+            layers += [nn.Linear(in_channels, hidden), *norm, nn.ReLU(inplace=True)]
             width = hidden
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
@@ -162,7 +169,9 @@ class Pose(mtkd.Task[PoseOptions]):
 
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
         o = self.options
-        return PoseHead(features.final_channels, o.hidden, o.dropout, self.scale, self.bins)
+        return PoseHead(
+            features.final_channels, o.hidden, o.dropout, self.scale, self.bins, o.hidden_norm
+        )
 
     def _angle_loss(self, degrees: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``loss`` between normalised angles: one scale for every angle range."""

@@ -401,3 +401,31 @@ def test_the_collapse_warning_waits_until_it_lasted_three_epochs() -> None:
             on_epoch_end(context, epoch, context.history[-1])
         warned += [epoch for w in caught if "one class for every" in str(w.message)]
     assert warned == [6]  # epochs 4, 5, 6 in a row; said once
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_a_batch_normalised_embedding_stays_alive_where_a_plain_one_dies(loss: str) -> None:
+    """The dead-embedding mechanism: pooled features are non-negative, so once every weight of
+    the Linear layer is negative every unit is off for every image (and gets no gradient).
+    With ``embedding_norm: batchnorm`` each unit is centred on its batch, so it stays on for
+    part of the batch whatever the weights."""
+    pooled = torch.rand(16, 40, 2, 2, generator=torch.Generator().manual_seed(0))  # >= 0
+    for norm, alive in (("none", False), ("batchnorm", True)):
+        head = task_for(
+            f"tasks.identification.loss={loss}", f"tasks.identification.embedding_norm={norm}"
+        ).build_head(features(40))
+        with torch.no_grad():
+            head.embed.weight.copy_(-head.embed.weight.abs())  # what Adam did in epoch 1
+            head.embed.bias.fill_(-0.01)
+        head.train()
+        embedding = head(pooled)["embedding"]
+        share = float((embedding > 0).any(0).float().mean())
+        assert (share > 0.9) if alive else (share == 0.0), (norm, share)
+
+
+def test_the_default_head_keeps_the_papers_parameters() -> None:
+    """embedding_norm: none adds nothing: checkpoints of earlier runs load unchanged."""
+    plain = task_for().build_head(features(40)).state_dict()
+    normed = task_for("tasks.identification.embedding_norm=batchnorm").build_head(features(40))
+    assert list(plain) == ["embed.weight", "embed.bias", "classify.weight", "classify.bias"]
+    assert {"norm.weight", "norm.bias", "norm.running_mean"} <= set(normed.state_dict())

@@ -167,3 +167,24 @@ def test_the_recipe_trains_end_to_end_and_distillation_drops_pose(tmp_path: Path
     assert "pose/mae" not in test["distilled"]
     assert result.results["removed_tasks"] == ["pose"]
     assert test["distilled"]["identification/top1"] == test["full"]["identification/top1"]
+
+
+def test_a_batch_normalised_hidden_layer_stays_alive_where_a_plain_one_dies() -> None:
+    """The zoo pretraining's first try lost its pose head so: every hidden unit off for every
+    image after its weights went negative, the angles constant (mean error ~25°)."""
+    pooled = torch.rand(16, 40, 2, 2, generator=torch.Generator().manual_seed(0))
+    for norm, alive in (("none", False), ("batchnorm", True)):
+        model = model_for("tasks.pose.role=student", f"tasks.pose.hidden_norm={norm}")
+        head = model.tasks["pose"].build_head(mtkd.FeatureInfo((), (), (), 40, 32, 32))
+        linear = head.features[2]
+        with torch.no_grad():
+            linear.weight.copy_(-linear.weight.abs())
+            linear.bias.fill_(-0.01)
+        head.train()
+        angles = head(pooled)["angles"]
+        assert bool(angles.std(0).gt(0).all()) == alive, norm
+
+
+def test_an_unknown_hidden_norm_names_the_option() -> None:
+    with pytest.raises(mtkd.RecipeError, match=r"tasks\.pose\.hidden_norm: 'layer'"):
+        model_for("tasks.pose.hidden_norm=layer")
