@@ -12,8 +12,10 @@ flip-summed embedding (the rule verification uses) two ways, per split seed:
 
 Without ``--init`` the model keeps its random initialisation: the floor to compare against.
 
-    python benchmarks/frozen_embedding.py --init zoo:mobilenetv2_heads64 --seeds 0 1 2
-    python benchmarks/frozen_embedding.py --seeds 0 1 2                 # random weights
+    python benchmarks/frozen_embedding.py --init zoo:mobilenetv2_heads64 \
+        --set tasks.identification.embedding_norm=batchnorm --seeds 0 1 2
+    python benchmarks/frozen_embedding.py --set tasks.identification.embedding_norm=batchnorm
+                                                                        # random weights
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=Path("recipes/orl_id.yaml"))
     parser.add_argument("--init", default=None, help="zoo:<name>, a run folder or weights file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("overrides", nargs="*", help="recipe key=value overrides")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     args = parser.parse_args()
     rows = [score(args.recipe, args.init, seed, args.overrides) for seed in args.seeds]
     print(f"encoder: {args.init or 'random initialisation'}; recipe {args.recipe}")

@@ -195,36 +195,56 @@ def _build(
     kept: list[int] = []
     for index in range(n):
         progress(index, n)
-        try:
-            sample: Sample | None = source[index]
-        except SampleError as exc:
-            if on_error == "fail":
-                raise DataError(
-                    f"data set '{source.name}': {exc} (set data.on_error=skip to skip such samples)"
-                ) from exc
-            skipped[exc.reason] += 1
-            if len(report.skipped_examples) < 3:
-                report.skipped_examples.append(str(exc))
-            continue
-        for step in preprocessors:
-            assert sample is not None
-            sample = step(sample)
-            if sample is None:
-                dropped[step.name] += 1
-                break
-        if sample is None:
-            continue
-        writer.put(len(kept), sample)
-        kept.append(index)
+        sample = _read(source, index, on_error, skipped, report)
+        sample = _preprocess(sample, preprocessors, dropped)
+        if sample is not None:
+            writer.put(len(kept), sample)
+            kept.append(index)
     report.kept = len(kept)
     report.skipped, report.dropped = dict(skipped), dict(dropped)
     report.source_counts = dict(source.report())
     report.preprocess_counts = {p.name: dict(p.counts) for p in preprocessors if p.counts}
+    return _kept_samples(source, writer, kept), report, kept
+
+
+def _read(
+    source: SampleSource, index: int, on_error: str, skipped: Counter[str], report: DataReport
+) -> Sample | None:
+    """Sample ``index``, or None when it is unreadable and ``on_error`` says skip (counted)."""
+    try:
+        sample: Sample | None = source[index]
+    except SampleError as exc:
+        if on_error == "fail":
+            raise DataError(
+                f"data set '{source.name}': {exc} (set data.on_error=skip to skip such samples)"
+            ) from exc
+        skipped[exc.reason] += 1
+        if len(report.skipped_examples) < 3:
+            report.skipped_examples.append(str(exc))
+        return None
+    return sample
+
+
+def _preprocess(
+    sample: Sample | None, steps: Sequence[Preprocessor], dropped: Counter[str]
+) -> Sample | None:
+    """The sample through every step; None (counted by step) when one drops it."""
+    for step in steps:
+        if sample is None:
+            return None
+        sample = step(sample)
+        if sample is None:
+            dropped[step.name] += 1
+    return sample
+
+
+def _kept_samples(source: SampleSource, writer: _Writer, kept: list[int]) -> CachedSamples:
+    """The written rows, with the groups, fixed split and names of the samples kept."""
     k = len(kept)
     groups_all, split_all, names_all = source.groups(), source.fixed_split(), source.sample_names()
     groups = np.asarray([groups_all[i] for i in kept], dtype=np.int64) if groups_all else None
     split = [str(split_all[i]) for i in kept] if split_all is not None else None
-    cached = CachedSamples(
+    return CachedSamples(
         writer.images[:k],
         {key: values[:k] for key, values in writer.labels.items()},
         {key: flags[:k] for key, flags in writer.present.items()},
@@ -233,7 +253,6 @@ def _build(
         dict(source.label_spaces),
         [str(names_all[i]) for i in kept] if names_all is not None else None,
     )
-    return cached, report, kept
 
 
 def _save_meta(folder: Path, cached: CachedSamples, report: DataReport) -> None:
