@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.markup import escape
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import RecipeError
-from ..utils.checkpoint import write_json
+from ..utils.checkpoint import load_safetensors, write_json
 from .encoder import create_timm_trunk
 
 TIMM = "timm"  # source: the encoder's own timm hub weights
@@ -170,7 +169,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors or torch file; torch files load with ``weights_only=True``."""
     try:
         if path.suffix == ".safetensors":
-            return load_file(str(path))
+            return load_safetensors(path)  # checked against its checksum, and for NaN/Inf
         if path.suffix in TORCH_SUFFIXES:
             return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
     except RecipeError:
