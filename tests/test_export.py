@@ -9,7 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import mtkd.deploy.export
 import numpy as np
 import pytest
 import rich.console
@@ -19,6 +18,7 @@ from mtkd_plugins.synthetic_heads.render import render_view, sample_identities
 from PIL import Image
 
 import mtkd
+import mtkd.deploy.export
 from mtkd.cli import main
 from mtkd.deploy.export import TOLERANCE, FlatOutputs, export_run, load_exported
 from mtkd.deploy.inference import Predictor

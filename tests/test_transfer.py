@@ -19,8 +19,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 import mtkd
-from mtkd.model import transfer
 from mtkd.engine.finetune import FreezeSchedule, param_groups, set_train_mode
+from mtkd.model import transfer
 from mtkd.model.transfer import SHAPE, init_from
 from mtkd.utils.checkpoint import save_weights
 
