@@ -231,10 +231,8 @@ def _add_inference_commands(sub: Any) -> None:
             p_cmd.add_argument("--top-k", type=int, default=5, help="identities per image")
 
 
-def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
-    """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
-    parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_training_commands(sub: Any) -> None:
+    """``run`` and ``resume``."""
     p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
     p_run.add_argument(
         "recipe", help="recipe or study YAML file, e.g. recipes/seg_distilled_id.yaml"
@@ -260,6 +258,13 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
         "(changes to the data, model or optimizer are refused)",
     )
     p_resume.set_defaults(func=cmd_resume)
+
+
+def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
+    """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
+    parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
     p_eval = sub.add_parser("eval", help="evaluate a saved run again, also on other data")
     p_eval.add_argument("run_dir", type=Path, help="a run folder")
     p_eval.add_argument(
