@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = load_recipe(args.recipe, overrides, overlays)
     if args.out:
         cfg.output.dir = args.out
-    _report_run(run(cfg, console=console), console)
+    _report_run(run(cfg, console=console, force=args.force), console)
     return 0
 
 
@@ -112,13 +112,11 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from .runs.folder import CONFIG
     from .runs.pipeline import run
+    from .runs.resume import resume_recipe
 
     overlays, overrides = _split_run_args(args.overrides)
-    if not (args.run_dir / CONFIG).is_file():
-        raise MtkdError(f"'{args.run_dir}' is not a run folder (no {CONFIG})")
-    cfg = load_recipe(args.run_dir / CONFIG, overrides, overlays)
+    cfg = resume_recipe(args.run_dir, overrides, overlays)
     _report_run(run(cfg, console=console, resume_dir=args.run_dir), console)
     return 0
 
@@ -127,7 +125,13 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from .runs.folder import evaluate_run
 
     overlays, overrides = _split_run_args(args.overrides)
-    results = evaluate_run(args.run_dir, overrides, list(overlays), console=console)
+    results = evaluate_run(
+        args.run_dir,
+        overrides,
+        list(overlays),
+        console=console,
+        trust_plugins=args.trust_plugins,
+    )
     _print_summary({"recipe": str(args.run_dir), **results}, console)
     return 0
 
@@ -146,7 +150,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from .deploy.export import export_run
 
-    export_run(args.run_dir, args.format, args.out, console=console)
+    export_run(
+        args.run_dir, args.format, args.out, console=console, trust_plugins=args.trust_plugins
+    )
     return 0
 
 
@@ -155,7 +161,7 @@ def cmd_embed(args: argparse.Namespace, console: Console) -> int:
 
     from .deploy.inference import Predictor
 
-    predictor = Predictor(args.run_dir, task=args.task)
+    predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
     embeddings = predictor.embed(args.images, flip=not args.no_flip)
     if args.out:
         out = Path(args.out)
@@ -175,7 +181,7 @@ def cmd_embed(args: argparse.Namespace, console: Console) -> int:
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from .deploy.inference import Predictor
 
-    predictor = Predictor(args.run_dir, task=args.task)
+    predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
     predictions = predictor.predict(args.images, top_k=args.top_k)
     table = Table(title=f"{predictor.run_dir.resolve().name}: top {args.top_k} identities")
     table.add_column("image", overflow="fold")
@@ -189,6 +195,15 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="also load the plugin files and modules the run folder's config.yaml names "
+        "(they are code: only for run folders you trust; or set MTKD_TRUST_PLUGINS=1)",
+    )
+
+
 def _add_inference_commands(sub: Any) -> None:
     from .deploy.export import FORMATS
 
@@ -198,6 +213,7 @@ def _add_inference_commands(sub: Any) -> None:
     p_export.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
     p_export.add_argument("--format", required=True, choices=list(FORMATS))
     p_export.add_argument("--out", help="output file (default: <run>/export/model.<ext>)")
+    _add_trust_flag(p_export)
     p_export.set_defaults(func=cmd_export)
     for name, helptext, func in (
         ("embed", "L2-normalised identity embeddings of image files", cmd_embed),
@@ -207,6 +223,7 @@ def _add_inference_commands(sub: Any) -> None:
         p_cmd.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
         p_cmd.add_argument("images", nargs="+", help="image files")
         p_cmd.add_argument("--task", default="identification", help="the identification task")
+        _add_trust_flag(p_cmd)
         p_cmd.set_defaults(func=func)
         if name == "embed":
             p_cmd.add_argument("--out", help="save an (N, D) float32 array to this .npy file")
@@ -215,10 +232,8 @@ def _add_inference_commands(sub: Any) -> None:
             p_cmd.add_argument("--top-k", type=int, default=5, help="identities per image")
 
 
-def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
-    """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
-    parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_training_commands(sub: Any) -> None:
+    """``run`` and ``resume``."""
     p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
     p_run.add_argument(
         "recipe", help="recipe or study YAML file, e.g. recipes/seg_distilled_id.yaml"
@@ -229,18 +244,34 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
         help="YAML overlays (profile.yaml) and key=value overrides, e.g. trainer.max_epochs=3",
     )
     p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
+    p_run.add_argument(
+        "--force",
+        action="store_true",
+        help="start afresh in a run folder that holds another run (deletes that run's files)",
+    )
     p_run.set_defaults(func=cmd_run)
     p_resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
     p_resume.add_argument("run_dir", type=Path, help="the run folder")
     p_resume.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=200"
+        "overrides",
+        nargs="*",
+        help="key=value overrides of when to stop or how to report, e.g. trainer.max_epochs=200 "
+        "(changes to the data, model or optimizer are refused)",
     )
     p_resume.set_defaults(func=cmd_resume)
+
+
+def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
+    """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
+    parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
     p_eval = sub.add_parser("eval", help="evaluate a saved run again, also on other data")
     p_eval.add_argument("run_dir", type=Path, help="a run folder")
     p_eval.add_argument(
         "overrides", nargs="*", help="overlays and key=value overrides, e.g. data.dataset.name=…"
     )
+    _add_trust_flag(p_eval)
     p_eval.set_defaults(func=cmd_eval)
     p_compare = sub.add_parser("compare", help="compare finished runs in one table")
     p_compare.add_argument("run_dirs", nargs="+", type=Path, help="run folders")

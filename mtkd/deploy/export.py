@@ -30,8 +30,9 @@ from ..errors import MtkdError
 from ..model.build import build_model
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
-from ..runs.folder import CONFIG, load_run, read_label_spaces
+from ..runs.folder import CONFIG, load_run, read_label_spaces, require_run_folder
 from ..samples import LabelSpace
+from ..utils import checksums
 from ..utils.checkpoint import load_weights, save_weights, write_json
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -144,7 +145,9 @@ def _write_checked(
     try:
         write(tmp)
         diffs = check(tmp)
+        checksums.forget(path)  # a crash before the new line leaves it unverified, not "corrupt"
         os.replace(tmp, path)
+        checksums.record(path, checksums.sha256_file(path))
     finally:
         tmp.unlink(missing_ok=True)
     return diffs
@@ -244,7 +247,7 @@ def export_safetensors(
     meta_tmp = meta_path.with_name(f".{meta_path.name}.tmp")
 
     def write(tmp: Path) -> None:
-        save_weights(model, tmp)
+        save_weights(model, tmp, checksum=False)  # recorded under the real name once renamed
         write_json(meta_tmp, sidecar)
 
     def check(tmp: Path) -> dict[str, float]:
@@ -341,17 +344,21 @@ def export_run(
     *,
     console: Console | None = None,
     plugins: PluginSet | None = None,
+    trust_plugins: bool = False,
 ) -> Path:
     """Export a run's distilled model; default ``<run>/export/model.<ext>``. Returns the file.
 
     Raises ``MtkdError`` when the artefact's outputs differ from PyTorch's by ``TOLERANCE`` or
-    more (nothing is written then). ``out`` may be a file or an existing folder.
+    more (nothing is written then). ``out`` may be a file or an existing folder. The file's
+    SHA-256 goes into ``SHA256SUMS`` beside it. Plugins the run folder names load only with
+    ``trust_plugins`` (see :mod:`mtkd.runs.trust`).
     """
     if fmt not in FORMATS:
         raise MtkdError(f"export format '{fmt}' is not one of {', '.join(FORMATS)}")
-    run_dir = Path(run_dir)
+    run_dir = require_run_folder(run_dir)
     cfg = OmegaConf.load(run_dir / CONFIG)
-    flat = FlatOutputs(load_run(run_dir, plugins=plugins), int(cfg.data.image_size))
+    model = load_run(run_dir, plugins=plugins, trust_plugins=trust_plugins)
+    flat = FlatOutputs(model, int(cfg.data.image_size))
     path = Path(out) if out is not None else default_export_path(run_dir, fmt)
     if path.is_dir():
         path = path / f"model{FORMATS[fmt]}"

@@ -20,8 +20,9 @@ from ..data.build import build_preprocessors
 from ..data.resize import resize_image
 from ..errors import MtkdError, SampleError
 from ..metrics.verification import embed_with_flip
-from ..plugins import PluginSet, load_plugins
-from ..runs.folder import CONFIG, load_run
+from ..plugins import PluginSet
+from ..runs.folder import CONFIG, load_run, require_run_folder
+from ..runs.trust import run_folder_plugins
 from ..samples import Sample, sample_to_tensors
 
 # Grey files stay H x W, as data-set readers deliver them (the face crop accepts grey; the
@@ -63,7 +64,8 @@ class Predictor:
     """A run folder's distilled model with the recipe's preprocessing, for image files.
 
     ``task`` is the identification task's key in the recipe; its head must return
-    ``{"logits", "embedding"}``. Images are processed ``batch_size`` at a time.
+    ``{"logits", "embedding"}``. Images are processed ``batch_size`` at a time. Plugins the
+    run folder's config.yaml names load only with ``trust_plugins`` (or MTKD_TRUST_PLUGINS=1).
     """
 
     def __init__(
@@ -74,12 +76,14 @@ class Predictor:
         device: str | torch.device = "cpu",
         batch_size: int = 32,
         plugins: PluginSet | None = None,
+        trust_plugins: bool = False,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / CONFIG).is_file():
-            raise MtkdError(f"'{self.run_dir}' is not a run folder (no {CONFIG})")
+        self.run_dir = require_run_folder(run_dir)
         self.cfg = load_recipe(self.run_dir / CONFIG)
-        plugins = plugins if plugins is not None else load_plugins(list(self.cfg.plugins))
+        if plugins is None:  # the folder's own plugins only when trusted (mtkd.runs.trust)
+            plugins = run_folder_plugins(
+                list(self.cfg.plugins), self.run_dir / CONFIG, trust=trust_plugins
+            )
         self.model = load_run(self.run_dir, plugins=plugins)
         if task not in self.model.tasks:
             raise MtkdError(

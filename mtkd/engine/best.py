@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ..utils.checkpoint import save_weights
+from ..utils.checkpoint import load_best_state, save_weights
 from .state import LoopState
 
 
@@ -37,10 +36,9 @@ class BestModel:
             state.stale += 1
         return improved
 
-    def load(self, path: Path, device: torch.device) -> None:
-        """On resume: the best weights saved so far, if any."""
-        if path.is_file():
-            self.weights = load_file(str(path), device=str(device))
+    def load(self, run_dir: Path, device: torch.device) -> None:
+        """On resume: the best weights saved so far, if any (checksum verified)."""
+        self.weights = load_best_state(run_dir, device)
 
     def restore(self, model: nn.Module) -> None:
         if self.weights is not None:

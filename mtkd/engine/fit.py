@@ -132,7 +132,7 @@ class Loop:
         state = self.checkpoint.restore(run_dir, self.console)
         self.ctx.history = self.log.keep_first(state.history_len)
         self.state = self.step.state = self.ctx.state = state
-        self.best.load(run_dir / "checkpoints" / "best.safetensors", self.ctx.device)
+        self.best.load(run_dir, self.ctx.device)
         self.console.print(f"resumed at epoch {state.epoch + 1}, step {state.step}")
 
     def run(self) -> None:

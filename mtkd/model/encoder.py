@@ -9,6 +9,7 @@ Channel counts and strides are measured with one dry forward pass.
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,24 @@ def create_timm_trunk(
         raise RecipeError(
             f"encoder.kwargs: timm model '{name}' rejected an argument: {exc}"
         ) from exc
+    except Exception as exc:
+        if not weights:
+            raise
+        raise RecipeError(f"encoder.weights: '{weights}' {_weights_problem(exc)}") from exc
     return model
+
+
+def _weights_problem(exc: Exception) -> str:
+    """Why a local weights file failed to load, in a phrase."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        # timm loads weights-only: a pickle that would run code is refused before it runs
+        return (
+            "is not a plain tensor file (.safetensors, or a torch file holding only tensors): "
+            "refused, nothing in it was run"
+        )
+    first = text.splitlines()[0][:200] if text else ""
+    return f"does not load into this encoder ({type(exc).__name__}: {first})"
 
 
 def _resolve_stage_taps(model: nn.Module, out_indices: Sequence[int] | None) -> list[str]:

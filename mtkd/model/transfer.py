@@ -25,12 +25,11 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.markup import escape
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import RecipeError
 from ..plugins import PluginSet, plugins_for
-from ..utils.checkpoint import write_json
+from ..utils.checkpoint import load_safetensors, write_json
 from .encoder import create_timm_trunk
 from .zoo import check_refs, entry_state, zoo_name
 
@@ -173,7 +172,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors or torch file; torch files load with ``weights_only=True``."""
     try:
         if path.suffix == ".safetensors":
-            return load_file(str(path))
+            return load_safetensors(path)  # checked against its checksum, and for NaN/Inf
         if path.suffix in TORCH_SUFFIXES:
             return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
     except RecipeError:

@@ -6,12 +6,19 @@
 <run>/checkpoints/         last/ (weights, optimizer, counters) and best.safetensors
 <run>/distilled/           model.safetensors + tasks.json: the inference model
 <run>/results.json         parameter counts, test metrics before and after distillation
+SHA256SUMS                 beside every weights file: its checksum, checked when it is loaded
+
+A folder holds one run: a new run into a folder holding another is refused (``--force``
+deletes the old run's files first), so no checkpoint is overwritten and no metrics mixed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +32,114 @@ from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
 from ..samples import LabelSpace
 from ..utils.checkpoint import load_weights, save_weights, write_json
+from ..utils.files import write_text_atomic
+from .trust import run_folder_plugins
 
 CONFIG = "config.yaml"
 LABELS = "labels.json"
 RESULTS = "results.json"
+METRICS = "metrics.jsonl"
 DISTILLED = "distilled"
+CHECKPOINTS = "checkpoints"
+# what a run writes at its top level: what --force removes before a new run takes the folder
+RUN_ENTRIES = (
+    CONFIG,
+    LABELS,
+    METRICS,
+    RESULTS,
+    CHECKPOINTS,
+    DISTILLED,
+    "export",
+    "init_from.json",
+    "curves.png",
+    "predictions-*.png",
+    "confusion-*.png",
+    "accuracy_by_bin-*.png",
+    "eval-*.json",
+)
 
 
-def new_run_dir(cfg: DictConfig) -> Path:
-    """``output.dir`` if set, else ``<output.root>/<name>-<timestamp>`` (never reused)."""
+def require_run_folder(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, if it is a run folder (it holds config.yaml); else one line."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        why = "it does not exist" if not path.exists() else f"no {CONFIG}"
+        raise MtkdError(f"'{path}' is not a run folder ({why})")
+    return path
+
+
+def _held_run(path: Path) -> str | None:
+    """'finished', 'interrupted' or 'started' when ``path`` holds (part of) a run, else None."""
+    if (path / RESULTS).exists():
+        return "finished"
+    last = path / CHECKPOINTS
+    if any((last / n / "state.json").is_file() for n in ("last", "last.previous")):
+        return "interrupted"
+    if (path / METRICS).exists() or last.exists() or (path / CONFIG).exists():
+        return "started"
+    return None
+
+
+def _refuse_held_run(path: Path, held: str) -> None:
+    fresh = "or pass --force to start it afresh (this deletes the run's files)"
+    if held == "interrupted":
+        raise MtkdError(
+            f"output.dir: '{path}' holds an interrupted run; continue it with "
+            f"`mtkd resume {path}`, choose another folder, {fresh}"
+        )
+    what = "a finished run" if held == "finished" else "a run stopped before its first checkpoint"
+    raise MtkdError(f"output.dir: '{path}' already holds {what}; choose another folder, {fresh}")
+
+
+def _check_writable(target: Path, key: str) -> None:
+    """``target`` (or the nearest folder above it that exists) takes new files."""
+    existing = next(p for p in (target, *target.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise MtkdError(f"{key}: '{existing}' is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise MtkdError(
+            f"{key}: cannot write in '{existing}' ({exc.strerror or exc}); "
+            "choose a folder you can write to"
+        ) from exc
+
+
+def check_output_dir(cfg: DictConfig, force: bool = False) -> None:
+    """Before anything is built: the run folder can be written, and holds no other run.
+
+    A new run never shares a folder with another: a finished or interrupted run in
+    ``output.dir`` is refused (``force``: its files are deleted when the new run starts), so
+    no checkpoint is overwritten and no epoch is appended to another run's metrics."""
+    key = "output.dir" if cfg.output.dir else "output.root"
+    target = Path(cfg.output.dir or cfg.output.root)
+    _check_writable(target, key)
+    held = _held_run(target) if cfg.output.dir else None
+    if held and not force:
+        _refuse_held_run(target, held)
+
+
+def _clear_run(path: Path) -> None:
+    """Delete what a run wrote in ``path`` (other files stay)."""
+    for pattern in RUN_ENTRIES:
+        for entry in path.glob(pattern):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def new_run_dir(cfg: DictConfig, force: bool = False) -> Path:
+    """``output.dir`` if set, else ``<output.root>/<name>-<timestamp>`` (never reused).
+
+    ``output.dir`` holding another run is refused, or with ``force`` emptied of it first."""
+    check_output_dir(cfg, force)
     if cfg.output.dir:
         path = Path(cfg.output.dir)
-        if (path / RESULTS).exists():
-            raise MtkdError(f"output.dir: '{path}' already holds a finished run; choose another")
-        path.mkdir(parents=True, exist_ok=True)
+        if force and _held_run(path):
+            _clear_run(path)
+        _make_dir(path, "output.dir", exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.output.root) / f"{cfg.name}-{stamp}"
@@ -46,12 +147,21 @@ def new_run_dir(cfg: DictConfig) -> Path:
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
+    _make_dir(path, "output.root", exist_ok=False)
     return path
 
 
+def _make_dir(path: Path, key: str, exist_ok: bool) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as exc:
+        raise MtkdError(f"{key}: cannot create '{path}': {exc.strerror or exc}") from exc
+
+
 def write_run_header(run_dir: Path, cfg: DictConfig, label_spaces: dict[str, LabelSpace]) -> None:
-    (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    if (run_dir / METRICS).exists():  # new_run_dir guarantees a fresh folder; never mix runs
+        raise MtkdError(f"'{run_dir}' already holds {METRICS}: it would mix two runs' epochs")
+    write_text_atomic(run_dir / CONFIG, OmegaConf.to_yaml(cfg))
     write_json(run_dir / LABELS, {k: v.to_dict() for k, v in label_spaces.items()})
 
 
@@ -64,20 +174,44 @@ def save_distilled(run_dir: Path, model: MultiTaskModel) -> None:
 
 
 def read_label_spaces(run_dir: Path) -> dict[str, LabelSpace]:
-    data = json.loads((run_dir / LABELS).read_text())
-    return {k: LabelSpace.from_dict(v) for k, v in data.items()}
+    """The label spaces the heads were built for; a missing or broken file is one line."""
+    path = Path(run_dir) / LABELS
+    if not path.is_file():
+        raise MtkdError(f"'{path}' is missing: the run folder is incomplete (it names the classes)")
+    try:
+        data = json.loads(path.read_text())
+        return {k: LabelSpace.from_dict(v) for k, v in data.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise MtkdError(f"'{path}' is corrupt: {type(exc).__name__}: {exc}") from exc
+
+
+def _folder_plugins(
+    run_dir: Path, cfg: DictConfig, trust: bool, user_refs: Sequence[str] = ()
+) -> PluginSet:
+    saved = load_recipe(run_dir / CONFIG).plugins if user_refs else cfg.plugins
+    extra = [str(r) for r in user_refs if r not in saved]
+    return run_folder_plugins(list(saved), run_dir / CONFIG, trust=trust, extra=extra)
 
 
 def load_run(
-    run_dir: str | Path, *, distilled: bool = True, plugins: PluginSet | None = None
+    run_dir: str | Path,
+    *,
+    distilled: bool = True,
+    plugins: PluginSet | None = None,
+    trust_plugins: bool = False,
 ) -> MultiTaskModel:
-    """Rebuild a saved run's model (the distilled one by default) with its trained weights."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise MtkdError(f"'{run_dir}' is not a run folder (no {CONFIG})")
+    """Rebuild a saved run's model (the distilled one by default) with its trained weights.
+
+    Without ``plugins``, the installed plugins load; those the folder's config.yaml names
+    load only with ``trust_plugins`` (or MTKD_TRUST_PLUGINS=1): see :mod:`mtkd.runs.trust`.
+    Weights are checked against their checksums and for NaN/Inf.
+    """
+    run_dir = require_run_folder(run_dir)
     cfg = load_recipe(run_dir / CONFIG)
     # the trained weights replace any starting weights: no hub download, no zoo entry needed
     cfg.encoder.pretrained, cfg.encoder.weights = False, None
+    if plugins is None:
+        plugins = _folder_plugins(run_dir, cfg, trust_plugins)
     model = build_model(cfg, read_label_spaces(run_dir), plugins)
     if distilled:
         info_path = run_dir / DISTILLED / "tasks.json"
@@ -87,7 +221,7 @@ def load_run(
         model = model.without_tasks([k for k in model.tasks if k not in info["tasks"]])
         load_weights(model, run_dir / DISTILLED / "model.safetensors")
     else:
-        load_weights(model, run_dir / "checkpoints" / "best.safetensors")
+        load_weights(model, run_dir / CHECKPOINTS / "best.safetensors")
     model.eval()
     return model
 
@@ -98,6 +232,7 @@ def evaluate_run(
     overlays: list[str | Path] | None = None,
     plugins: PluginSet | None = None,
     console: Any = None,
+    trust_plugins: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved run again, on its own data or another data set (overrides/overlays).
 
@@ -108,10 +243,10 @@ def evaluate_run(
     from ..engine.hardware import resolve_device
     from ..metrics.assess import assess
 
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise MtkdError(f"'{run_dir}' is not a run folder (no {CONFIG})")
+    run_dir = require_run_folder(run_dir)
     cfg = load_recipe(run_dir / CONFIG, overrides or [], overlays or [])
+    if plugins is None:  # plugins named on the command line are the user's own
+        plugins = _folder_plugins(run_dir, cfg, trust_plugins, list(cfg.plugins))
     data = build_data(cfg, plugins, console)
     trained = read_label_spaces(run_dir)
     same_classes = all(

@@ -26,7 +26,8 @@ from ..plugins import PluginSet, plugins_for
 from ..utils import distributed
 from ..utils.checkpoint import write_json
 from ..utils.rng import seed_everything
-from .folder import RESULTS, new_run_dir, save_distilled, write_run_header
+from .folder import RESULTS, check_output_dir, new_run_dir, save_distilled, write_run_header
+from .resume import settle_resume
 
 
 def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTaskModel:
@@ -103,24 +104,49 @@ def _median_throughput(history: list[dict[str, Any]]) -> float | None:
     return values[len(values) // 2] if values else None
 
 
+def _check_folder(
+    cfg: DictConfig,
+    resume_dir: Path | None,
+    force: bool,
+    main: bool,
+    console: Console,
+    plugins: PluginSet,
+) -> None:
+    """Before anything is built: the folder a new run will write, or the run it resumes.
+
+    A resume may change only safe settings (see :mod:`mtkd.runs.resume`); those it changes
+    are recorded in the run's config.yaml (by rank 0)."""
+    if resume_dir is None:
+        check_init_from(cfg, plugins)  # a missing source fails before the data are built
+        if main:  # so does a run folder that cannot be written or holds another run
+            check_output_dir(cfg, force)
+        return
+    if (Path(resume_dir) / RESULTS).is_file():
+        raise MtkdError(f"'{resume_dir}' is a finished run (it has {RESULTS}): nothing to resume")
+    for key, (old, new) in settle_resume(resume_dir, cfg, write=main).items():
+        console.print(f"resume: {key}: {old!r} → {new!r} (recorded in config.yaml)")
+
+
 def run(
     cfg: DictConfig,
     *,
     plugins: PluginSet | None = None,
     console: Console | None = None,
     resume_dir: Path | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Train, distil, evaluate and write the run folder for a loaded recipe.
 
     ``resume_dir``: continue that unfinished run from its last checkpoint instead.
+    ``output.dir`` holding another run is refused before anything is built; ``force`` deletes
+    that run's files when the new run starts instead.
     Under torchrun every rank trains; rank 0 alone writes the run folder and evaluates.
     """
     distributed.setup(cfg.trainer.device)
     main = distributed.is_main()
     console = console if console is not None and main else Console(quiet=not main)
     plugins = plugins_for(cfg, plugins)
-    if resume_dir is None:
-        check_init_from(cfg, plugins)  # a missing source fails before the data are built
+    _check_folder(cfg, resume_dir, force, main, console, plugins)
     seed_everything(cfg.trainer.seed)
     with distributed.main_first():  # rank 0 fills the disk cache, the others then read it
         data = build_data(cfg, plugins, console)
@@ -130,10 +156,8 @@ def run(
     transfer = init_from_recipe(model, cfg, plugins) if resume_dir is None else None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        if (run_dir / RESULTS).is_file():
-            raise MtkdError(f"'{run_dir}' is a finished run (it has {RESULTS}): nothing to resume")
     elif main:
-        run_dir = new_run_dir(cfg)
+        run_dir = new_run_dir(cfg, force)
         write_run_header(run_dir, cfg, dict(data.label_spaces))
         if transfer is not None:
             transfer.save(run_dir)

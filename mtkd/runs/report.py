@@ -24,7 +24,13 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise MtkdError(f"'{run_dir}' has no {RESULTS}: not a finished run")
-    return json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MtkdError(f"'{path}' is corrupt (not JSON: {exc})") from exc
+    if not isinstance(results, dict):
+        raise MtkdError(f"'{path}' is corrupt (a JSON {type(results).__name__}, not an object)")
+    return results
 
 
 def _dig(results: dict[str, Any], *keys: str) -> Any:

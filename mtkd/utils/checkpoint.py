@@ -1,28 +1,41 @@
 """Checkpoints: weights as safetensors, optimizer state as a weights-only torch file, a JSON
 sidecar for counters. Every file is written to a temporary name and renamed, so a crash never
-leaves a half-written checkpoint under the real name.
+leaves a half-written checkpoint under the real name; every weights file gets a SHA-256 line in
+its folder's ``SHA256SUMS`` (see :mod:`mtkd.utils.checksums`), checked when it is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import MtkdError
+from . import checksums
+from .files import WriteError, is_disk_full, space_note, write_bytes_atomic, write_text_atomic
 
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+BEST = "best.safetensors"  # in <run>/checkpoints/: the best weights so far
+# what the training loop writes into state.json; a checkpoint without them cannot be resumed
+RESUME_STATE_KEYS = (
+    "epoch",
+    "step",
+    "global_step",
+    "history_len",
+    "best_epoch",
+    "best_value",
+    "stale",
+    "skipped_steps",
+    "tally",
+)
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -37,19 +50,72 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    state = state_dict_for_saving(model)
-    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+def _write_file(path: Path, data: bytes, checksum: bool) -> None:
+    """Write ``data`` atomically; with ``checksum``, its SHA-256 line goes in ``SHA256SUMS``."""
+    if not checksum:
+        write_bytes_atomic(path, data)
+        return
+    old = checksums.expected(path)
+    checksums.forget(path)  # a crash after this leaves the file unverified, never "corrupt"
+    try:
+        write_bytes_atomic(path, data)
+    except WriteError:
+        if old is not None:  # the file under the real name is still the old one
+            with contextlib.suppress(MtkdError):
+                checksums.record(path, old)
+        raise
+    checksums.record(path, checksums.sha256_bytes(data))
+
+
+def save_weights(
+    model: nn.Module,
+    path: Path,
+    metadata: dict[str, str] | None = None,
+    *,
+    checksum: bool = True,
+) -> None:
+    """The model's weights as safetensors, hashed while written (``checksum``)."""
+    data = safetensors.torch.save(state_dict_for_saving(model), metadata=metadata)
+    _write_file(Path(path), data, checksum)
+
+
+def save_tensors(obj: Any, path: Path, *, checksum: bool = True) -> None:
+    """A plain-tensor torch file (read back with ``weights_only=True``), hashed while written."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_file(Path(path), buffer.getvalue(), checksum)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or Inf: they would only show up as NaN losses or outputs."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise MtkdError(f"weights file '{path}' holds NaN or Inf values (in '{name}'): refused")
+
+
+def load_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors: checked against its checksum, then for NaN and Inf.
+
+    The file is read once: the bytes read are hashed and then parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise MtkdError(f"weights file '{path}' not found")
+    try:
+        data = checksums.read_verified(path)
+        state = safetensors.torch.load(data)
+    except checksums.ChecksumError:
+        raise
+    except Exception as exc:
+        raise MtkdError(f"weights file '{path}' is unreadable or corrupt: {exc}") from exc
+    check_finite(state, path)
+    if torch.device(device).type == "cpu":
+        return state
+    return {k: v.to(device) for k, v in state.items()}
 
 
 def load_weights(model: nn.Module, path: Path, strict: bool = True) -> None:
     """Load safetensors weights; a mismatch names the file and the differing keys."""
-    if not path.is_file():
-        raise MtkdError(f"weights file '{path}' not found")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise MtkdError(f"weights file '{path}' is unreadable or corrupt: {exc}") from exc
+    state = load_safetensors(Path(path))
     result = model.load_state_dict(state, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
         raise MtkdError(
@@ -58,14 +124,59 @@ def load_weights(model: nn.Module, path: Path, strict: bool = True) -> None:
         )
 
 
+def load_best_state(
+    run_dir: Path, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor] | None:
+    """The best weights so far of a run being resumed (``checkpoints/best.safetensors``).
+
+    None when the run has none yet. A corrupt file (checksum, NaN/Inf, unreadable) stops the
+    resume with one line: continuing would end the run with weights that are not its best.
+    """
+    path = Path(run_dir) / "checkpoints" / BEST
+    if not path.is_file():
+        return None
+    try:
+        return load_safetensors(path, device)
+    except MtkdError as exc:
+        raise MtkdError(
+            f"cannot resume: {exc}. The best weights so far are lost; delete that file to "
+            "resume anyway (the run then ends with the best of the epochs still to come), "
+            "or start the run afresh with --force"
+        ) from exc
+
+
 def write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=False, default=str)
-    _atomic(path, lambda tmp: tmp.write_text(text + "\n"))
+    write_text_atomic(Path(path), text + "\n")
 
 
 def previous_of(directory: Path) -> Path:
     """Where the checkpoint before ``directory``'s current one is kept."""
     return directory.with_name(directory.name + ".previous")
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about what a checkpoint of it takes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _checkpoint_error(directory: Path, exc: BaseException, needed: int) -> MtkdError:
+    """One line: what failed, where, the free space needed, and what is kept."""
+    cause = exc.__cause__ if isinstance(exc, WriteError) and exc.__cause__ else exc
+    detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    space = f"; {space_note(directory.parent, needed)}" if is_disk_full(cause) else ""
+    kept = (
+        f"'{directory}' still holds the last good one"
+        if directory.exists()
+        else "no earlier checkpoint is kept"
+    )
+    return MtkdError(f"cannot write a checkpoint in '{directory.parent}': {detail}{space}; {kept}")
 
 
 def save_checkpoint(
@@ -81,21 +192,23 @@ def save_checkpoint(
     The files are written into a sibling staging folder that then takes ``directory``'s place;
     the checkpoint it replaces is kept as ``<directory>.previous``. A crash at any moment
     leaves a complete checkpoint, and a full disk or a permission error stops the run with a
-    message while the last good checkpoint stays untouched.
+    message (and the free space needed) while the last good checkpoint stays untouched.
     """
     staging = directory.with_name(directory.name + ".tmp")
+    optimizer_state = {"optimizer": optimizer.state_dict(), **(extra or {})}
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         save_weights(model, staging / "model.safetensors")
-        optimizer_state = {"optimizer": optimizer.state_dict(), **(extra or {})}
-        torch.save(optimizer_state, staging / "optimizer.pt")
-        torch.save(rng_state or {}, staging / "rng.pt")
+        save_tensors(optimizer_state, staging / "optimizer.pt")
+        save_tensors(rng_state or {}, staging / "rng.pt")
         write_json(staging / "state.json", state)
-    except OSError as exc:
+    except (OSError, RuntimeError, WriteError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        kept = f"'{directory}' still holds the last good one" if directory.exists() else "none"
-        raise MtkdError(f"cannot write a checkpoint next to '{directory}': {exc}; {kept}") from exc
+        if isinstance(exc, RuntimeError) and not is_disk_full(exc):
+            raise
+        needed = _tensor_bytes(model.state_dict()) + _tensor_bytes(optimizer_state)
+        raise _checkpoint_error(directory, exc, needed) from exc
     previous = previous_of(directory)
     shutil.rmtree(previous, ignore_errors=True)
     if directory.exists():
@@ -103,14 +216,29 @@ def save_checkpoint(
     os.replace(staging, directory)
 
 
+def _read_state(path: Path, required: Sequence[str]) -> dict[str, Any]:
+    """``state.json``, which must be an object holding ``required`` (else ValueError)."""
+    state = json.loads(path.read_text())
+    if not isinstance(state, dict):
+        raise ValueError(f"'{path}' is not a JSON object")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"'{path}' lacks {', '.join(missing)}")
+    return state
+
+
 def load_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    required: Sequence[str] = RESUME_STATE_KEYS,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
     """(state, extra, rng state, notes) of the newest readable checkpoint.
 
     ``directory`` is tried first, then ``<directory>.previous``; ``notes`` says why a
-    checkpoint was passed over (truncated or corrupt files). Tensors load with
-    ``weights_only=True``: a file that would run code is refused, never executed.
+    checkpoint was passed over (truncated or corrupt files, a checksum mismatch, a
+    ``state.json`` without the ``required`` keys). Tensors load with ``weights_only=True``:
+    a file that would run code is refused, never executed.
     """
     notes: list[str] = []
     for candidate in (directory, previous_of(directory)):
@@ -118,7 +246,7 @@ def load_checkpoint(
             notes.append(f"'{candidate}': no checkpoint there")
             continue
         try:
-            state = json.loads((candidate / "state.json").read_text())
+            state = _read_state(candidate / "state.json", required)
             load_weights(model, candidate / "model.safetensors")
             saved = _load_tensors(candidate / "optimizer.pt")
             if optimizer is not None:
@@ -131,8 +259,9 @@ def load_checkpoint(
 
 def _load_tensors(path: Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``: a file that would run code is refused."""
+    data = checksums.read_verified(path)  # a mismatch is its own error, named as such
     try:
-        return dict(torch.load(path, weights_only=True))
+        return dict(torch.load(io.BytesIO(data), weights_only=True))
     except Exception as exc:
         raise MtkdError(
             f"checkpoint file '{path}' refused: not a plain tensor file ({type(exc).__name__})"

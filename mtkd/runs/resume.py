@@ -1,0 +1,99 @@
+"""What ``mtkd resume RUN key=value`` may change, and ``config.yaml`` recording what ran.
+
+An interrupted run continues from a checkpoint of its weights, optimizer state and data
+order, so an override that changes the data, the model or the optimizer cannot take effect
+honestly (a new image size would train on other images, a new learning rate would be
+overwritten by the optimizer state). Those are refused, naming the keys. Settings that only
+say how long to train, how to report or how to evaluate are applied, and ``config.yaml`` is
+rewritten (atomically) so that ``eval``, ``predict`` and ``export`` see what really ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import load_recipe
+from ..errors import RecipeError
+from ..utils.files import write_text_atomic
+from .folder import CONFIG, require_run_folder
+
+# keys a resumed run may change: when to stop, how to report and evaluate, where it runs
+SAFE_ON_RESUME = (
+    "trainer.max_epochs",
+    "trainer.patience",
+    "trainer.min_delta",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.on_nan",
+    "trainer.max_skipped_steps",
+    "trainer.device",
+    "data.num_workers",
+    "data.cache_dir",
+    "distill.enabled",
+    "output.plots",
+    "output.root",
+    "output.dir",
+)
+SAFE_PREFIXES = ("evaluate.",)
+
+
+def is_safe_on_resume(key: str) -> bool:
+    return key in SAFE_ON_RESUME or key.startswith(SAFE_PREFIXES)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out if out else {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def changed_settings(before: DictConfig, after: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} for every leaf that differs (or exists on one side only)."""
+    old = _flat(OmegaConf.to_container(before, resolve=True))
+    new = _flat(OmegaConf.to_container(after, resolve=True))
+    return {
+        k: (old.get(k), new.get(k))
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    }
+
+
+def resume_recipe(
+    run_dir: str | Path, overrides: Sequence[str] = (), overlays: Sequence[str | Path] = ()
+) -> DictConfig:
+    """The interrupted run's recipe with ``overrides`` and ``overlays`` merged (not yet checked:
+    :func:`settle_resume` does that when the run starts)."""
+    return load_recipe(require_run_folder(run_dir) / CONFIG, overrides, overlays)
+
+
+def settle_resume(
+    run_dir: str | Path, cfg: DictConfig, write: bool = True
+) -> dict[str, tuple[Any, Any]]:
+    """What ``cfg`` changes in the interrupted run's recipe ({key: (old, new)}).
+
+    Raises :class:`RecipeError` naming every key that would change the data, model or
+    optimizer. When only safe keys changed, ``config.yaml`` is rewritten (``write``) to
+    record them, so it always says what ran.
+    """
+    path = require_run_folder(run_dir) / CONFIG
+    changed = changed_settings(load_recipe(path), cfg)
+    unsafe = [key for key in changed if not is_safe_on_resume(key)]
+    if unsafe:
+        raise RecipeError(
+            f"resume: {', '.join(unsafe)} would change the data, model or optimizer of the "
+            f"interrupted run in '{run_dir}', which continues with the settings it started "
+            "with; a resume may change only when to stop, how to report and how to evaluate "
+            f"({', '.join(SAFE_ON_RESUME[:4])}, data.num_workers, evaluate.*, ...). For other "
+            f"settings start a new run: mtkd run {path} KEY=VALUE --out NEW_FOLDER"
+        )
+    if changed and write:
+        write_text_atomic(path, OmegaConf.to_yaml(cfg))
+    return changed
