@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from .commands import Command
     from .engine.fit import TrainContext
+    from .loggers import Logger
     from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
     from .samples import SampleSource
@@ -50,6 +51,17 @@ def register_commands(register: Callable[[type[Command]], None]) -> None:
 @hookspec
 def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
     """Register loss-weighting strategies (subclasses of ``mtkd.LossWeighting``)."""
+
+
+@hookspec
+def register_loggers(register: Callable[[type[Logger]], None]) -> None:
+    """Register experiment loggers (subclasses of ``mtkd.Logger``) selectable by name in
+    ``output.loggers``: ``register(MyLogger)``.
+
+    Called once when plugins load, like the other registration hooks; every plugin's
+    implementation is called (not firstresult). The core registers ``jsonl``, ``tensorboard``
+    and ``mlflow``; a name may be registered once.
+    """
 
 
 @hookspec(firstresult=True)

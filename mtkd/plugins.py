@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from . import _default_hooks, hookspecs
 from .commands import Command
 from .errors import PluginError, did_you_mean
+from .loggers import Logger
 from .preprocess import Preprocessor
 from .samples import SampleSource
 from .tasks import Task
@@ -91,6 +92,7 @@ class PluginSet:
     preprocessors: Registry[type[Preprocessor]]
     commands: Registry[type[Command]]
     weightings: Registry[type[LossWeighting]]
+    loggers: Registry[type[Logger]]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -119,6 +121,7 @@ REGISTRIES = (
     _RegistrySpec("preprocessors", "register_preprocessors", "preprocessor", Preprocessor),
     _RegistrySpec("commands", "register_commands", "command", Command),
     _RegistrySpec("weightings", "register_weightings", "loss weighting", LossWeighting),
+    _RegistrySpec("loggers", "register_loggers", "logger", Logger),
 )
 
 

@@ -203,6 +203,7 @@ def plan_study(
             )
             cfg.name = member.name
             cfg.output.dir = str(run_dir)
+            cfg.output.experiment = cfg.output.experiment or path.stem  # loggers group a study
             planned.append(PlannedRun(member, seed, run_dir, cfg))
     return folder, planned
 
