@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ..model.build import build_model
-from ..utils.checkpoint import load_weights, save_weights, write_json
 from ..config import load_recipe
 from ..errors import MtkdError
+from ..model.build import build_model
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
 from ..samples import LabelSpace
+from ..utils.checkpoint import load_weights, save_weights, write_json
 
 CONFIG = "config.yaml"
 LABELS = "labels.json"
@@ -102,9 +102,9 @@ def evaluate_run(
     When the data's classes are the ones the heads were trained on, everything is scored;
     otherwise (other people) only verification on all samples, and latency.
     """
-    from ..metrics.assess import assess
     from ..data.build import TensorView, build_data
     from ..engine.fit import resolve_device
+    from ..metrics.assess import assess
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():

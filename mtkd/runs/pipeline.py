@@ -12,18 +12,17 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from ..utils import distributed
+from ..data.build import DataBundle, build_data, make_loader, make_train_loader, rank_share
+from ..engine.fit import TrainContext, fit, resolve_device, seed_everything
+from ..errors import MtkdError, PluginError
 from ..metrics.assess import assess
 from ..model.build import build_model
-from ..plugins import plugins_for
-from ..utils.checkpoint import write_json
-from ..data.build import DataBundle, build_data, make_loader, make_train_loader, rank_share
-from ..errors import MtkdError, PluginError
 from ..model.multitask import MultiTaskModel
-from ..plugins import PluginSet
-from .folder import RESULTS, new_run_dir, save_distilled, write_run_header
-from ..engine.fit import TrainContext, fit, resolve_device, seed_everything
 from ..model.transfer import check_init_from, init_from_recipe
+from ..plugins import PluginSet, plugins_for
+from ..utils import distributed
+from ..utils.checkpoint import write_json
+from .folder import RESULTS, new_run_dir, save_distilled, write_run_header
 from .tracking import Tracking, resolve_loggers
 
 

@@ -36,9 +36,9 @@ from rich.console import Console
 
 from ..config import load_recipe
 from ..errors import RecipeError, did_you_mean
+from .folder import RESULTS
 from .pipeline import run
 from .report import comparison_rows, markdown_table, read_results, rich_table
-from .folder import RESULTS
 
 
 @dataclass
