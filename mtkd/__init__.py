@@ -20,6 +20,7 @@ from .deploy.export import export_run, load_exported
 from .deploy.inference import Predictor
 from .errors import DataError, MtkdError, PluginError, RecipeError, SampleError
 from .hookspecs import hookimpl
+from .loggers import Logger
 from .metrics.evaluate import evaluate
 from .model.build import build_model, build_tasks
 from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
@@ -39,6 +40,7 @@ __all__ = [
     "DataError",
     "FeatureInfo",
     "LabelSpace",
+    "Logger",
     "LossWeighting",
     "MtkdError",
     "MultiTaskModel",
