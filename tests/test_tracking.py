@@ -14,6 +14,7 @@ import torch.distributed as dist
 from conftest import RECIPES, tiny_overrides
 from helpers import killer_plugin, mtkd_subprocess
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -184,15 +185,28 @@ class RecordingLogger(Logger):
         self.calls.append(("close", status))
 
 
+class FailingLogger(Logger):
+    """A logger whose server goes away during the first epoch, and whose close fails too."""
+
+    name = "failing"
+
+    def log_epoch(self, epoch: int, record: Any) -> None:
+        raise ConnectionError("tracking server gone")
+
+    def close(self, status: str) -> None:
+        raise ConnectionError("still gone")
+
+
 class LoggerPlugin:
     @mtkd.hookimpl
     def register_loggers(self, register: Any) -> None:
         register(RecordingLogger)
+        register(FailingLogger)
 
 
 def test_register_loggers_adds_a_logger_that_output_loggers_can_name(tmp_path: Path) -> None:
     plugins = mtkd.load_plugins(objects=[("recorder", LoggerPlugin())])
-    assert plugins.loggers.by_plugin("recorder") == ["recording"]
+    assert plugins.loggers.by_plugin("recorder") == ["failing", "recording"]
     overrides = tiny_overrides(
         tmp_path,
         **{
@@ -248,3 +262,54 @@ def test_an_unknown_logger_name_suggests_the_closest(tmp_path: Path) -> None:
     ):
         mtkd.run(cfg, console=Console(quiet=True))
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_study_member_is_reused_when_only_its_loggers_or_study_name_changed(
+    tmp_path: Path,
+) -> None:
+    from mtkd.runs.study import _check_same_settings
+
+    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", tiny_overrides(tmp_path))
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    cfg.output.loggers = ["jsonl", "tensorboard"]
+    cfg.output.experiment = "renamed_study"
+    _check_same_settings(tmp_path, cfg)  # where it is logged changes nothing it computed
+    cfg.trainer.lr = 0.5
+    with pytest.raises(mtkd.RecipeError, match=r"trainer\.lr: 0\.001 → 0\.5"):
+        _check_same_settings(tmp_path, cfg)
+
+
+def test_the_logger_example_in_the_tracking_guide_works(tmp_path: Path) -> None:
+    import re
+    import types
+
+    from conftest import REPO
+
+    guide = (REPO / "docs" / "tracking.md").read_text()
+    code = re.search(r"## Writing a logger\n.*?```python\n(.*?)```", guide, re.S)
+    assert code is not None
+    module = types.ModuleType("csv_logger")
+    exec(compile(code.group(1), "docs/tracking.md", "exec"), module.__dict__)
+    plugins = mtkd.load_plugins(objects=[("csv_logger", module)])
+    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", tiny_overrides(tmp_path))
+    logger = plugins.loggers.get("csv", key="output.loggers")(cfg)
+    logger.start(RunStart(recipe=cfg, run_dir=tmp_path, resumed=False, experiment="x"))
+    logger.log_epoch(1, {"epoch": 1, "lr": 0.001, "train/loss": 2.5, "best": True})
+    assert (tmp_path / "epochs.csv").read_text().strip() == "1,0.001,2.5"
+
+
+def test_a_logger_failing_mid_run_stops_it_with_its_own_error_and_closes_the_others(
+    tmp_path: Path,
+) -> None:
+    plugins = mtkd.load_plugins(objects=[("recorder", LoggerPlugin())])
+    overrides = tiny_overrides(
+        tmp_path, **{"encoder.name": "test_efficientnet", "output.loggers": "[recording,failing]"}
+    )
+    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", overrides)
+    RecordingLogger.calls.clear()
+    with pytest.raises(ConnectionError, match="tracking server gone"):  # not close's error
+        mtkd.run(cfg, plugins=plugins, console=Console(quiet=True))
+    assert [kind for kind, _ in RecordingLogger.calls] == ["start", "epoch", "close"]
+    assert RecordingLogger.calls[-1][1] == "failed"
+    assert list((tmp_path / "runs").glob("*/checkpoints/last/state.json"))  # resumable
+    assert [p for p in plugins.manager.get_plugins() if type(p).__name__ == "Tracking"] == []

@@ -30,19 +30,21 @@ class TensorBoardLogger(Logger):
     def start(self, run: RunStart) -> None:
         self.folder = run.run_dir / FOLDER
         self.run = run
+        self.continued = self.folder.is_dir()  # a resumed run that logged here before
         self._writer: Any = None
         self._last_epoch = 0
-        if not run.resumed:
+        if not self.continued:
             text = "\n".join("    " + line for line in _yaml(run).splitlines())
             self.writer(None).add_text("recipe", text, 0)  # indented: shown as code
 
     def writer(self, first_epoch: int | None) -> Any:
-        """The event writer, opened on first use. A resumed run opens it at its first epoch
-        with ``purge_step`` so that epochs redone after a checkpoint replace the old ones."""
+        """The event writer, opened on first use. A continued run opens it at its first epoch
+        with ``purge_step``, so that epochs redone after an older checkpoint replace the
+        first versions (TensorBoard drops logged steps from there on)."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            purge = first_epoch if self.run.resumed else None
+            purge = first_epoch if self.continued else None
             self._writer = SummaryWriter(str(self.folder), purge_step=purge)
         return self._writer
 
@@ -67,11 +69,15 @@ class TensorBoardLogger(Logger):
         from torch.utils.tensorboard.summary import hparams
 
         step = int(results.get("epochs_run") or self._last_epoch)
-        writer = self.writer(step)
+        writer = self.writer(None)  # nothing to purge: every epoch is logged by now
         metrics = final_metrics(results)
         for key, value in metrics.items():
             writer.add_scalar(key, value, step)
-        _, start, end = hparams(flat_recipe(self.run.recipe), metrics)
+        # output.* says where the run went, not what it computed: left out of the comparison
+        recipe = {
+            k: v for k, v in flat_recipe(self.run.recipe).items() if not k.startswith("output.")
+        }
+        _, start, end = hparams(recipe, metrics)
         for summary in (start, end):
             writer.file_writer.add_summary(summary)
         writer.flush()

@@ -58,9 +58,11 @@ def learning_rates(optimizer: Any) -> dict[str, float]:
 class Tracking:
     """The loggers of one run (none on ranks other than 0, or with only ``jsonl``)."""
 
-    def __init__(self, loggers: list[Logger], run_dir: Path, data: DataBundle | None) -> None:
+    def __init__(
+        self, loggers: list[Logger], run_dir: Path, data: DataBundle | None, images_every: int
+    ) -> None:
         self.loggers, self.run_dir, self.data = loggers, run_dir, data
-        self.every = int(loggers[0].cfg.output.images_every) if loggers else 0
+        self.every = images_every
         self.logged = self._read_state()
         self.samples: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
@@ -76,10 +78,10 @@ class Tracking:
         console: Console | None = None,
     ) -> Tracking:
         """Instantiate and start the loggers (``classes`` empty: an inactive tracking)."""
-        loggers = [c(cfg) for c in classes if not issubclass(c, JsonlLogger)]
+        loggers = [c(cfg) for c in classes if c is not JsonlLogger]  # the loop writes jsonl
         experiment = str(cfg.output.experiment or cfg.name)
         run = RunStart(recipe=cfg, run_dir=run_dir, resumed=resumed, experiment=experiment)
-        tracking = cls(loggers, run_dir, data)
+        tracking = cls(loggers, run_dir, data, int(cfg.output.images_every))
         for logger in loggers:
             logger.start(run)
             line = logger.describe()
@@ -101,10 +103,10 @@ class Tracking:
         try:
             yield
         except Interrupted:
-            self.close("interrupted")
+            self.close("interrupted", quietly=True)
             raise
         except BaseException:
-            self.close("failed")
+            self.close("failed", quietly=True)
             raise
         finally:
             plugins.manager.unregister(self)
@@ -158,10 +160,16 @@ class Tracking:
             for logger in self.loggers:
                 logger.end(results, artefacts)
         except BaseException:
-            self.close("failed")
+            self.close("failed", quietly=True)
             raise
         self.close("finished")
 
-    def close(self, status: Status) -> None:
+    def close(self, status: Status, quietly: bool = False) -> None:
+        """Close every logger; ``quietly`` (when an error is already on its way up) ignores
+        their own errors, so that the error the user sees is the one that stopped the run."""
         for logger in self.loggers:
-            logger.close(status)
+            try:
+                logger.close(status)
+            except Exception:
+                if not quietly:
+                    raise
