@@ -30,6 +30,7 @@ from .errors import (
     check_options,
 )
 from .hookspecs import hookimpl
+from .loggers import Logger
 from .metrics.evaluate import evaluate
 from .model.build import build_model, build_tasks
 from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
@@ -51,6 +52,7 @@ __all__ = [
     "FeatureInfo",
     "Interrupted",
     "LabelSpace",
+    "Logger",
     "LossWeighting",
     "MtkdError",
     "MultiTaskModel",

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .hookspecs import hookimpl
+from .loggers import JsonlLogger, Logger
 from .model.multitask import MultiTaskModel
+from .runs.mlflow_logger import MlflowLogger
+from .runs.tensorboard_logger import TensorBoardLogger
 from .weighting import FixedWeighting, LossWeighting
 
 
@@ -13,6 +16,14 @@ from .weighting import FixedWeighting, LossWeighting
 def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
     """The paper's static weights, always available (the default strategy)."""
     register(FixedWeighting)
+
+
+@hookimpl
+def register_loggers(register: Callable[[type[Logger]], None]) -> None:
+    """metrics.jsonl (always on), and TensorBoard and MLflow when their extras are installed
+    (their packages are imported only when a run asks for them)."""
+    for logger in (JsonlLogger, TensorBoardLogger, MlflowLogger):
+        register(logger)
 
 
 @hookimpl(trylast=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import load_recipe
@@ -103,6 +104,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             "commands": plugins.commands.by_plugin(name),
             "loss weightings": plugins.weightings.by_plugin(name),
             "pretrained encoders": plugins.pretrained.by_plugin(name),
+            "loggers": plugins.loggers.by_plugin(name),
             "hooks": plugins.hooks_of(name),
         }
         for label, names in registered.items():
@@ -144,6 +146,13 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     if args.markdown:
         args.markdown.write_text(markdown_table(rows))
         console.print(f"markdown table: {args.markdown}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from .runs.page import write_report
+
+    console.print(f"report: {write_report(args.folder)}")
     return 0
 
 
@@ -277,6 +286,11 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     p_compare.add_argument("run_dirs", nargs="+", type=Path, help="run folders")
     p_compare.add_argument("--markdown", type=Path, help="also write the table as Markdown")
     p_compare.set_defaults(func=cmd_compare)
+    p_report = sub.add_parser(
+        "report", help="write report.html: one self-contained page for a run or a study"
+    )
+    p_report.add_argument("folder", type=Path, help="a run folder or a study folder")
+    p_report.set_defaults(func=cmd_report)
     p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)
@@ -301,7 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Console(stderr=True).print(f"[yellow]{exc}[/yellow]", highlight=False)
         return 143 if exc.signal_name == "SIGTERM" else 130  # 128 + the signal's number
     except MtkdError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        # escaped: a message may hold brackets (pip install 'mtkd[mlflow]') that are not markup
+        Console(stderr=True).print(
+            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False
+        )
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]")

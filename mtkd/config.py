@@ -114,6 +114,12 @@ class OutputConfig:
     plots: bool = True  # curves, confusion, predicted masks, accuracy by bin (PNG)
     root: str = "runs"
     dir: str | None = None  # the run folder; default <root>/<name>-<timestamp>
+    # experiment loggers (docs/tracking.md): jsonl (metrics.jsonl, always on), tensorboard,
+    # mlflow, or a plugin's; each name once
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    experiment: str | None = None  # groups runs in the loggers; default a study's or recipe's name
+    mlflow_uri: str | None = None  # MLflow tracking URI; default sqlite in mlruns/ beside root
+    images_every: int = 5  # epochs between predicted-mask images in loggers (0: never)
 
 
 @dataclass

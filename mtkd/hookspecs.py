@@ -22,6 +22,7 @@ import pluggy
 if TYPE_CHECKING:
     from .commands import Command
     from .context import TrainContext
+    from .loggers import Logger
     from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
     from .pretrained import PretrainedEntry
@@ -99,6 +100,18 @@ def register_pretrained(register: Callable[[PretrainedEntry], None]) -> None:
 
     Called when plugins load, once per plugin (every implementation, not firstresult); a name
     registered twice is an error naming both plugins.
+    """
+
+
+@hookspec
+def register_loggers(register: Callable[[type[Logger]], None]) -> None:
+    """Register experiment loggers: subclasses of ``mtkd.Logger``, selectable by name in
+    ``output.loggers`` (the core registers ``jsonl``, ``tensorboard`` and ``mlflow``).
+
+    :param register: call ``register(LoggerClass)`` once per class.
+
+    Called when plugins load, once per plugin (every implementation, not firstresult); a name
+    may be registered once.
     """
 
 

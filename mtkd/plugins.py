@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from . import _default_hooks, hookspecs
 from .commands import Command
 from .errors import PluginError, did_you_mean
+from .loggers import Logger
 from .preprocess import Preprocessor
 from .pretrained import PretrainedEntry
 from .samples import SampleSource
@@ -108,6 +109,7 @@ class PluginSet:
     commands: Registry[type[Command]]
     weightings: Registry[type[LossWeighting]]
     pretrained: Registry[PretrainedEntry]
+    loggers: Registry[type[Logger]]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -140,6 +142,7 @@ REGISTRIES = (
     _RegistrySpec(
         "pretrained", "register_pretrained", "pretrained encoder", PretrainedEntry, instances=True
     ),
+    _RegistrySpec("loggers", "register_loggers", "logger", Logger),
 )
 
 

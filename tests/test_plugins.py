@@ -114,7 +114,8 @@ def test_builtins_load_through_the_entry_point_group() -> None:
     assert {"identification", "segmentation", "random_images"} <= set(plugins.origins)
     assert plugins.origins["identification"].startswith("entry point mtkd_plugins.")
     assert plugins.tasks.by_plugin("segmentation") == ["segmentation"]
-    assert plugins.hooks_of("mtkd.core") == ["distill", "register_weightings"]
+    assert plugins.hooks_of("mtkd.core") == ["distill", "register_loggers", "register_weightings"]
+    assert plugins.loggers.by_plugin("mtkd.core") == ["jsonl", "mlflow", "tensorboard"]
     assert plugins.weightings.by_plugin("mtkd.core") == ["fixed"]
     assert plugins.weightings.by_plugin("loss_weighting") == ["dwa", "gradnorm", "uncertainty"]
 

@@ -28,6 +28,7 @@ from ..utils.checkpoint import write_json
 from ..utils.rng import seed_everything
 from .folder import RESULTS, check_output_dir, new_run_dir, save_distilled, write_run_header
 from .resume import settle_resume
+from .tracking import Tracking, resolve_loggers
 
 
 def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTaskModel:
@@ -146,6 +147,7 @@ def run(
     main = distributed.is_main()
     console = console if console is not None and main else Console(quiet=not main)
     plugins = plugins_for(cfg, plugins)
+    loggers = resolve_loggers(cfg, plugins)  # an unknown or uninstalled logger fails first
     _check_folder(cfg, resume_dir, force, main, console, plugins)
     seed_everything(cfg.trainer.seed)
     with distributed.main_first():  # rank 0 fills the disk cache, the others then read it
@@ -168,7 +170,13 @@ def run(
     console.print(f"data: {data.sizes()}  model: {model.describe()['tasks']}")
     started = time.perf_counter()
     resume = resume_dir is not None
-    ctx = train(model, data, cfg, plugins=plugins, run_dir=run_dir, console=console, resume=resume)
+    tracking = Tracking.start(
+        loggers if main else [], cfg, run_dir, data, resumed=resume, console=console
+    )
+    with tracking.training(plugins):
+        ctx = train(
+            model, data, cfg, plugins=plugins, run_dir=run_dir, console=console, resume=resume
+        )
     train_time = time.perf_counter() - started
     device = resolve_device(cfg.trainer.device)
     inference_model = distill(model, plugins) if cfg.distill.enabled else model
@@ -197,8 +205,10 @@ def run(
     }
     results.update(assess(model, inference_model, data, cfg, device))
     write_json(run_dir / RESULTS, results)  # saved before the figures: plotting loses nothing
+    figures = []
     if cfg.output.plots:
         from ..viz.figures import write_run_figures
 
-        write_run_figures(run_dir, model, data, results, device)
+        figures = write_run_figures(run_dir, model, data, results, device)
+    tracking.finish(results, figures)
     return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results=results)

@@ -150,12 +150,15 @@ def rich_table(rows: Sequence[ComparisonRow], title: str) -> Table:
     return table
 
 
-def markdown_table(rows: Sequence[ComparisonRow]) -> str:
+def table_cells(rows: Sequence[ComparisonRow]) -> tuple[list[str], list[list[str]]]:
+    """(header, one list of cell texts per row): the table any format renders."""
     columns = _used_columns(rows)
     header = ["network", "runs", *(c.title for c in columns)]
+    return header, [[row.recipe, str(len(row.runs)), *row.cells(columns)] for row in rows]
+
+
+def markdown_table(rows: Sequence[ComparisonRow]) -> str:
+    header, cells = table_cells(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows:
-        lines.append(
-            "| " + " | ".join([row.recipe, str(len(row.runs)), *row.cells(columns)]) + " |"
-        )
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"

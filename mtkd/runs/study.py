@@ -129,6 +129,19 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
+# keys that change where a run is written or logged, not what it computes: a member may be
+# reused, or resumed, with loggers added or the study renamed
+UNSCORED = frozenset(
+    (
+        "output.dir",
+        "output.experiment",
+        "output.loggers",
+        "output.mlflow_uri",
+        "output.images_every",
+    )
+)
+
+
 def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None:
     """A finished (or interrupted) member is reused only if it ran with the settings planned now.
 
@@ -141,7 +154,7 @@ def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None
     saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
     planned = _flat(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(
-        k for k in saved.keys() & planned.keys() if saved[k] != planned[k] and k != "output.dir"
+        k for k in saved.keys() & planned.keys() if saved[k] != planned[k] and k not in UNSCORED
     )
     if changed:
         shown = ", ".join(f"{k}: {saved[k]!r} → {planned[k]!r}" for k in changed[:6])
@@ -203,6 +216,7 @@ def plan_study(
             )
             cfg.name = member.name
             cfg.output.dir = str(run_dir)
+            cfg.output.experiment = cfg.output.experiment or path.stem  # loggers group a study
             planned.append(PlannedRun(member, seed, run_dir, cfg))
     return folder, planned
 
