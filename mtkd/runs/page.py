@@ -9,6 +9,7 @@ the page opens offline and can be attached to a message. Every number comes from
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -250,9 +251,7 @@ def _render(**context: Any) -> str:
 
 
 def _versions() -> str:
-    from .. import __version__
-
-    return f"mtkd {__version__}, written {time.strftime('%Y-%m-%d %H:%M')}"
+    return f"mtkd {importlib.metadata.version('mtkd')}, written {time.strftime('%Y-%m-%d %H:%M')}"
 
 
 def run_page(run_dir: Path) -> str:
