@@ -128,6 +128,56 @@ def _check_folder(
         console.print(f"resume: {key}: {old!r} → {new!r} (recorded in config.yaml)")
 
 
+def _run_folder(
+    cfg: DictConfig,
+    data: DataBundle,
+    transfer: Any,
+    resume_dir: Path | None,
+    force: bool,
+    main: bool,
+) -> Path:
+    """The folder this run writes (rank 0 creates a new one), the same path on every rank."""
+    run_dir: Path | None = None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+    elif main:
+        run_dir = new_run_dir(cfg, force)
+        write_run_header(run_dir, cfg, dict(data.label_spaces))
+        if transfer is not None:
+            transfer.save(run_dir)
+    return Path(distributed.broadcast_object(str(run_dir) if main else None))
+
+
+def _run_facts(
+    cfg: DictConfig,
+    run_dir: Path,
+    data: DataBundle,
+    ctx: TrainContext,
+    train_time: float,
+    model: MultiTaskModel,
+    inference_model: MultiTaskModel,
+) -> dict[str, Any]:
+    """What results.json says about the run itself, before the test figures."""
+    return {
+        "recipe": cfg.name,
+        "run_dir": str(run_dir),
+        "data": data.sizes(),
+        "data_report": asdict(data.report),
+        "epochs_run": len(ctx.history),
+        "best_epoch": ctx.best_epoch,
+        "stopped_early": ctx.stopped_early,
+        "train_time_s": round(train_time, 2),
+        "train_images_per_s": _median_throughput(ctx.history),
+        "seed": cfg.trainer.seed,
+        "versions": _versions(),
+        "params": {
+            "training": model.parameter_counts().to_dict(),
+            "inference": inference_model.parameter_counts().to_dict(),
+        },
+        "removed_tasks": sorted(set(model.tasks) - set(inference_model.tasks)),
+    }
+
+
 def run(
     cfg: DictConfig,
     *,
@@ -156,14 +206,7 @@ def run(
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
     # the run folder exists, so a source that fits nothing leaves no empty run behind)
     transfer = init_from_recipe(model, cfg, plugins) if resume_dir is None else None
-    if resume_dir is not None:
-        run_dir = Path(resume_dir)
-    elif main:
-        run_dir = new_run_dir(cfg, force)
-        write_run_header(run_dir, cfg, dict(data.label_spaces))
-        if transfer is not None:
-            transfer.save(run_dir)
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if main else None))
+    run_dir = _run_folder(cfg, data, transfer, resume_dir, force, main)
     console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
     if transfer is not None:
         transfer.print(console)
@@ -185,24 +228,7 @@ def run(
     if not main:
         return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results={})
     save_distilled(run_dir, inference_model)  # the inference model, whether distilled or not
-    results: dict[str, Any] = {
-        "recipe": cfg.name,
-        "run_dir": str(run_dir),
-        "data": data.sizes(),
-        "data_report": asdict(data.report),
-        "epochs_run": len(ctx.history),
-        "best_epoch": ctx.best_epoch,
-        "stopped_early": ctx.stopped_early,
-        "train_time_s": round(train_time, 2),
-        "train_images_per_s": _median_throughput(ctx.history),
-        "seed": cfg.trainer.seed,
-        "versions": _versions(),
-        "params": {
-            "training": model.parameter_counts().to_dict(),
-            "inference": inference_model.parameter_counts().to_dict(),
-        },
-        "removed_tasks": sorted(set(model.tasks) - set(inference_model.tasks)),
-    }
+    results = _run_facts(cfg, run_dir, data, ctx, train_time, model, inference_model)
     results.update(assess(model, inference_model, data, cfg, device))
     write_json(run_dir / RESULTS, results)  # saved before the figures: plotting loses nothing
     figures = []
