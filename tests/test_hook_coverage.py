@@ -48,10 +48,10 @@ def exercised_in(text: str) -> set[str]:
 
 
 def documented_signatures(guide: str) -> dict[str, list[str]]:
-    """Rows of the guide's hooks table: hook name → the parameter names it documents."""
+    """The guide's generated hook reference: hook name → the parameter names it documents."""
     section = guide.split("\n## Hooks\n", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(\w+)` \| `(\w+)\(([^)]*)\)", section, flags=re.MULTILINE)
-    assert rows, "docs/writing-plugins.md: no hooks table under '## Hooks'"
+    rows = re.findall(r"^### `((\w+))\(([^)]*)\)`", section, flags=re.MULTILINE)
+    assert rows, "docs/writing-plugins.md: no hook reference under '## Hooks'"
     for name, called, _ in rows:
         assert name == called, f"docs/writing-plugins.md: row '{name}' shows '{called}(...)'"
     return {name: [a.strip() for a in args.split(",") if a.strip()] for name, _, args in rows}

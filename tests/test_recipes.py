@@ -17,6 +17,7 @@ STAND_INS = {
     "pose_distilled_id": "mobilenetv2_035",
     "seg_pose_distilled_id": "mobilenetv2_035",
     "orl_id": "mobilenetv2_035",
+    "face_id": "mobilenetv2_100",  # the zoo entry it starts from is a mobilenetv2_100
     "pretrain_synthetic_heads": "mobilenetv2_035",
     "mobilenetv2_id": "mobilenetv2_035",
     "resnet101_id": "test_resnet",

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RECIPES, tiny_overrides
-from helpers import html_tables
+from helpers import RECIPES, html_tables, tiny_overrides
 from rich.console import Console
 
 import mtkd

@@ -113,13 +113,12 @@ def test_short_training_lowers_the_segmentation_loss(decoder: str) -> None:
     torch.manual_seed(0)
     channels = f"tasks.segmentation.decoder_channels={NARROW[decoder]}"
     model = build("test_efficientnet", decoder, 32, channels)
-    task = model.tasks["segmentation"]
     images, masks = blocky_batch(8, 32, seed=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     losses = []
     for _ in range(20):
-        loss = task.loss(model(images)["segmentation"], masks)
+        loss = model.task_loss("segmentation", model(images)["segmentation"], masks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

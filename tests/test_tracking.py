@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import torch.distributed as dist
-from conftest import RECIPES, tiny_overrides
-from helpers import killer_plugin, mtkd_subprocess
+from helpers import RECIPES, killer_plugin, mtkd_subprocess, tiny_overrides
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -283,7 +282,7 @@ def test_the_logger_example_in_the_tracking_guide_works(tmp_path: Path) -> None:
     import re
     import types
 
-    from conftest import REPO
+    from helpers import REPO
 
     guide = (REPO / "docs" / "tracking.md").read_text()
     code = re.search(r"## Writing a logger\n.*?```python\n(.*?)```", guide, re.S)

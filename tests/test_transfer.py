@@ -234,7 +234,7 @@ def trainer_cfg(**values: Any) -> DictConfig:
 def train_step(model: mtkd.MultiTaskModel, optimizer: torch.optim.Optimizer) -> None:
     images = torch.rand(4, 3, 32, 32)
     target = torch.randint(0, 5, (4,))
-    loss = model.tasks["identification"].loss(model(images)["identification"], target)
+    loss = model.task_loss("identification", model(images)["identification"], target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
