@@ -13,7 +13,8 @@ alone, then one vmapped ``torchjd.autojac.jac`` through the encoder for all task
 
 - row k is task k's loss x its recipe ``weight`` (``task_weights: false`` drops the weights),
   so ``method: sum`` is the fixed weighting's update and the heads train as they do with it;
-- a task no sample of the (global) batch labels has no row that step;
+- a task no sample of the (global) batch labels has no row that step (with one row left,
+  the encoder gets that task's gradient);
 - under DDP the Jacobian is averaged over ranks (as DDP averages gradients) and then
   aggregated: the aggregator sees the global batch's conflicts, every rank gets rank 0's
   result, and the ranks stay identical bit for bit (it costs one all-reduce of a gradient
@@ -26,6 +27,7 @@ alone, then one vmapped ``torchjd.autojac.jac`` through the encoder for all task
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +81,8 @@ OWN_OPTIONS = ("method", "task_weights", "parallel_chunk_size")
 class AggregateOptions:
     method: str = "upgrad"  # a key of METHODS
     task_weights: bool = True  # scale each task's row by its recipe weight
-    parallel_chunk_size: int | None = None  # tasks per vmapped encoder pass; 1: no vmap
+    # tasks per vmapped encoder pass; 1: no vmap; null: all, or 1 under bf16/fp16 autocast
+    parallel_chunk_size: int | None = None
     aggregator: dict[str, Any] = field(default_factory=dict)  # the method's own options
 
 
@@ -135,8 +138,10 @@ class GradientAggregation(LossWeighting):
         scaler: torch.amp.GradScaler | None = None,
         features: EncoderOutputs | None = None,
     ) -> None:
+        rows = [losses[k] * w for k, w in zip(self.keys, self.row_weights, strict=True)]
+        if scaler is not None:  # fp16: every gradient carries the scaler's scale
+            rows = [scaler.scale(row) for row in rows]
         scale = 1.0 if scaler is None else float(scaler.get_scale())
-        rows = [losses[k] * (w * scale) for k, w in zip(self.keys, self.row_weights, strict=True)]
         shared = [p for p in self.shared if p.requires_grad]
         live = [i for i, f in enumerate(features.outputs) if f.requires_grad] if features else []
         if not shared or not live:  # the encoder is frozen: each head learns from its own task
@@ -145,7 +150,7 @@ class GradientAggregation(LossWeighting):
         assert features is not None
         outputs = [features.outputs[i] for i in live]
         through_heads = _head_backward(rows, [features.cut[i] for i in live])
-        chunk = self.options.parallel_chunk_size
+        chunk = self.options.parallel_chunk_size or _chunk_for(outputs)
         blocks = jac(outputs, shared, jac_outputs=through_heads, parallel_chunk_size=chunk)
         jacobian = torch.cat([b.reshape(b.shape[0], -1).float() for b in blocks], 1).div_(scale)
         jacobian, active = _over_ranks(jacobian, [counts[k] for k in self.keys])
@@ -157,9 +162,14 @@ class GradientAggregation(LossWeighting):
         rows = jacobian[list(active)]
         if not active or not bool(torch.isfinite(rows).all()):
             return jacobian.sum(0)  # nothing to aggregate, or infinities the GradScaler skips
+        if len(active) == 1:  # one labelled task: its gradient, whatever the method
+            self._record(rows, active, rows.new_ones(1))
+            return rows[0]
         self._weights_seen = None
         try:
-            update = self._aggregator(active)(rows)
+            with warnings.catch_warnings():  # cvxpy's note that Nash-MTL's problem is not DPP
+                warnings.filterwarnings("ignore", message=".*not DPP", category=UserWarning)
+                update = self._aggregator(active)(rows)
         except Exception as exc:  # a solver that failed on these gradients
             raise mtkd.MtkdError(
                 f"{KEY}.method={self.options.method}: the aggregator failed on this step's "
@@ -335,6 +345,13 @@ def _nash_internals(aggregator: agg.Aggregator) -> Any:
             "a checkpoint cannot hold it; install the torchjd version pyproject.toml names"
         )
     return inner
+
+
+def _chunk_for(outputs: list[torch.Tensor]) -> int | None:
+    """All tasks in one vmapped encoder pass, but one at a time under bf16/fp16 autocast:
+    vmap cannot batch BatchNorm's mixed-precision backward (PyTorch 2.14)."""
+    reduced = any(o.dtype in (torch.float16, torch.bfloat16) for o in outputs)
+    return 1 if reduced else None
 
 
 def _head_backward(rows: list[torch.Tensor], cut: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -17,12 +17,16 @@ from helpers import RECIPES, tiny_overrides
 from mtkd_plugins.gradient_aggregation import METHODS, GradientAggregation
 from omegaconf import DictConfig
 from rich.console import Console
+from safetensors.torch import load_file
 from torch import nn
 from torchjd.aggregation import WeightedAggregator
 
 import mtkd
 from mtkd.config import named_block
-from mtkd.engine.step import check_aggregation
+from mtkd.data.build import make_train_loader
+from mtkd.engine.setup import make_weighting
+from mtkd.engine.step import check_aggregation, encoder_outputs
+from mtkd.model.losses import task_losses
 from mtkd.runs.study import plan_study
 from mtkd.weighting import EncoderOutputs
 
@@ -35,13 +39,16 @@ G2 = torch.tensor([-2.0, 1.0, 0.0])
 
 
 class _Scaler:
-    """What the weighting reads of fp16's GradScaler."""
+    """What the weighting uses of fp16's GradScaler."""
 
     def __init__(self, scale: float) -> None:
-        self.scale = scale
+        self.factor = scale
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.factor
 
     def get_scale(self) -> float:
-        return self.scale
+        return self.factor
 
 
 def _weighting(method: str, n: int, weights: list[float] | None = None, **options: Any) -> Any:
@@ -87,7 +94,8 @@ def test_pcgrad_removes_each_gradients_conflicting_component() -> None:
 def test_the_update_conflicts_with_no_task(method: str) -> None:
     assert float(G1 @ G2) < 0
     update, _, _ = hand_built_update(method, [G1, G2])
-    assert float(update @ G1) >= -1e-5 and float(update @ G2) >= -1e-5
+    # up to the dual-cone solver's regularisation (reg_eps 1e-4 on the normalised Gramian)
+    assert float(update @ G1) >= -1e-3 and float(update @ G2) >= -1e-3
     mean, _, _ = hand_built_update("mean", [G1, G2])
     assert float(mean @ G1) < 0  # the plain average does conflict with the first task
 
@@ -274,51 +282,97 @@ def test_each_method_trains_a_two_and_a_three_task_model(
         assert {f"weight/{k}" for k in model.tasks} <= set(record)
 
 
-def test_sum_trains_the_model_the_fixed_weighting_trains(
-    tiny_recipe: Callable[..., DictConfig],
+def _step_gradients(model: Any, batch: Any, cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """The gradients one training step of ``cfg``'s weighting sets, on a fixed batch."""
+    weighting = make_weighting(model, cfg, mtkd.load_plugins())
+    torch.manual_seed(1)  # the same dropout masks
+    with encoder_outputs(model.encoder, weighting.aggregates_gradients) as features:
+        outputs = model(batch["image"])
+    losses, counts = task_losses(outputs, batch, model.tasks, model.heads)
+    model.zero_grad(set_to_none=True)
+    weighting.backward(losses, counts, None, features)
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("recipe", ["seg_distilled_id", "pose_distilled_id"])
+def test_sum_sets_the_gradients_the_fixed_weighting_sets(
+    tiny_recipe: Callable[..., DictConfig], recipe: str
 ) -> None:
-    """Rows carry the recipe weights: their sum is the fixed weighting's gradient, through the
-    two-step chain rule (heads, then the encoder's taps and final features)."""
-    fixed, _ = _fit(tiny_recipe())
-    summed, _ = _fit(tiny_recipe(**_aggregate("sum")))
-    for (key, a), b in zip(fixed.state_dict().items(), summed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
+    """Rows carry the recipe weights, so their sum is the fixed weighting's gradient: the
+    two-step chain rule (each head, then the encoder's taps and final features) is exact."""
+    extra: dict[str, Any] = {"encoder.name": "mobilenetv2_035"}
+    if recipe == "pose_distilled_id":  # random_images has no pose label
+        extra |= {"data.dataset.name": "synthetic_heads", "data.dataset.views_spread": 0}
+    cfg = tiny_recipe(recipe, **extra)
+    data = mtkd.build_data(cfg, console=QUIET)
+    torch.manual_seed(0)
+    model = mtkd.build_model(cfg, data.label_spaces).train()
+    batch = next(iter(make_train_loader(data.train, 8, seed=0)))
+    fixed = _step_gradients(model, batch, cfg)
+    summed = _step_gradients(model, batch, tiny_recipe(recipe, **extra, **_aggregate("sum")))
+    assert fixed.keys() == summed.keys()
+    top = max(float(g.abs().max()) for g in fixed.values())
+    for key, gradient in fixed.items():  # (a bias before a BatchNorm has a ~0 gradient: noise)
+        torch.testing.assert_close(summed[key], gradient, rtol=1e-3, atol=1e-5 * top, msg=key)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_an_aggregator_trains_under_autocast(
     tiny_recipe: Callable[..., DictConfig], precision: str
 ) -> None:
-    cfg = tiny_recipe(**_aggregate("upgrad", **{"trainer.precision": precision}))
-    _, ctx = _fit(cfg)
+    # fp16's scaler starts at 2^16: the first steps overflow and are skipped, as without
+    # an aggregator, until the scale has come down
+    overrides = {"trainer.precision": precision, "trainer.max_epochs": 2}
+    _, ctx = _fit(tiny_recipe(**_aggregate("upgrad", **overrides)))
     assert math.isfinite(ctx.history[-1]["train/loss"])
     assert "grad_cos/identification__segmentation" in ctx.history[-1]
 
 
 def test_partial_labels_and_a_frozen_first_epoch_train(
-    tiny_recipe: Callable[..., DictConfig],
+    tiny_recipe: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    overrides = {"data.dataset.mask_fraction": 0.2, "trainer.freeze_encoder_epochs": 1}
-    cfg = tiny_recipe(**_aggregate("nash_mtl", **overrides, **{"trainer.max_epochs": 2}))
+    seen: list[tuple[int, ...]] = []
+    aggregate = GradientAggregation._aggregate
+
+    def spy(self: GradientAggregation, jacobian: torch.Tensor, active: Any) -> torch.Tensor:
+        seen.append(active)
+        return aggregate(self, jacobian, active)
+
+    monkeypatch.setattr(GradientAggregation, "_aggregate", spy)
+    overrides = {"data.dataset.mask_fraction": 0.1, "trainer.freeze_encoder_epochs": 1}
+    cfg = tiny_recipe(**_aggregate("nash_mtl", **overrides, **{"trainer.max_epochs": 3}))
     _, ctx = _fit(cfg)
     assert "grad_cos/identification__segmentation" not in ctx.history[0]  # frozen: no rows
-    assert "grad_cos/identification__segmentation" in ctx.history[1]
+    assert "weight/identification" in ctx.history[-1]
+    # steps whose batch held no mask had the identification row alone
+    assert {(0,), (0, 1)} <= set(seen)
 
 
 def test_a_resumed_run_continues_an_aggregators_state_exactly(
     tiny_recipe: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
-    overrides = _aggregate("nash_mtl", **{"trainer.max_epochs": 2})
-    full, straight = _fit(tiny_recipe(**overrides))
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    _fit(tiny_recipe(**{**overrides, "trainer.max_epochs": 1}), run_dir)
-    resumed, _ = _fit(tiny_recipe(**overrides), run_dir, resume=True)
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
-    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for key in ("weight/identification", "grad_cos/identification__segmentation"):
-        assert logged[-1][key] == straight.history[-1][key]
+    """Nash-MTL solving every third step reuses its last weights in between: resuming must
+    restore them (and its step count) for the second epoch to train the same."""
+    overrides = _aggregate(
+        "nash_mtl", **{"trainer.max_epochs": 2, f"{KEY}.update_weights_every": 3}
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for run_dir in (straight, resumed):
+        run_dir.mkdir()
+    _fit(tiny_recipe(**overrides), straight)
+    _fit(tiny_recipe(**{**overrides, "trainer.max_epochs": 1}), resumed)
+    _fit(tiny_recipe(**overrides), resumed, resume=True)
+    last = Path("checkpoints") / "last" / "model.safetensors"
+    a, b = load_file(str(straight / last)), load_file(str(resumed / last))
+    for key, value in a.items():  # the last epoch's weights, not the best ones
+        assert torch.equal(value, b[key]), key
+
+    def logged(run_dir: Path) -> list[dict[str, Any]]:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if not k.startswith("time")} for row in rows]
+
+    assert logged(straight) == logged(resumed)
+    assert "weight/identification" in logged(resumed)[-1]
 
 
 def test_a_run_reports_its_training_throughput_and_the_gradients_conflict(
