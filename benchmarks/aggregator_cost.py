@@ -8,6 +8,7 @@ timed with an ``on_step_end`` hook.
 
     python benchmarks/aggregator_cost.py [--size 64] [--batch 16] [--steps 4] [--rounds 2]
     python benchmarks/aggregator_cost.py --methods upgrad pcgrad --recipe seg_pose_distilled_id
+    python benchmarks/aggregator_cost.py --methods sum --chunk 1   # one encoder pass per task
 """
 
 from __future__ import annotations
@@ -69,10 +70,15 @@ def _cfg(args: argparse.Namespace, weighting: list[str]) -> Any:
     )
 
 
-def _variants(methods: list[str]) -> dict[str, list[str]]:
+def _variants(methods: list[str], chunk: int | None) -> dict[str, list[str]]:
     out = {"fixed": ["trainer.weighting.name=fixed"]}
+    extra = [] if chunk is None else [f"trainer.weighting.parallel_chunk_size={chunk}"]
     for method in methods:
-        out[method] = ["trainer.weighting.name=aggregate", f"trainer.weighting.method={method}"]
+        out[method] = [
+            "trainer.weighting.name=aggregate",
+            f"trainer.weighting.method={method}",
+            *extra,
+        ]
     return out
 
 
@@ -93,10 +99,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--chunk", type=int, default=None, help="parallel_chunk_size (1: no vmap)")
     args = parser.parse_args()
     setting = f"{args.recipe}, {args.encoder}, {args.size} px, batch {args.batch}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {setting}")
-    variants = _variants(args.methods)
+    variants = _variants(args.methods, args.chunk)
     base = _cfg(args, [])
     data = mtkd.build_data(base, console=Console(quiet=True))
     torch.manual_seed(0)

@@ -81,7 +81,7 @@ OWN_OPTIONS = ("method", "task_weights", "parallel_chunk_size")
 class AggregateOptions:
     method: str = "upgrad"  # a key of METHODS
     task_weights: bool = True  # scale each task's row by its recipe weight
-    # tasks per vmapped encoder pass; 1: no vmap; null: all, or 1 under bf16/fp16 autocast
+    # tasks per vmapped encoder pass; 1: no vmap; null: all on a GPU, 1 on the CPU or in bf16/fp16
     parallel_chunk_size: int | None = None
     aggregator: dict[str, Any] = field(default_factory=dict)  # the method's own options
 
@@ -348,10 +348,12 @@ def _nash_internals(aggregator: agg.Aggregator) -> Any:
 
 
 def _chunk_for(outputs: list[torch.Tensor]) -> int | None:
-    """All tasks in one vmapped encoder pass, but one at a time under bf16/fp16 autocast:
-    vmap cannot batch BatchNorm's mixed-precision backward (PyTorch 2.14)."""
+    """All tasks in one vmapped encoder pass on a GPU; one at a time on the CPU (measured
+    faster there: docs/benchmarks.md) and under bf16/fp16 autocast, where vmap cannot batch
+    BatchNorm's mixed-precision backward (PyTorch 2.14)."""
     reduced = any(o.dtype in (torch.float16, torch.bfloat16) for o in outputs)
-    return 1 if reduced else None
+    on_cpu = any(o.device.type == "cpu" for o in outputs)
+    return 1 if reduced or on_cpu else None
 
 
 def _head_backward(rows: list[torch.Tensor], cut: list[torch.Tensor]) -> list[torch.Tensor]:

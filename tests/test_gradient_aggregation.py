@@ -184,6 +184,15 @@ def test_an_overflowing_gradient_is_left_for_the_grad_scaler_to_skip() -> None:
     assert weighting.current_weights() == {}  # the method never ran on it
 
 
+def test_a_failing_solver_names_the_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(self: Any, matrix: torch.Tensor) -> torch.Tensor:
+        raise ValueError("Failed to solve the quadratic programming problem.")
+
+    monkeypatch.setattr(METHODS["upgrad"].cls, "forward", fail)
+    with pytest.raises(mtkd.MtkdError, match=r"^trainer\.weighting\.method=upgrad: .*quadratic"):
+        hand_built_update("upgrad", [G1, G2])
+
+
 def test_the_cosine_between_task_gradients_is_logged_per_epoch() -> None:
     _, weighting, _ = hand_built_update("upgrad", [G1, G2])
     weighting.epoch_end({})
@@ -294,12 +303,14 @@ def _step_gradients(model: Any, batch: Any, cfg: DictConfig) -> dict[str, torch.
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("chunk", ["sequential", "vmapped"])
 @pytest.mark.parametrize("recipe", ["seg_distilled_id", "pose_distilled_id"])
 def test_sum_sets_the_gradients_the_fixed_weighting_sets(
-    tiny_recipe: Callable[..., DictConfig], recipe: str
+    tiny_recipe: Callable[..., DictConfig], recipe: str, chunk: str
 ) -> None:
     """Rows carry the recipe weights, so their sum is the fixed weighting's gradient: the
-    two-step chain rule (each head, then the encoder's taps and final features) is exact."""
+    two-step chain rule (each head, then the encoder's taps and final features) is exact,
+    one task per encoder pass (the CPU's default) or all in one vmapped pass."""
     extra: dict[str, Any] = {"encoder.name": "mobilenetv2_035"}
     if recipe == "pose_distilled_id":  # random_images has no pose label
         extra |= {"data.dataset.name": "synthetic_heads", "data.dataset.views_spread": 0}
@@ -309,7 +320,9 @@ def test_sum_sets_the_gradients_the_fixed_weighting_sets(
     model = mtkd.build_model(cfg, data.label_spaces).train()
     batch = next(iter(make_train_loader(data.train, 8, seed=0)))
     fixed = _step_gradients(model, batch, cfg)
-    summed = _step_gradients(model, batch, tiny_recipe(recipe, **extra, **_aggregate("sum")))
+    tasks_per_pass = {f"{KEY}.parallel_chunk_size": 1 if chunk == "sequential" else 8}
+    summed_cfg = tiny_recipe(recipe, **extra, **_aggregate("sum", **tasks_per_pass))
+    summed = _step_gradients(model, batch, summed_cfg)
     assert fixed.keys() == summed.keys()
     top = max(float(g.abs().max()) for g in fixed.values())
     for key, gradient in fixed.items():  # (a bias before a BatchNorm has a ~0 gradient: noise)
