@@ -112,8 +112,9 @@ class GradientAggregation(LossWeighting):
         super().__init__(tasks, options, shared)
         self.method = METHODS[options.method]
         self.kwargs = _per_task_in_order(self.method, options.aggregator, self.keys)
-        scale = [float(t.weight) if options.task_weights else 1.0 for t in self.tasks.values()]
-        self.row_weights = scale
+        self.row_weights = [
+            float(t.weight) if options.task_weights else 1.0 for t in self.tasks.values()
+        ]
         self._aggregators: dict[tuple[int, ...], agg.Aggregator] = {}
         self._weights_seen: torch.Tensor | None = None
         k = len(self.keys)
