@@ -5,18 +5,38 @@ parameters (learned weights) join the optimizer in their own group, and its para
 buffers are saved in every checkpoint, so a resumed run continues exactly. The engine logs
 the fixed-weight total as ``loss`` whatever the strategy, so runs stay comparable and early
 stopping keeps watching the recipe's weighting of the validation losses.
+
+Most strategies only say how losses combine (:meth:`LossWeighting.combine`); a gradient
+aggregator (``aggregates_gradients``) instead overrides :meth:`LossWeighting.backward` to set
+the gradients itself from the task gradients on the encoder's features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from .config import parse_options
 from .samples import NoOptions
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from torch.amp import GradScaler
+
+
+@dataclass
+class EncoderOutputs:
+    """The encoder's outputs (taps, then final features) of one step, for a strategy that
+    ``aggregates_gradients``. The heads read ``cut``, leaf copies of ``outputs``, so a loss
+    reaches the encoder only through the strategy's own chain rule: each task's gradient with
+    respect to ``cut`` (through its head alone), carried back through ``outputs``."""
+
+    outputs: list[torch.Tensor] = field(default_factory=list)  # in the encoder's graph
+    cut: list[torch.Tensor] = field(default_factory=list)  # what the heads read
 
 
 class LossWeighting(nn.Module):
@@ -28,6 +48,18 @@ class LossWeighting(nn.Module):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    # True for a strategy whose backward() differentiates through the encoder's outputs
+    # itself (a gradient aggregator): the engine then cuts the graph there (EncoderOutputs),
+    # runs the forward without DDP's gradient hooks, and averages over ranks only the
+    # gradients outside ``shared`` (the heads'); backward() must set ``shared``'s, identical
+    # on every rank.
+    aggregates_gradients: ClassVar[bool] = False
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any], key: str) -> Any:
+        """The recipe's options (``trainer.weighting`` less ``name``) as this strategy's
+        ``Options``; a strategy whose options depend on one of them overrides it."""
+        return parse_options(cls.Options, raw, key)
 
     def __init__(
         self, tasks: Mapping[str, Task], options: Any, shared: Sequence[nn.Parameter]
@@ -49,12 +81,40 @@ class LossWeighting(nn.Module):
         """
         raise NotImplementedError
 
+    def backward(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        counts: Mapping[str, int],
+        scaler: GradScaler | None = None,
+        features: EncoderOutputs | None = None,
+    ) -> None:
+        """Fill this step's ``.grad`` fields: by default, backpropagate :meth:`combine`.
+
+        ``scaler`` is fp16's GradScaler: every gradient must come out multiplied by its scale
+        (the optimizer step unscales them). ``features`` are the encoder's outputs this step,
+        given only to a strategy that ``aggregates_gradients``.
+        """
+        combined = self.combine(losses, counts)
+        if scaler is None:
+            combined.backward()
+            return
+        scale = scaler.get_scale()
+        for p in self.parameters():  # gradients a strategy set itself (GradNorm) are
+            if p.grad is not None:  # unscaled: scale them as backward scales the rest
+                p.grad.mul_(scale)
+        scaler.scale(combined).backward()
+
     def epoch_end(self, train_losses: Mapping[str, float]) -> None:
         """Called after each epoch with its mean training loss per task (all ranks agree)."""
 
     def current_weights(self) -> dict[str, float]:
         """The weight each task's loss gets now; logged as ``weight/<task>`` each epoch."""
         return {key: task.weight for key, task in self.tasks.items()}
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Anything else the strategy measured over the epoch just ended (called after
+        :meth:`epoch_end`), added to that epoch's record in ``metrics.jsonl``."""
+        return {}
 
 
 class FixedWeighting(LossWeighting):

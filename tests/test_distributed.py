@@ -26,6 +26,7 @@ PROBE = """
 import os
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 import mtkd
@@ -42,8 +43,10 @@ def on_train_end(context):
     rank = distributed.rank()
     _save(context.model.state_dict(), f"trained-{rank}.safetensors")
     _save(mtkd.distill(context.model).state_dict(), f"student-{rank}.safetensors")
-    if context.weighting.state_dict():
-        _save(context.weighting.state_dict(), f"weighting-{rank}.safetensors")
+    state = context.weighting.state_dict()
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        _save(tensors, f"weighting-{rank}.safetensors")
 """
 
 # No BatchNorm anywhere (GroupNorm encoder, linear heads): batch statistics on half a batch
@@ -152,8 +155,31 @@ def test_each_rank_takes_a_strided_share_of_every_global_batch(
 
 
 @pytest.mark.slow
-def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_ddp(
+def test_a_gradient_aggregator_keeps_the_ranks_identical_and_trains_as_one_process(
     tmp_path: Path,
+) -> None:
+    """The Jacobian is averaged over ranks before it is aggregated: two processes aggregate
+    the global batch's task gradients, as one process does, and agree bit for bit."""
+    upgrad = ["trainer.weighting.name=aggregate", "trainer.weighting.method=upgrad"]
+    _mtkd_run(tmp_path / "single", *upgrad)
+    _mtkd_run(tmp_path / "ddp", *upgrad, ranks=2)
+    single = load_file(str(tmp_path / "single" / "trained-0.safetensors"))
+    rank0 = load_file(str(tmp_path / "ddp" / "trained-0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ddp" / "trained-1.safetensors"))
+    assert _max_difference(rank0, rank1) == 0.0
+    assert _max_difference(rank0, single) < 5e-4
+    logged = (tmp_path / "ddp" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert "grad_cos/identification__pose" in json.loads(logged[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "weighting",
+    [[], ["trainer.weighting.name=aggregate", "trainer.weighting.method=nash_mtl"]],
+    ids=["fixed", "nash_mtl"],
+)
+def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_ddp(
+    tmp_path: Path, weighting: list[str]
 ) -> None:
     # few masks: some ranks' shares of a batch carry none, so that rank's teacher loss is a
     # zero that keeps the decoder in the graph; the frozen first epoch rebuilds the DDP wrapper
@@ -175,6 +201,7 @@ def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_dd
         *OVERRIDES[1:],
         f"plugins=[{out / 'probe.py'}]",
         f"output.dir={out / 'run'}",
+        *weighting,
     ]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     launcher += ["--nproc_per_node=2", "-m", "mtkd"]
@@ -185,3 +212,7 @@ def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_dd
     rank1 = load_file(str(out / "trained-1.safetensors"))
     assert _max_difference(rank0, rank1) == 0.0
     assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    if weighting:  # the aggregator's running state agrees too
+        state0 = load_file(str(out / "weighting-0.safetensors"))
+        state1 = load_file(str(out / "weighting-1.safetensors"))
+        assert _max_difference(state0, state1) == 0.0

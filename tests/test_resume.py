@@ -40,7 +40,7 @@ def mtkd_cli(*args: str, stop_at: int = 0, sig: str = "SIGKILL") -> subprocess.C
     )
 
 
-def train_args(tmp_path: Path, out: Path) -> list[str]:
+def train_args(tmp_path: Path, out: Path, *extra: str, recipe: str = "mobilenetv2_id") -> list[str]:
     plugin = tmp_path / "interrupter.py"
     plugin.write_text(textwrap.dedent(INTERRUPTER))
     overrides = tiny_overrides(
@@ -58,8 +58,9 @@ def train_args(tmp_path: Path, out: Path) -> list[str]:
     )
     return [
         "run",
-        str(RECIPES / "mobilenetv2_id.yaml"),
+        str(RECIPES / f"{recipe}.yaml"),
         *overrides,
+        *extra,
         f"plugins=[{plugin}]",
         "--out",
         str(out),
@@ -91,6 +92,28 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     assert not (tmp_path / "killed" / "results.json").exists()
     state = json.loads((tmp_path / "killed" / "checkpoints" / "last" / "state.json").read_text())
     assert (state["epoch"], state["step"]) == (1, 2)
+    resumed = mtkd_cli("resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at epoch 2, step 2" in resumed.stdout
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_with_a_stateful_gradient_aggregator_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """Nash-MTL's state (its last weights) and the epoch's running gradient cosines are in
+    the checkpoint: weights and every logged figure match an uninterrupted run."""
+    extra = [
+        "encoder.name=mobilenetv2_035",
+        "trainer.weighting.name=aggregate",
+        "trainer.weighting.method=nash_mtl",
+    ]
+    runs = {name: train_args(tmp_path, tmp_path / name, *extra, recipe="seg_distilled_id")
+            for name in ("straight", "killed")}  # fmt: skip
+    straight = mtkd_cli(*runs["straight"])
+    assert straight.returncode == 0, straight.stderr
+    assert mtkd_cli(*runs["killed"], stop_at=6).returncode == -9  # epoch 2, step 2
     resumed = mtkd_cli("resume", str(tmp_path / "killed"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at epoch 2, step 2" in resumed.stdout

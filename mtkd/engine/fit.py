@@ -180,6 +180,7 @@ class Loop:
         weighting.epoch_end(tally.task_losses())
         if not isinstance(weighting, FixedWeighting):
             record.update({f"weight/{k}": w for k, w in weighting.current_weights().items()})
+        record.update(weighting.epoch_metrics())
 
     def _log(self, record: dict[str, Any]) -> None:
         self.ctx.history.append(record)

@@ -93,14 +93,20 @@ def trainable_signature(model: nn.Module) -> tuple[bool, ...]:
     return tuple(p.requires_grad for p in model.parameters())
 
 
-def forward_module(model: nn.Module, trainer: DictConfig, device: torch.device) -> nn.Module:
+def forward_module(
+    model: nn.Module, trainer: DictConfig, device: torch.device, data_parallel: bool = True
+) -> nn.Module:
     """What runs the training forward pass: the model, wrapped in DDP and/or compiled.
 
     DDP only synchronises the parameters that require gradients when it is built, so the
-    trainer builds a new wrapper whenever freezing changes that set.
+    trainer builds a new wrapper whenever freezing changes that set. Without
+    ``data_parallel`` (a weighting that averages gradients over ranks itself) the ranks only
+    start from rank 0's weights, as DDP would make them.
     """
     runner: nn.Module = model
-    if distributed.is_active():
+    if distributed.is_active() and not data_parallel:
+        distributed.broadcast_module(model)
+    elif distributed.is_active():
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 
-from ..config import named_block, parse_options
+from ..config import named_block
 from ..errors import RecipeError, did_you_mean
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet, plugins_for
@@ -63,7 +63,7 @@ def make_weighting(
     else:  # the recipe's own `plugins:` may provide the strategy
         registry = plugins_for(cfg, plugins).weightings
         cls = registry.get(name, key="trainer.weighting.name")
-    options = parse_options(cls.Options, raw, "trainer.weighting")
+    options = cls.parse_options(raw, "trainer.weighting")
     return cls(model.tasks, options, list(model.encoder.parameters()))
 
 

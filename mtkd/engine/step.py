@@ -3,7 +3,8 @@ each label, the weighting strategy's backward, AMP scaling, and the NaN policy."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,11 +12,11 @@ from rich.console import Console
 from torch import nn
 
 from ..context import TrainContext
-from ..errors import MtkdError
+from ..errors import MtkdError, RecipeError
 from ..metrics.evaluate import to_device
 from ..model.losses import task_losses
 from ..utils import distributed
-from ..weighting import FixedWeighting, LossWeighting, fixed_total
+from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
 from . import hardware
 from .state import EpochTally, LoopState
 
@@ -64,6 +65,9 @@ class TrainStep:
         self.ctx, self.state, self.scheduler, self.console = ctx, state, scheduler, console
         self.trainer = ctx.cfg.trainer
         self.weighting: LossWeighting = ctx.weighting or FixedWeighting(ctx.model.tasks, None, [])
+        self.aggregates = self.weighting.aggregates_gradients
+        if self.aggregates:
+            check_aggregation(ctx.model, self.trainer, self.weighting.name)
         self.scaler = hardware.grad_scaler(self.trainer, ctx.device)
         self._runner: nn.Module | None = None
         self._runner_for: tuple[bool, ...] = ()
@@ -72,7 +76,9 @@ class TrainStep:
         """Rebuild the forward module if the trainable set changed (an encoder unfreezing)."""
         signature = hardware.trainable_signature(self.ctx.model)
         if self._runner is None or signature != self._runner_for:
-            self._runner = hardware.forward_module(self.ctx.model, self.trainer, self.ctx.device)
+            self._runner = hardware.forward_module(
+                self.ctx.model, self.trainer, self.ctx.device, data_parallel=not self.aggregates
+            )
             self._runner_for = signature
 
     def __call__(self, raw: Any, where: str, tally: RunningTally) -> tuple[torch.Tensor, Losses]:
@@ -82,32 +88,37 @@ class TrainStep:
         batch = to_device(raw, ctx.device)
         images = hardware.prepare_images(batch["image"], self.trainer)
         with hardware.autocast(self.trainer, ctx.device):
-            losses, counts = task_losses(runner(images), batch, model.tasks, model.heads)
+            with encoder_outputs(model.encoder, self.aggregates) as features:
+                outputs = runner(images)
+            losses, counts = task_losses(outputs, batch, model.tasks, model.heads)
         total = fixed_total(losses, model.tasks)
         ctx.optimizer.zero_grad(set_to_none=True)
         if self.trainer.check_finite and not _finite_on_every_rank(total):
             self.non_finite(where, losses)
         else:
-            self._backward_and_step(losses, counts)
+            self._backward_and_step(losses, counts, features)
             tally.add(total, int(batch["image"].shape[0]), losses, counts)
         return total, losses
 
-    def _backward_and_step(self, losses: Losses, counts: Mapping[str, int]) -> None:
-        combined = self.weighting.combine(losses, counts)
+    def _backward_and_step(
+        self, losses: Losses, counts: Mapping[str, int], features: EncoderOutputs | None
+    ) -> None:
+        self.weighting.backward(losses, counts, self.scaler, features)
+        distributed.average_gradients(self._gradients_to_average())
         optimizer = self.ctx.optimizer
         if self.scaler is None:
-            combined.backward()
-            distributed.average_gradients(self.weighting.parameters())
             optimizer.step()
             return
-        scale = self.scaler.get_scale()
-        for p in self.weighting.parameters():  # gradients a strategy set itself (GradNorm)
-            if p.grad is not None:  # are unscaled: scale them as backward scales the rest
-                p.grad.mul_(scale)
-        self.scaler.scale(combined).backward()
-        distributed.average_gradients(self.weighting.parameters())
         self.scaler.step(optimizer)
         self.scaler.update()
+
+    def _gradients_to_average(self) -> Iterable[nn.Parameter]:
+        """What DDP does not average: the strategy's own weights and, for a gradient
+        aggregator (which runs without DDP and settles the encoder's itself), the heads'."""
+        yield from self.weighting.parameters()
+        if self.aggregates:
+            shared = {id(p) for p in self.weighting.shared}
+            yield from (p for p in self.ctx.model.parameters() if id(p) not in shared)
 
     def non_finite(self, where: str, losses: Losses, checked_late: bool = False) -> None:
         """A NaN/Inf loss: the step is not taken; stop, skip it, or halve the learning rate.
@@ -130,6 +141,47 @@ class TrainStep:
         if policy == "lower_lr":
             halve_learning_rate(self.ctx.optimizer, self.scheduler)
         self.console.print(f"[yellow]{where}: non-finite loss in {bad}: step skipped ({policy})")
+
+
+def check_aggregation(model: nn.Module, trainer: Any, name: str) -> None:
+    """What a strategy that differentiates each task through the encoder cannot run with."""
+    why = f"the '{name}' weighting takes each task's gradient through the encoder under torch.vmap"
+    if trainer.compile:
+        raise RecipeError(
+            f"trainer.compile: {why}, which compiled modules do not support; "
+            "set trainer.compile=false"
+        )
+    if any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        raise RecipeError(
+            f"trainer.sync_batchnorm: {why}, and SyncBatchNorm's backward is a collective it "
+            "cannot batch; set trainer.sync_batchnorm=false (each rank normalises its share)"
+        )
+
+
+@contextmanager
+def encoder_outputs(encoder: nn.Module, wanted: bool) -> Iterator[EncoderOutputs | None]:
+    """For a strategy that aggregates gradients: the encoder's outputs of the forward run
+    inside the block, the heads reading leaf copies of them (the graph is cut there)."""
+    if not wanted:
+        yield None
+        return
+    features = EncoderOutputs()
+
+    def cut(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        copies: dict[int, torch.Tensor] = {}
+        for tensor in [*output[0], output[1]]:
+            if id(tensor) not in copies:
+                copy = tensor.detach().requires_grad_(tensor.requires_grad)
+                copies[id(tensor)] = copy
+                features.outputs.append(tensor)
+                features.cut.append(copy)
+        return [copies[id(t)] for t in output[0]], copies[id(output[1])]
+
+    handle = encoder.register_forward_hook(cut)
+    try:
+        yield features
+    finally:
+        handle.remove()
 
 
 def halve_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

@@ -109,6 +109,21 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a model)."""
+    if is_active():
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor, src=0)
+
+
+def broadcast_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's values in ``tensor`` on every rank, in place (a no-op in a single process)."""
+    if is_active():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
 def broadcast_object(value: Any) -> Any:
     """Rank 0's value on every rank (e.g. the run folder it created)."""
     if not is_active():
