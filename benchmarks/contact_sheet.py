@@ -2,12 +2,12 @@
 
 Used to check by eye that the generator makes recognisable heads with parts where they belong
 (eyes on the face, ears on the sides, hair on top, the far eye vanishing at profile).
-Run: python benchmarks/contact_sheet.py [output.png]
+Run: python benchmarks/contact_sheet.py [output.png] [--identity-cues geometry]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,9 +27,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndar
     return (image * (1 - weight) + colours * weight).astype(np.uint8)
 
 
-def contact_sheet(n_identities: int = 6, seed: int = 0) -> np.ndarray:
+def contact_sheet(n_identities: int = 6, seed: int = 0, cues: str = "all") -> np.ndarray:
     """One row per identity: for each yaw, the image above its mask overlay."""
-    identities = sh.sample_identities(n_identities, seed)
+    identities = sh.sample_identities(n_identities, seed, cues)
     rows = []
     for index, identity in enumerate(identities):
         rng = np.random.default_rng([seed, index])
@@ -43,6 +43,9 @@ def contact_sheet(n_identities: int = 6, seed: int = 0) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT
-    Image.fromarray(contact_sheet()).save(target)
-    print(f"wrote {target}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("output", nargs="?", type=Path, default=OUTPUT)
+    parser.add_argument("--identity-cues", default="all", help="all (default) or geometry")
+    args = parser.parse_args()
+    Image.fromarray(contact_sheet(cues=args.identity_cues)).save(args.output)
+    print(f"wrote {args.output}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mtkd.runs.report import comparison_rows, markdown_table, read_results
+from mtkd.viz.plots import run_bins
 
 # The paper's Table 1 (ImageNet-pretrained encoders, 67 people, 128 px): test accuracy and
 # parameters as published; the only figures in docs/results.md not measured by mtkd.
@@ -52,14 +53,18 @@ def per_seed_table(results: list[dict[str, Any]], order: list[str]) -> str:
 
 
 def by_bin_table(
-    results: list[dict[str, Any]], merge: int = 2, task: str = "identification"
+    results: list[dict[str, Any]],
+    merge: int = 2,
+    task: str = "identification",
+    source: str = "classifier",
 ) -> str:
     """The accuracy-by-yaw figure as numbers, pooled: every seed's test images in ``merge``
-    neighbouring bins count together, so each cell rests on tens of images, not a handful."""
+    neighbouring bins count together, so each cell rests on tens of images, not a handful.
+    ``source="gallery"``: gallery/probe rank-1 instead of the classifier's accuracy."""
     pooled: dict[str, dict[int, list[float]]] = {}  # recipe -> group -> [correct, images]
     edges: dict[int, list[float]] = {}
     for r in results:
-        bins = [b for b in r["accuracy_by_bin"]["tasks"].get(task, []) if b["low"] is not None]
+        bins = [b for b in run_bins(r, task, source) if b["low"] is not None]
         bins = [b for b in bins if b["high"] is not None]
         for index, b in enumerate(sorted(bins, key=lambda b: b["low"])):
             group = index // merge
@@ -80,6 +85,83 @@ def by_bin_table(
         ]
         lines.append(f"| {recipe} | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"
+
+
+def band(bins: list[dict[str, Any]], near: float | None, far: float | None) -> float | None:
+    """Accuracy pooled over the bins inside ``|value| <= near`` (or, with ``far``, the bins
+    at ``|value| >= far``); None when they hold no sample."""
+    correct = count = 0.0
+    for b in bins:
+        low, high = b["low"], b["high"]
+        if low is None or high is None or not b["count"]:
+            continue
+        inside = near is not None and -near <= low and high <= near
+        outside = far is not None and (low >= far or high <= -far)
+        if inside or outside:
+            correct += b["accuracy"] * b["count"]
+            count += b["count"]
+    return correct / count if count else None
+
+
+def _mean_se(values: list[float], signed: bool = False) -> str:
+    """``mean ± standard error`` in percent (the s.e. over seeds: sample std / sqrt(n));
+    ``signed``: a difference, shown with its sign."""
+    if not values:
+        return "—"
+    mean = f"{100 * statistics.fmean(values):{'+' if signed else ''}.1f}"
+    if len(values) < 2:
+        return f"{mean} %"
+    se = 100 * statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean} ± {se:.1f} %"
+
+
+def pose_gap_table(
+    results: list[dict[str, Any]],
+    order: list[str],
+    baseline: str,
+    source: str = "classifier",
+    near: float = 30.0,
+    far: float = 60.0,
+    task: str = "identification",
+) -> str:
+    """Near-frontal against profile accuracy per network, and each network's gain over
+    ``baseline`` in both bands, paired by seed (a seed draws the same split for every
+    member): mean ± standard error over seeds."""
+    by = {(str(r["recipe"]), int(r["seed"])): run_bins(r, task, source) for r in results}
+    title = f"|yaw| ≤ {near:g}°", f"|yaw| ≥ {far:g}°"
+    lines = [
+        f"| network | {title[0]} | {title[1]} | profile - frontal | gain over {baseline}, "
+        f"{title[0]} | gain over {baseline}, {title[1]} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in order:
+        seeds = sorted(s for n, s in by if n == name)
+        rows = [
+            _seed_gaps(by[name, s], by.get((baseline, s)) if name != baseline else None, near, far)
+            for s in seeds
+        ]
+        cells = [
+            _mean_se([v for row in rows if (v := row[i]) is not None], signed=i >= 2)
+            for i in range(5)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _seed_gaps(
+    mine: list[dict[str, Any]], base: list[dict[str, Any]] | None, near: float, far: float
+) -> tuple[float | None, ...]:
+    """One seed: frontal and profile accuracy, profile - frontal, and the gains over the
+    baseline's same seed in both bands (None without a baseline)."""
+    frontal, profile = band(mine, near, None), band(mine, None, far)
+    gains: tuple[float | None, ...] = (None, None)
+    if base is not None:
+        gains = (_diff(frontal, band(base, near, None)), _diff(profile, band(base, None, far)))
+    return (frontal, profile, _diff(profile, frontal), *gains)
 
 
 def paper_table(results: list[dict[str, Any]], order: list[str]) -> str:
@@ -114,6 +196,27 @@ def _final_weights(run_dir: Path) -> dict[str, float]:
     return {k.removeprefix("weight/"): v for k, v in last.items() if k.startswith("weight/")}
 
 
+def gallery_section(results: list[dict[str, Any]], order: list[str]) -> str:
+    """Gallery/probe rank-1 by yaw, and near-frontal against profile for both scores."""
+    where = next(r["gallery"]["where"] for r in results if r.get("gallery"))
+    with_gallery = [r for r in results if r.get("gallery")]
+    lines = [
+        f"Gallery/probe rank-1 by yaw (gallery: the test views within {where}; every other "
+        "test view a probe), all seeds pooled:",
+        "",
+        by_bin_table(with_gallery, source="gallery"),
+    ]
+    baseline = order[0]
+    for source, what in (("classifier", "Classifier accuracy"), ("gallery", "Gallery rank-1")):
+        lines += [
+            f"{what}, near-frontal against profile (mean ± standard error over seeds; gains "
+            f"paired by seed against {baseline}):",
+            "",
+            pose_gap_table(results, order, baseline, source),
+        ]
+    return "\n".join(lines)
+
+
 def study_section(folder: Path, images: Path | None, paper: bool = False) -> str:
     summary = json.loads((folder / "study.json").read_text())
     runs = [Path(r) for r in summary["runs"]]
@@ -131,6 +234,8 @@ def study_section(folder: Path, images: Path | None, paper: bool = False) -> str
             "",
         ]
         lines.append(by_bin_table([r for r in results if r.get("accuracy_by_bin")]))
+    if any(r.get("gallery") for r in results):
+        lines.append(gallery_section(results, order))
     if paper:
         lines += ["Beside the paper's Table 1 (its figures as published):", ""]
         lines.append(paper_table(results, order))

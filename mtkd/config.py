@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from .data.augment import AugmentConfig
 from .data.resize import check_resize_mode
+from .data.where import check_where
 from .errors import OptionError, RecipeError, did_you_mean
 
 
@@ -40,6 +41,10 @@ class SplitConfig:
     # a data set's own split without validation samples: take `val` of each group's training
     # samples for validation (off: such a split trains without validation, as before)
     val_from_train: bool = False
+    # label-range filters, e.g. {yaw: [-30, 30]}: only samples whose vector-label component
+    # lies in the range (ends included) train / validate; test and holdout keep every sample
+    train_where: dict[str, list[float]] = field(default_factory=dict)
+    val_where: dict[str, list[float]] | None = None  # None: as train_where; {}: no filter
 
 
 @dataclass
@@ -99,6 +104,9 @@ class EvaluateConfig:
     bin_width: float = 15.0
     bin_low: float = -90.0
     bin_high: float = 90.0
+    # gallery/probe identification: each group's gallery is the mean embedding of its test
+    # samples inside this range (e.g. {yaw: [-15, 15]}); every other test sample is a probe
+    gallery_where: dict[str, list[float]] = field(default_factory=dict)
     latency: bool = True  # time the full and the inference model
     latency_batches: list[int] = field(default_factory=lambda: [1, 32])
     latency_repeats: int = 10
@@ -338,12 +346,16 @@ def check_data(data: Any) -> None:
     if getattr(data, "num_workers", 0) < 0:
         raise RecipeError(f"data.num_workers: must be 0 or more, got {data.num_workers}")
     check_resize_mode(getattr(data, "resize", "squash"))
+    split = getattr(data, "split", None)
+    for key in ("train_where", "val_where"):
+        check_where(getattr(split, key, None), f"data.split.{key}")
 
 
 def check_values(cfg: DictConfig) -> None:
     """Range checks that a type alone cannot express; each error names its key."""
     check_finetune(cfg.trainer)
     check_data(cfg.data)
+    check_where(cfg.evaluate.get("gallery_where"), "evaluate.gallery_where")
     source = cfg.init_from.source
     if source is not None and not str(source).strip():
         raise RecipeError(

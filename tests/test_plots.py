@@ -136,6 +136,19 @@ def test_plot_accuracy_by_bin_refuses_nothing_or_mixed_quantities(tmp_path: Path
         plot_accuracy_by_bin(mixed, tmp_path / "x.png")
 
 
+def test_gallery_rank1_by_bin_is_read_and_drawn_beside_the_classifier(tmp_path: Path) -> None:
+    with_gallery = result("g", 0, [0.5, 0.9, 0.4])
+    rank1 = [
+        dict(b, accuracy=0.1) for b in with_gallery["accuracy_by_bin"]["tasks"]["identification"]
+    ]
+    with_gallery["gallery"] = {"tasks": {"identification": {"rank1_by_bin": rank1}}}
+    runs = [*RUNS, with_gallery]
+    assert list(mean_by_bin(runs, "identification", "gallery")) == ["g"]
+    assert [b.mean for b in mean_by_bin(runs, "identification", "gallery")["g"]] == [0.1] * 3
+    assert list(mean_by_bin(runs, "identification")) == ["a", "b", "g"]  # classifier as before
+    assert_png(plot_accuracy_by_bin(runs, tmp_path / "both.png"))
+
+
 # --- prediction sheet ------------------------------------------------------------------------
 
 

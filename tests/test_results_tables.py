@@ -92,3 +92,44 @@ def test_latency_benchmark_times_every_member_of_a_study_against_the_first(
     rows = [row for row in rows if not row.startswith("| ---")]
     assert [row.split(" | ")[0] for row in rows] == ["| mobilenetv2_id", "| seg_distilled_id"]
     assert rows[0].split(" | ")[3] == "1.00x"  # the first member is the reference
+
+
+def _yaw_run(recipe: str, seed: int, frontal: float, profile: float) -> dict[str, object]:
+    """A run with 30-degree bins: ``frontal`` within ±30°, ``profile`` beyond ±60°, 10 each."""
+    accuracy = {-90: profile, -60: 0.5, -30: frontal, 0: frontal, 30: 0.5, 60: profile}
+    bins = [
+        {"low": float(low), "high": float(low + 30), "count": 10, "accuracy": a}
+        for low, a in accuracy.items()
+    ]
+    rank1 = [dict(b, accuracy=b["accuracy"] / 2) for b in bins]
+    return {
+        "recipe": recipe,
+        "seed": seed,
+        "accuracy_by_bin": {"tasks": {"identification": bins}},
+        "gallery": {
+            "where": "{yaw: [-15, 15]}",
+            "tasks": {"identification": {"rank1_by_bin": rank1}},
+        },
+    }
+
+
+def test_frontal_against_profile_gains_are_paired_by_seed_with_standard_errors() -> None:
+    runs = [
+        _yaw_run("net", 0, 0.8, 0.2),
+        _yaw_run("net", 1, 0.6, 0.4),
+        _yaw_run("teach", 0, 0.8, 0.5),
+        _yaw_run("teach", 1, 0.7, 0.5),
+    ]
+    table = _script().pose_gap_table(runs, ["net", "teach"], baseline="net")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    # net: frontal 0.8, 0.6; profile 0.2, 0.4; profile - frontal -0.6, -0.2 (s.e. = sd / sqrt 2)
+    assert rows["net"] == "| net | 70.0 ± 10.0 % | 30.0 ± 10.0 % | -40.0 ± 20.0 % | — | — |"
+    # teach against net, seed by seed: frontal +0.0, +0.1; profile +0.3, +0.1
+    assert rows["teach"] == (
+        "| teach | 75.0 ± 5.0 % | 50.0 ± 0.0 % | -25.0 ± 5.0 % | +5.0 ± 5.0 % | +20.0 ± 10.0 % |"
+    )
+    gallery = _script().pose_gap_table(runs, ["net", "teach"], "net", source="gallery")
+    assert "| net | 35.0 ± 5.0 % | 15.0 ± 5.0 % |" in gallery
+    section = _script().gallery_section(runs, ["net", "teach"])
+    assert "Gallery/probe rank-1 by yaw (gallery: the test views within {yaw: [-15, 15]}" in section
+    assert section.count("gain over net") == 4  # two tables, two gain columns each

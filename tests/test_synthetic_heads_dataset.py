@@ -118,3 +118,51 @@ def test_synth_prints_how_many_views_each_person_got(
     assert f"wrote {written} images" in printed and written <= 3 * 7
     assert main(["synth", str(tmp_path / "zero"), "--size", "0"]) == 2
     assert "--size: must be 1 or more" in capsys.readouterr().err
+
+
+def _digest(size: int, **options: object) -> str:
+    """sha256 over every 12th-or-so sample's image, mask and pose."""
+    import hashlib
+
+    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeads, SyntheticHeadsOptions
+
+    source = SyntheticHeads(SyntheticHeadsOptions(**options), image_size=size, seed=0)  # type: ignore[arg-type]
+    digest = hashlib.sha256()
+    for index in range(0, len(source), max(1, len(source) // 12)):
+        sample = source[index]
+        for key in ("image", "mask", "pose"):
+            digest.update(np.ascontiguousarray(sample[key]).tobytes())
+    return digest.hexdigest()
+
+
+def test_default_options_draw_exactly_the_images_drawn_before_identity_cues_existed() -> None:
+    # digests taken before the identity_cues option was added: today's recipes and results
+    # draw the very same images, masks and poses
+    before = "9f251a6fb5f0efa5eff1a7d4420f19b7ab2dd16dbb98f50094d88dd91663ed53"
+    assert _digest(48, identities=12, views=6, views_spread=2) == before
+    assert _digest(48, identities=12, views=6, views_spread=2, identity_cues="all") == before
+    seeded = "96b697bfc4488f1a97a8e1c110f717eadc6b4572598f7b59d9998b8bed861c8b"
+    assert _digest(64, identities=8, views=5, views_spread=0, seed=3) == seeded
+    assert _digest(64, identities=8, views=5, views_spread=0, seed=3, identity_cues="geometry") != (
+        seeded
+    )
+
+
+def test_geometry_cues_share_skin_hair_and_outline_and_keep_each_persons_face() -> None:
+    from mtkd_plugins.synthetic_heads.identity import SHARED_LOOK, sample_identities
+
+    everything = sample_identities(20, seed=1)
+    geometry = sample_identities(20, seed=1, cues="geometry")
+    for field, value in SHARED_LOOK.items():
+        assert {getattr(p, field) for p in geometry} == {value}, field
+        assert len({getattr(p, field) for p in everything}) > 1, field  # shared only by option
+    face = ("eye_spacing", "eye_size", "nose_size", "lip_size", "ear_size", "jaw_radii")
+    for field in face:
+        assert [getattr(p, field) for p in geometry] == [getattr(p, field) for p in everything]
+        assert len({getattr(p, field) for p in geometry}) == 20  # everyone's own
+
+
+def test_an_unknown_identity_cues_value_names_the_key() -> None:
+    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", ["data.dataset.identity_cues=face"])
+    with pytest.raises(mtkd.RecipeError, match=r"data\.dataset\.identity_cues: 'face' is not"):
+        mtkd.build_source(cfg)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ from ..samples import LabelSpace, SampleSource, collate_samples, sample_to_tenso
 from ..utils import distributed
 from .augment import AugmentConfig, augment
 from .cache import CachedSamples, DataReport, materialize
-from .splits import fixed_split_indices, split_indices, validation_from_train
+from .splits import (
+    SplitFilter,
+    fixed_split_indices,
+    groups_left_out,
+    split_indices,
+    validation_from_train,
+)
+from .where import describe, resolve_where, where_mask
 
 
 class TensorView(Dataset):
@@ -57,10 +64,14 @@ class DataBundle:
     holdout: TensorView  # whole groups never trained on (empty unless data.split.holdout > 0)
     label_spaces: Mapping[str, LabelSpace]
     report: DataReport
+    filters: list[SplitFilter] = field(default_factory=list)  # data.split.*_where, if set
 
     def sizes(self) -> dict[str, int]:
+        """Samples per split, and (only with a label-range filter) how many it left out."""
         views = {"train": self.train, "val": self.val, "test": self.test, "holdout": self.holdout}
-        return {name: len(view) for name, view in views.items()}
+        sizes = {name: len(view) for name, view in views.items()}
+        sizes.update({f"{f.split}_filtered_out": f.removed for f in self.filters})
+        return sizes
 
 
 def build_source(cfg: DictConfig, plugins: PluginSet | None = None) -> SampleSource:
@@ -110,6 +121,61 @@ def split_parts(cached: CachedSamples, split: Any) -> dict[str, np.ndarray]:
         raise RecipeError(f"data.split: {exc}") from exc
 
 
+def _split_conditions(split: Any) -> list[tuple[str, str, Any]]:
+    """(split, recipe key, condition) per filtered split. Validation follows
+    ``train_where`` unless ``val_where`` is set (``{}``: every validation sample)."""
+    train = split.get("train_where") or None
+    val = split.get("val_where")
+    found = []
+    if train:
+        found.append(("train", "data.split.train_where", train))
+    if val is None and train:
+        found.append(("val", "data.split.train_where", train))
+    elif val:
+        found.append(("val", "data.split.val_where", val))
+    return found
+
+
+def restrict_splits(
+    cached: CachedSamples, parts: dict[str, np.ndarray], split: Any
+) -> tuple[dict[str, np.ndarray], list[SplitFilter]]:
+    """Training and validation samples inside ``data.split.train_where``/``val_where``;
+    test and holdout keep every sample, so a filtered run is tested on exactly the images an
+    unfiltered run of the same seed is. No condition: ``parts`` as they are (same order).
+
+    A sample without the label a condition reads is left out of the filtered split (and
+    counted); a condition that leaves a group with no training sample is an error.
+    """
+    out, done = dict(parts), []
+    for name, key, raw in _split_conditions(split):
+        raw = OmegaConf.to_container(raw) if isinstance(raw, DictConfig) else raw
+        ranges = resolve_where(raw, key, cached.label_spaces)
+        inside, unlabelled = where_mask(ranges, cached, parts[name])
+        out[name] = parts[name][inside]
+        counts = (len(parts[name]), int(inside.sum()), int(unlabelled.sum()))
+        done.append(SplitFilter(name, key, describe(raw), *counts))
+    if done and done[0].split == "train":
+        _check_every_group_trains(cached, parts["train"], out["train"], done[0])
+    return out, done
+
+
+def _check_every_group_trains(
+    cached: CachedSamples, before: np.ndarray, after: np.ndarray, applied: SplitFilter
+) -> None:
+    groups = None if cached.groups is None else cached.groups.tolist()
+    left = groups_left_out(groups, before, after)
+    if not left:
+        return
+    if groups is None:
+        raise RecipeError(f"{applied.key} {applied.where}: leaves no training sample")
+    total = len({groups[i] for i in before.tolist()})
+    shown = ", ".join(map(str, left[:5])) + (", ..." if len(left) > 5 else "")
+    raise RecipeError(
+        f"{applied.key} {applied.where}: leaves {len(left)} of {total} groups (people) with no "
+        f"training sample (group {shown}); widen the range or give each group more samples"
+    )
+
+
 def build_data(
     cfg: DictConfig, plugins: PluginSet | None = None, console: Console | None = None
 ) -> DataBundle:
@@ -136,7 +202,11 @@ def build_data(
         console.print(line, highlight=False)
     if len(cached) == 0:
         raise DataError(f"data set '{source.name}': no sample is left after loading")
-    parts = split_parts(cached, data.split)
+    parts, filters = restrict_splits(cached, split_parts(cached, data.split), data.split)
+    gallery_where = cfg.get("evaluate", {}).get("gallery_where")  # checked before training
+    resolve_where(gallery_where, "evaluate.gallery_where", cached.label_spaces)
+    for applied in filters:
+        console.print(applied.line(), highlight=False, markup=False)
     if len(parts["train"]) == 0:
         raise DataError(f"data set '{source.name}': the split leaves no training samples")
     augment_cfg: AugmentConfig = OmegaConf.to_object(data.augment)  # type: ignore[assignment]
@@ -148,6 +218,7 @@ def build_data(
         holdout=TensorView(cached, parts["holdout"]),
         label_spaces=dict(cached.label_spaces),
         report=report,
+        filters=filters,
     )
 
 

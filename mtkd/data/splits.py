@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -102,3 +103,37 @@ def validation_from_train(
     out["train"] = np.array(sorted(train), dtype=np.int64)
     out["val"] = np.array(sorted(chosen), dtype=np.int64)
     return out
+
+
+def groups_left_out(
+    groups: Sequence[int] | None, before: np.ndarray, after: np.ndarray
+) -> list[int]:
+    """The groups that had samples in ``before`` but have none in ``after`` (sorted)."""
+    if groups is None:
+        return [] if len(after) or not len(before) else [0]
+    had = {int(groups[i]) for i in before.tolist()}
+    has = {int(groups[i]) for i in after.tolist()}
+    return sorted(had - has)
+
+
+@dataclass(frozen=True)
+class SplitFilter:
+    """What a label-range filter (``data.split.train_where``/``val_where``) did to one split."""
+
+    split: str  # train or val
+    key: str  # the recipe key the condition came from
+    where: str  # the condition as written, e.g. {yaw: [-30, 30]}
+    before: int
+    kept: int
+    unlabelled: int  # left out because they lack the label the condition reads
+
+    @property
+    def removed(self) -> int:
+        return self.before - self.kept
+
+    def line(self) -> str:
+        outside = self.removed - self.unlabelled
+        return (
+            f"  {self.key} {self.where}: {self.kept} of {self.before} {self.split} samples kept "
+            f"({outside} outside the range, {self.unlabelled} without the label)"
+        )

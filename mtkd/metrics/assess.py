@@ -3,6 +3,8 @@
 - task metrics on the test split, for the full model (teachers included) and the inference
   model;
 - accuracy per bin of a vector label (yaw by default), for every classification task;
+- with ``evaluate.gallery_where``, gallery/probe identification of the test split (rank-1
+  overall and per bin, beside the classifier's accuracy on the same probes);
 - the confusion matrix of every classification task;
 - 10-fold pair verification (LFW protocol) for every task whose head outputs an
   ``embedding``: on the held-out groups when ``data.split.holdout`` > 0, else on the test split;
@@ -18,14 +20,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ..data.build import DataBundle, TensorView, make_loader
+from ..data.where import describe, resolve_where, where_mask
 from ..errors import DataError
 from ..model.losses import labelled_outputs
 from ..model.multitask import MultiTaskModel
 from .evaluate import evaluate_loader, to_device
+from .gallery import Bins, gallery_section
 from .latency import measure_latency
 from .pose import accuracy_by_bin
 from .verification import (
@@ -220,6 +224,8 @@ def _closed_set(
         key: _confusion(o["pred"], o["target"], inference_model.tasks[key].num_classes)
         for key, o in outputs.items()
     }
+    if evaluation.get("gallery_where"):
+        results["gallery"] = _gallery(inference_model, data, cfg, device, outputs)
     if column is not None:
         results["accuracy_by_bin"] = {
             "label": evaluation.bin_label,
@@ -240,3 +246,61 @@ def _closed_set(
             },
         }
     return results
+
+
+@torch.no_grad()
+def _embedding_keys(model: MultiTaskModel, view: TensorView, device: torch.device) -> set[str]:
+    """The tasks whose head outputs an ``embedding``."""
+    model.eval()
+    outputs = model(view[0]["image"][None].to(device))
+    return {k for k, o in outputs.items() if isinstance(o, dict) and "embedding" in o}
+
+
+def _bin_values(data: DataBundle, cfg: DictConfig, rows: np.ndarray) -> np.ndarray | None:
+    """The binned component (``evaluate.bin_*``) of each row; NaN where a sample lacks it."""
+    column = _bin_column(data, cfg)
+    label = cfg.evaluate.bin_label
+    if column is None or label not in data.cached.labels:
+        return None
+    values = np.asarray(data.cached.labels[label][rows, column], dtype=np.float64)
+    return np.where(data.cached.present[label][rows], values, np.nan)
+
+
+def _gallery(
+    model: MultiTaskModel,
+    data: DataBundle,
+    cfg: DictConfig,
+    device: torch.device,
+    outputs: dict[str, dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """Gallery/probe identification of the test split for every task with an embedding whose
+    labels the classifier scored (the same samples, in the same order)."""
+    evaluation = cfg.evaluate
+    raw = OmegaConf.to_container(evaluation.gallery_where)
+    ranges = resolve_where(raw, "evaluate.gallery_where", data.label_spaces)
+    loader = make_loader(data.test, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    bins = Bins(evaluation.bin_width, evaluation.bin_low, evaluation.bin_high)
+    tasks: dict[str, Any] = {}
+    embedded = _embedding_keys(model, data.test, device) if len(data.test) else set()
+    for key, scored in outputs.items():
+        if key not in embedded:
+            continue
+        label_key = model.tasks[key].label_key
+        indices = data.test.indices
+        rows = indices[np.asarray(data.cached.present[label_key][indices], dtype=bool)]
+        embeddings, groups = _embeddings(model, key, loader, device, label_key)
+        if len(groups) != len(scored["target"]) or len(groups) != len(rows):
+            continue  # labels the classifier did not score
+        gallery, _ = where_mask(ranges, data.cached, rows)
+        hit = scored["pred"] == scored["target"]
+        values = _bin_values(data, cfg, rows)
+        seed = cfg.data.split.seed
+        tasks[key] = gallery_section(
+            embeddings, groups, gallery, hit, values, bins, evaluation.folds, seed
+        )
+    return {
+        "where": describe(raw),
+        "label": evaluation.bin_label,
+        "component": evaluation.bin_component,
+        "tasks": tasks,
+    }

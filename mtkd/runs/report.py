@@ -48,6 +48,11 @@ def _first_task(results: dict[str, Any], section: str, field: str) -> Any:
     return next((t[field] for t in tasks.values() if isinstance(t, dict) and field in t), None)
 
 
+def _gallery(results: dict[str, Any], field: str) -> Any:
+    """``results["gallery"]["tasks"][<first task>][field]``: gallery/probe identification."""
+    return _first_task(results.get("gallery") or {}, "tasks", field)
+
+
 def _latency(results: dict[str, Any], model: str, batch: int) -> float | None:
     rows = _dig(results, "latency", model) or []
     return next((r["median_ms"] for r in rows if r.get("batch") == batch), None)
@@ -78,6 +83,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("test accuracy", lambda r: _dig(r, "test", "distilled", "identification/top1"), "pct"),
     Column("top-5", lambda r: _dig(r, "test", "distilled", "identification/top5"), "pct"),
     Column("verification", lambda r: _first_task(r, "verification", "accuracy_mean"), "pct"),
+    # evaluate.gallery_where: rank-1 of the probes against per-person gallery templates, and
+    # the classifier's top-1 on the same probes beside it
+    Column("gallery rank-1", lambda r: _gallery(r, "rank1"), "pct"),
+    Column("top-1 on probes", lambda r: _gallery(r, "classifier_top1"), "pct"),
     Column("mIoU (teacher)", lambda r: _dig(r, "test", "full", "segmentation/miou"), "pct"),
     Column("latency b1 (ms)", lambda r: _latency(r, "inference", 1), "ms"),
     # share of live embedding units: 0 % flags a dead head (accuracy at chance for that reason)

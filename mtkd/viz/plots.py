@@ -25,6 +25,7 @@ matplotlib.use("Agg")  # before pyplot: no display needed, no GUI event loop
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -45,6 +46,7 @@ __all__ = [
     "plot_confusion_summary",
     "plot_prediction_sheet",
     "plot_training_curves",
+    "run_bins",
     "worst_classes",
 ]
 
@@ -225,17 +227,30 @@ def _bin_info(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return info if isinstance(info, Mapping) else None
 
 
-def mean_by_bin(runs: Sequence[Mapping[str, Any]], task: str) -> dict[str, list[BinMean]]:
+def run_bins(run: Mapping[str, Any], task: str, source: str = "classifier") -> list[Any]:
+    """A run's bins for ``task``: the classifier's accuracy (``accuracy_by_bin``) or, with
+    ``source="gallery"``, gallery/probe rank-1 (``gallery``); [] when the run has none."""
+    if source == "gallery":
+        gallery = run.get("gallery")
+        section = gallery.get("tasks", {}).get(task) if isinstance(gallery, Mapping) else None
+        return list((section or {}).get("rank1_by_bin") or [])
+    info = _bin_info(run)
+    return list((info.get("tasks", {}).get(task) if info else None) or [])
+
+
+def mean_by_bin(
+    runs: Sequence[Mapping[str, Any]], task: str, source: str = "classifier"
+) -> dict[str, list[BinMean]]:
     """Per recipe (first-seen order), the seed-averaged accuracy of each non-empty bin.
 
     A bin counts for a seed only when it held samples there (accuracy not null, count > 0), so
     an empty bin does not drag the mean to zero. Out-of-range bins (a ``None`` end) have no
-    centre to plot at and are left out, as are runs without ``accuracy_by_bin`` for ``task``.
+    centre to plot at and are left out, as are runs without bins for ``task`` (``source``:
+    see :func:`run_bins`).
     """
     values: dict[str, dict[tuple[float, float], list[float]]] = {}
     for run in runs:
-        info = _bin_info(run)
-        bins = info.get("tasks", {}).get(task) if info else None
+        bins = run_bins(run, task, source)
         if not bins:
             continue
         per_bin = values.setdefault(str(run.get("recipe", "?")), {})
@@ -277,27 +292,40 @@ def plot_accuracy_by_bin(
     if not means:
         raise MtkdError(f"no run has accuracy_by_bin for task '{task}'")
     axis_name = _bin_axis_name(runs)
+    gallery = mean_by_bin(runs, task, "gallery")
     with _figure(out, size=(7.5, 4.5)) as (_fig, axes):
         ax = axes[0, 0]
         for recipe, bins in means.items():
-            x = [b.centre for b in bins]
-            seeds = max(b.seeds for b in bins)
-            (line,) = ax.plot(
-                x,
-                [b.mean for b in bins],
-                marker="o",
-                label=f"{recipe} ({seeds} seed{'s' * (seeds > 1)})",
-            )
-            if seeds > 1:
-                lows, highs = [b.min for b in bins], [b.max for b in bins]
-                ax.fill_between(x, lows, highs, color=line.get_color(), alpha=0.18, linewidth=0)
+            colour = _bin_line(ax, bins, recipe, "-", None)
+            if recipe in gallery:
+                _bin_line(ax, gallery[recipe], f"{recipe} gallery rank-1", "--", colour)
         ax.set_ylim(0, 1.02)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_xlabel(f"{axis_name} (bin centre)")
         ax.set_ylabel(f"{task} accuracy")
-        ax.set_title(f"{task} accuracy by {axis_name} (band: min-max over seeds)")
+        shown = "classifier (solid), gallery rank-1 (dashed)" if gallery else "classifier"
+        ax.set_title(f"{task} by {axis_name}: {shown}; band: min-max over seeds", fontsize=10)
         ax.legend(loc="best", framealpha=0.85)
     return out
+
+
+def _bin_line(ax: Axes, bins: Sequence[BinMean], name: str, style: str, colour: str | None) -> str:
+    """One recipe's accuracy by bin, with the seeds' min-max band; returns its colour."""
+    x = [b.centre for b in bins]
+    seeds = max(b.seeds for b in bins)
+    (line,) = ax.plot(
+        x,
+        [b.mean for b in bins],
+        linestyle=style,
+        marker="o" if style == "-" else "s",
+        color=colour,
+        label=f"{name} ({seeds} seed{'s' * (seeds > 1)})",
+    )
+    if seeds > 1:
+        lows, highs = [b.min for b in bins], [b.max for b in bins]
+        alpha = 0.18 if style == "-" else 0.1
+        ax.fill_between(x, lows, highs, color=line.get_color(), alpha=alpha, linewidth=0)
+    return str(to_hex(line.get_color()))
 
 
 # --- prediction sheet ------------------------------------------------------------------------

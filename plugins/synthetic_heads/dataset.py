@@ -14,6 +14,7 @@ import numpy as np
 
 import mtkd
 
+from .identity import IDENTITY_CUES
 from .render import CLASS_NAMES, render_view, sample_identities
 
 POSE_NAMES = ("yaw", "pitch", "roll")
@@ -42,6 +43,9 @@ class SyntheticHeadsOptions:
     pitch_range: list[float] = field(default_factory=lambda: [-40.0, 40.0])
     roll_range: list[float] = field(default_factory=lambda: [-15.0, 15.0])
     seed: int = 0  # generation seed: fixes the people and their views
+    # what tells people apart: all (default) or geometry (the face's shape alone; skin, hair,
+    # head outline, beards and spectacles shared by everyone: a cross-pose benchmark)
+    identity_cues: str = "all"
 
 
 def _range(values: Sequence[float], key: str) -> tuple[float, float]:
@@ -81,7 +85,12 @@ class SyntheticHeads(mtkd.SampleSource):
             "pitch_range": _range(options.pitch_range, "pitch_range"),
             "roll_range": _range(options.roll_range, "roll_range"),
         }
-        self._people = sample_identities(options.identities, options.seed)
+        if options.identity_cues not in IDENTITY_CUES:
+            raise mtkd.RecipeError(
+                f"data.dataset.identity_cues: '{options.identity_cues}' is not one of "
+                f"{', '.join(IDENTITY_CUES)}"
+            )
+        self._people = sample_identities(options.identities, options.seed, options.identity_cues)
         counts = views_per_identity(options)
         self._identity = np.repeat(np.arange(options.identities), counts)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

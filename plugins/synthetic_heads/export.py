@@ -25,6 +25,7 @@ from .dataset import (
     effective_spread,
     views_per_identity,
 )
+from .identity import IDENTITY_CUES
 from .labels import CLASS_NAMES, PALETTE, mask_to_rgb
 
 
@@ -79,6 +80,12 @@ class SynthCommand(mtkd.Command):
         parser.add_argument("--views-spread", type=int, default=defaults.views_spread)
         parser.add_argument("--size", type=int, default=128, help="image side in pixels")
         parser.add_argument("--seed", type=int, default=defaults.seed)
+        parser.add_argument(
+            "--identity-cues",
+            default=defaults.identity_cues,
+            choices=IDENTITY_CUES,
+            help="all, or geometry: people told apart by their face's shape alone",
+        )
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         options = SyntheticHeadsOptions(
@@ -86,6 +93,7 @@ class SynthCommand(mtkd.Command):
             views=args.views,
             views_spread=args.views_spread,
             seed=args.seed,
+            identity_cues=args.identity_cues,
         )
         if args.size < 1:
             raise mtkd.RecipeError(f"--size: must be 1 or more, got {args.size}")

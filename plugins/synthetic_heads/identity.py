@@ -10,7 +10,8 @@ frontal view (the person's own left), y up, z out of the face.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -137,6 +138,37 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     )
 
 
-def sample_identities(n: int, seed: int) -> list[Identity]:
-    """Draw ``n`` people; person ``i`` depends on ``(seed, i)`` only, so prefixes agree across n."""
-    return [sample_identity(np.random.default_rng([seed, i])) for i in range(n)]
+# What tells people apart (the data set's ``identity_cues`` option):
+# - all: everything drawn above (the default, and every data set drawn before the option);
+# - geometry: only the face's geometry (eyes, brows, nose, mouth, ears, jaw and chin); the
+#   cues a turned head still shows from any side (skin tone, hair colour and style, the
+#   skull's outline, the neck, beards, spectacles, eye colour) are the same for everyone.
+IDENTITY_CUES: tuple[str, ...] = ("all", "geometry")
+
+# The look every person shares under identity_cues=geometry: mid-range values of the draws
+# above (short hair, the commonest skin tone and hair colour, no beard, no spectacles).
+SHARED_LOOK: dict[str, Any] = {
+    "head_radii": (0.77, 1.015, 0.90),
+    "hairline": (0.52, 0.31, -0.28),
+    "hair_volume": 0.08,
+    "hair_slant": 0.0,
+    "temple_recess": 0.3,
+    "neck_width": 0.975,
+    "skin_tone": 1,
+    "hair_colour": 1,
+    "eye_colour": 0,
+    "facial_hair": 0,
+    "spectacles": False,
+}
+
+
+def sample_identities(n: int, seed: int, cues: str = "all") -> list[Identity]:
+    """Draw ``n`` people; person ``i`` depends on ``(seed, i)`` only, so prefixes agree across n.
+
+    ``cues="geometry"`` draws the same people (the same random numbers, so the same faces)
+    and gives them all :data:`SHARED_LOOK`, leaving identity in the face's geometry alone.
+    """
+    if cues not in IDENTITY_CUES:
+        raise ValueError(f"identity cues must be one of {', '.join(IDENTITY_CUES)}, got '{cues}'")
+    people = [sample_identity(np.random.default_rng([seed, i])) for i in range(n)]
+    return people if cues == "all" else [replace(p, **SHARED_LOOK) for p in people]
