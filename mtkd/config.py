@@ -82,6 +82,9 @@ class TrainerConfig:
     on_nan: str = "stop"  # a non-finite loss: stop, skip the step, or lower_lr (halve it, skip)
     max_skipped_steps: int = 10  # with skip/lower_lr: stop after this many bad steps
     progress: bool = True
+    # the line printed after each epoch: compact (each task's loss and key metrics) or full
+    # (every logged figure, as metrics.jsonl has it)
+    console: str = "compact"
     # {name: fixed | uncertainty | dwa | gradnorm | <plugin>, **options}
     weighting: dict[str, Any] = field(default_factory=lambda: {"name": "fixed"})
     channels_last: bool = True  # NHWC weights and inputs (faster convolutions on CPU and GPU)
@@ -351,8 +354,21 @@ def check_data(data: Any) -> None:
         check_where(getattr(split, key, None), f"data.split.{key}")
 
 
+# string options with a fixed set of values, checked when the recipe loads
+NAN_POLICIES = ("stop", "skip", "lower_lr")
+CONSOLE_STYLES = ("compact", "full")
+
+
+def check_choices(trainer: DictConfig) -> None:
+    for key, allowed in (("on_nan", NAN_POLICIES), ("console", CONSOLE_STYLES)):
+        value = trainer.get(key)
+        if value not in allowed:
+            raise RecipeError(f"trainer.{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Range checks that a type alone cannot express; each error names its key."""
+    check_choices(cfg.trainer)
     check_finetune(cfg.trainer)
     check_data(cfg.data)
     check_where(cfg.evaluate.get("gallery_where"), "evaluate.gallery_where")

@@ -41,11 +41,11 @@ class Task(Generic[OptionsT]):
     """Base class of a task-head plugin. Subclass it, set the class variables, register it.
 
     Override :meth:`build_head` and :meth:`loss` (required); :meth:`setup`, :meth:`metrics`,
-    :meth:`predictions`, :meth:`update_metrics`, :meth:`summarize`, :meth:`describe` and the
-    :attr:`output_space` property are optional. Do not override ``__init__``: options check
-    themselves in their dataclass's ``__post_init__`` (raise :class:`mtkd.OptionError`), and
-    what needs the label space goes in :meth:`setup`; the engine adds the recipe key to the
-    message either way.
+    :meth:`predictions`, :meth:`update_metrics`, :meth:`summarize`, :meth:`describe`, the
+    :attr:`output_space` property and the :attr:`console_metrics` class variable are
+    optional. Do not override ``__init__``: options check themselves in their dataclass's
+    ``__post_init__`` (raise :class:`mtkd.OptionError`), and what needs the label space goes
+    in :meth:`setup`; the engine adds the recipe key to the message either way.
     """
 
     name: ClassVar[str] = ""
@@ -53,6 +53,9 @@ class Task(Generic[OptionsT]):
     uses_taps: ClassVar[bool] = False
     default_role: ClassVar[Role] = "student"
     Options: ClassVar[type[Any]] = NoOptions
+    # the metrics the epoch's console line shows beside the loss (``trainer.console:
+    # compact``); every metric still goes to metrics.jsonl and the loggers
+    console_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -197,6 +197,7 @@ class Identification(mtkd.Task[IdentificationOptions]):
     name = "identification"
     label_key = "identity"
     Options = IdentificationOptions
+    console_metrics = ("top1",)
 
     def setup(self) -> None:
         o = self.options

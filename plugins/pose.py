@@ -155,6 +155,7 @@ class Pose(mtkd.Task[PoseOptions]):
     uses_taps = False
     default_role = "teacher"
     Options = PoseOptions
+    console_metrics = ("mae",)
 
     def setup(self) -> None:
         """The label must be a vector with one ``scale`` per component; the bins tile it."""

@@ -145,6 +145,7 @@ class Segmentation(mtkd.Task[SegmentationOptions]):
     label_key = "mask"
     uses_taps = True
     Options = SegmentationOptions
+    console_metrics = ("miou",)
 
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
         o = self.options

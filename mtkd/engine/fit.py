@@ -28,7 +28,7 @@ from . import hardware
 from .best import BestModel
 from .finetune import FreezeSchedule
 from .metrics_log import MetricsLog
-from .progress import epoch_line, epoch_progress
+from .progress import COMPACT_LEGEND, compact_epoch_line, epoch_line, epoch_progress
 from .resume import LoopCheckpoint
 from .setup import (
     add_weighting_parameters,
@@ -136,6 +136,8 @@ class Loop:
         self.console.print(f"resumed at epoch {state.epoch + 1}, step {state.step}")
 
     def run(self) -> None:
+        if self.trainer.console == "compact":
+            self.console.print(COMPACT_LEGEND)
         for epoch in range(self.state.epoch, self.trainer.max_epochs):
             if self._should_stop():
                 break
@@ -185,7 +187,12 @@ class Loop:
     def _log(self, record: dict[str, Any]) -> None:
         self.ctx.history.append(record)
         self.log.append(record)
-        self.console.print(epoch_line(record))
+        if self.trainer.console == "full":
+            self.console.print(epoch_line(record))
+        else:
+            tasks = self.ctx.model.tasks.items()
+            shown = {key: task.console_metrics for key, task in tasks}
+            self.console.print(compact_epoch_line(record, shown))
 
     def train_epoch(self, epoch: int) -> EpochTally:
         """Steps from ``state.step`` to the epoch's end; returns the tally over all ranks."""

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 
-from ..config import named_block
+from ..config import check_choices, named_block
 from ..errors import RecipeError, did_you_mean
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet, plugins_for
@@ -18,16 +18,12 @@ from ..weighting import FixedWeighting, LossWeighting
 from . import hardware
 from .finetune import param_groups
 
-NAN_POLICIES = ("stop", "skip", "lower_lr")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
 
 
 def check_trainer(trainer: DictConfig) -> None:
     """Options checked before anything moves to a device."""
-    if trainer.on_nan not in NAN_POLICIES:
-        raise RecipeError(
-            f"trainer.on_nan: '{trainer.on_nan}' is not one of {', '.join(NAN_POLICIES)}"
-        )
+    check_choices(trainer)
     hardware.check_options(trainer)
 
 

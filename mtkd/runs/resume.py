@@ -27,6 +27,7 @@ SAFE_ON_RESUME = (
     "trainer.patience",
     "trainer.min_delta",
     "trainer.progress",
+    "trainer.console",
     "trainer.log_every",
     "trainer.checkpoint_every",
     "trainer.on_nan",
