@@ -40,12 +40,18 @@ class SampleError(DataError):
         self.detail = detail  # what is particular to this file (sizes, colours), if anything
 
 
+def close_matches(name: str, known: Iterable[str]) -> str:
+    """' (did you mean ...?)' for names close to ``name``, or '' when none is."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=3, cutoff=0.6)
+    return (" (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)") if close else ""
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """Return a ' (did you mean ...?)' hint, or the list of known names when nothing is close."""
     options = sorted(set(known))
-    close = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
-    if close:
-        return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+    hint = close_matches(name, options)
+    if hint:
+        return hint
     if not options:
         return " (none are registered)"
     shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")

@@ -11,12 +11,12 @@ reading the cards it ships: ``for entry in read_cards(folder): register(entry)``
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import PluginError
+from .utils.files import read_json_object
 
 CARD_FORMAT = "mtkd-zoo/1"
 CARD_SUFFIX = ".json"
@@ -64,7 +64,7 @@ class PretrainedEntry:
     def from_card(cls, path: str | Path) -> PretrainedEntry:
         """Read a card; a missing or mistyped field is a :class:`PluginError` naming the card."""
         path = Path(path)
-        data = _read_json(path)
+        data = read_json_object(path, "zoo card", PluginError)
         missing = [key for key in REQUIRED if key not in data]
         if missing:
             raise PluginError(f"zoo card '{path}': missing field(s) {', '.join(missing)}")
@@ -86,16 +86,6 @@ class PretrainedEntry:
             )
         except (TypeError, ValueError) as exc:
             raise PluginError(f"zoo card '{path}': a field has the wrong type: {exc}") from exc
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PluginError(f"zoo card '{path}' is unreadable: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PluginError(f"zoo card '{path}': expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def read_cards(folder: str | Path) -> list[PretrainedEntry]:

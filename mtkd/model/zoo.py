@@ -12,7 +12,6 @@ against its card on every load, and hands over its tensors in the model's dtypes
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import RecipeError
+from ..errors import RecipeError, close_matches
 from ..plugins import PluginSet, load_plugins, plugins_for
 from ..pretrained import PretrainedEntry, sha256_of
 from .encoder import Encoder
@@ -45,8 +44,7 @@ def find_entry(name: str, plugins: PluginSet, key: str) -> PretrainedEntry:
     """The entry registered as ``name``; an unknown name lists the names that exist."""
     names = plugins.pretrained.names()
     if name not in plugins.pretrained:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-        hint = (" (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)") if close else ""
+        hint = close_matches(name, names)
         listing = ", ".join(names) if names else "none are installed"
         raise RecipeError(
             f"{key}: no zoo entry named '{name}'{hint}; zoo entries: {listing} (see `mtkd zoo`)"

@@ -6,7 +6,6 @@ comes from a run's ``results.json``; nothing is typed in by hand.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from ..errors import MtkdError
+from ..utils.files import read_json_object
 from .folder import RESULTS
 
 
@@ -24,13 +24,7 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise MtkdError(f"'{run_dir}' has no {RESULTS}: not a finished run")
-    try:
-        results = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MtkdError(f"'{path}' is corrupt (not JSON: {exc})") from exc
-    if not isinstance(results, dict):
-        raise MtkdError(f"'{path}' is corrupt (a JSON {type(results).__name__}, not an object)")
-    return results
+    return read_json_object(path, RESULTS)
 
 
 def _dig(results: dict[str, Any], *keys: str) -> Any:

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import MtkdError
 from ..plugins import PluginSet, load_plugins
 from ..pretrained import PretrainedEntry
+from ..utils.files import read_json_object
 from .release import MB, ReleaseOptions, release_run
 
 
@@ -100,13 +100,7 @@ def cmd_zoo(args: argparse.Namespace, console: Console) -> int:
 def _read_results(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MtkdError(f"--results: '{path}' is unreadable: {exc}") from exc
-    if not isinstance(data, dict):
-        raise MtkdError(f"--results: '{path}' must hold a JSON object of results")
-    return data
+    return read_json_object(path, "--results:")
 
 
 def cmd_zoo_release(args: argparse.Namespace, console: Console) -> int:

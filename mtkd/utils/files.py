@@ -8,10 +8,12 @@ line naming the file and, for a full disk, the free space the write needed.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import MtkdError
 
@@ -76,3 +78,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+def read_json_object(path: Path, what: str, error: type[MtkdError] = MtkdError) -> dict[str, Any]:
+    """A JSON file that must hold an object (results, cards): one line naming ``what`` and
+    the file when it cannot be read, is not JSON, or holds something else."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{what} '{path}' is corrupt or unreadable: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{what} '{path}' is corrupt: a JSON {type(data).__name__}, not an object")
+    return data
