@@ -225,7 +225,7 @@ def test_the_cross_pose_study_trains_near_frontal_and_tests_every_yaw_for_five_n
         assert cfg.data.split.val_where is None  # validation follows training: near-frontal
         assert dict(cfg.evaluate.gallery_where) == {"yaw": [-15.0, 15.0]}
         assert cfg.data.dataset.name == "synthetic_heads"
-        assert cfg.data.dataset.identity_cues == "all"  # geometry alone does not train at CPU size
+        assert cfg.data.dataset.get("identity_cues", "all") == "all"  # geometry: no (CPU size)
         assert "yaw_range" not in cfg.data.dataset  # the generator's ±90°: tested over all
     encoders = {p.member.name: p.cfg.encoder.name for p in plan}
     assert encoders["resnet101_id"] == "resnet101"
