@@ -217,12 +217,26 @@ def gallery_section(results: list[dict[str, Any]], order: list[str]) -> str:
     return "\n".join(lines)
 
 
+def study_summary(folder: Path) -> dict[str, Any]:
+    """The study's ``study.json``; for a study still running (or interrupted), the member
+    runs that have finished so far, marked ``unfinished``."""
+    if (folder / "study.json").is_file():
+        return dict(json.loads((folder / "study.json").read_text()))
+    runs = sorted(p.parent for p in folder.glob("*-seed*/results.json"))
+    if not runs:
+        raise SystemExit(f"'{folder}': no study.json and no finished run in it")
+    seeds = sorted({int(r.name.rsplit("-seed", 1)[1]) for r in runs})
+    return {"study": folder.name, "seeds": seeds, "runs": runs, "unfinished": True}
+
+
 def study_section(folder: Path, images: Path | None, paper: bool = False) -> str:
-    summary = json.loads((folder / "study.json").read_text())
+    summary = study_summary(folder)
     runs = [Path(r) for r in summary["runs"]]
     results = [read_results(r) for r in runs]
     order = list(dict.fromkeys(str(r["recipe"]) for r in results))
     lines = [f"### Study `{summary['study']}` (seeds {summary['seeds']})", ""]
+    if summary.get("unfinished"):
+        lines += [f"(unfinished: the {len(runs)} runs finished so far)", ""]
     lines.append(markdown_table(comparison_rows(results, order=order)))
     if len(summary["seeds"]) > 1:
         lines += ["Test accuracy of each seed (each seed also draws its own split):", ""]
