@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,20 @@ def test_frontal_against_profile_gains_are_paired_by_seed_with_standard_errors()
     section = _script().gallery_section(runs, ["net", "teach"])
     assert "Gallery/probe rank-1 by yaw (gallery: the test views within {yaw: [-15, 15]}" in section
     assert section.count("gain over net") == 4  # two tables, two gain columns each
+
+
+@pytest.mark.slow
+def test_a_study_still_running_is_tabulated_from_its_finished_runs(
+    two_seed_study: Path, tmp_path: Path
+) -> None:
+    running = tmp_path / "running"
+    shutil.copytree(two_seed_study, running)
+    (running / "study.json").unlink()  # written only when the last member finishes
+    (running / "seg_distilled_id-seed1" / "results.json").unlink()  # still training
+    section = _script().study_section(running, None)
+    assert "(unfinished: the 3 runs finished so far)" in section
+    per_seed = section.split("Test accuracy of each seed")[1]
+    seg_row = next(line for line in per_seed.splitlines() if line.startswith("| seg_dis"))
+    assert seg_row.endswith("| — |")  # seed 1 has no result yet
+    with pytest.raises(SystemExit, match=r"no study\.json and no finished run"):
+        _script().study_section(tmp_path / "empty", None)
