@@ -44,6 +44,12 @@ def test_a_key_metric_the_epoch_did_not_log_is_left_out_not_an_error() -> None:
     assert "loss 1.25" in line and "top1" not in line and "/ " not in line
 
 
+def test_a_task_with_nothing_logged_shows_a_dash_and_a_zero_loss_is_shown() -> None:
+    record = {**RECORD, "train/segmentation/loss": 0.0}
+    line = compact_epoch_line(record, {"segmentation": (), "pose": ("mae",)})
+    assert "segmentation[/bold] loss 0 / 0.3" in line and "pose[/bold] —" in line
+
+
 def test_the_full_line_shows_every_logged_figure() -> None:
     line = epoch_line(RECORD)
     for key in ("val/identification/top5", "val/segmentation/pixel_accuracy", "train/loss"):

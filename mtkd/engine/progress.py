@@ -44,12 +44,13 @@ def compact_epoch_line(record: dict[str, Any], shown: Mapping[str, Sequence[str]
     parts = [f"epoch {record['epoch']}"]
     for task, metrics in shown.items():
         losses = [record.get(f"{split}/{task}/loss") for split in ("train", "val")]
-        figures = ["loss " + " / ".join(_number(v) for v in losses if v is not None)]
+        logged = [_number(v) for v in losses if v is not None]
+        figures = ["loss " + " / ".join(logged)] if logged else []
         for metric in metrics:
             value = record.get(f"val/{task}/{metric}")
             if value is not None:
                 figures.append(f"{metric} {_number(value)}")
-        parts.append(f"[bold]{task}[/bold] " + "  ".join(f for f in figures if f))
+        parts.append(f"[bold]{task}[/bold] " + ("  ".join(figures) or "—"))
     return " │ ".join(parts) + _ending(record)
 
 
