@@ -16,58 +16,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from step_timing import alternating_rounds, timed_fit, timing_recipe
 
 import mtkd
 from mtkd.data.build import make_train_loader
-from mtkd.engine.fit import fit
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 METHODS = [
     "sum", "mean", "upgrad", "mgda", "pcgrad", "cagrad", "nash_mtl", "imtl_g", "dualproj",
     "graddrop", "aligned_mtl",
 ]  # fmt: skip
-
-
-class StepClock:
-    """A plugin that timestamps every optimizer step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    @mtkd.hookimpl
-    def on_step_end(self, context: object, step: int) -> None:
-        self.times.append(time.perf_counter())
-
-    def images_per_s(self, batch: int) -> float:
-        """Steps after the first: warm-up (and a solver's first set-up) excluded."""
-        return (len(self.times) - 1) * batch / (self.times[-1] - self.times[0])
-
-
-def _cfg(args: argparse.Namespace, weighting: list[str]) -> Any:
-    return mtkd.load_recipe(
-        RECIPES / f"{args.recipe}.yaml",
-        [
-            f"encoder.name={args.encoder}",
-            "data.dataset.name=random_images",
-            "data.dataset.identities=8",
-            f"data.dataset.views={2 * args.batch * (args.steps + 1) // 8 + 4}",
-            f"data.image_size={args.size}",
-            f"data.batch_size={args.batch}",
-            "data.cache=memory",
-            "trainer.max_epochs=1",
-            f"trainer.max_steps_per_epoch={args.steps + 1}",
-            "trainer.patience=0",
-            "trainer.progress=false",
-            "trainer.device=cpu",
-            *weighting,
-        ],
-    )
 
 
 def _variants(methods: list[str], chunk: int | None) -> dict[str, list[str]]:
@@ -80,14 +41,6 @@ def _variants(methods: list[str], chunk: int | None) -> dict[str, list[str]]:
             *extra,
         ]
     return out
-
-
-def _timed_fit(model: Any, loader: Any, cfg: Any, epoch: int) -> float:
-    clock = StepClock()
-    plugins = mtkd.load_plugins(objects=[("clock", clock)])
-    loader.sampler.set_epoch(epoch)
-    fit(model, loader, None, cfg, plugins=plugins, console=Console(quiet=True))
-    return clock.images_per_s(cfg.data.batch_size)
 
 
 def main() -> None:
@@ -104,19 +57,23 @@ def main() -> None:
     setting = f"{args.recipe}, {args.encoder}, {args.size} px, batch {args.batch}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {setting}")
     variants = _variants(args.methods, args.chunk)
-    base = _cfg(args, [])
+
+    def recipe(extra: list[str]) -> Any:
+        encoder = [f"encoder.name={args.encoder}"]
+        return timing_recipe(args.recipe, args.size, args.batch, args.steps, encoder + extra)
+
+    base = recipe([])
     data = mtkd.build_data(base, console=Console(quiet=True))
     torch.manual_seed(0)
     model = mtkd.build_model(base, data.label_spaces)
     loader = make_train_loader(data.train, args.batch, seed=0)
-    configs = {name: _cfg(args, extra) for name, extra in variants.items()}
-    rates: dict[str, list[float]] = {name: [] for name in variants}
+    configs = {name: recipe(extra) for name, extra in variants.items()}
     names = list(variants)
-    for round_ in range(args.rounds + 1):  # round 0 warms up, not counted
-        for name in names if round_ % 2 == 0 else names[::-1]:
-            speed = _timed_fit(copy.deepcopy(model), loader, configs[name], round_)
-            if round_:
-                rates[name].append(speed)
+    rates = alternating_rounds(
+        names,
+        args.rounds,
+        lambda name, r: timed_fit(copy.deepcopy(model), loader, configs[name], r)[0],
+    )
     baseline = statistics.median(rates["fixed"])
     print(f"{'method':12s} {'img/s':>7s}  {'x fixed':>7s}  rounds")
     for name in names:
