@@ -61,6 +61,17 @@ def run_tiny_synthetic(root: Path, *overrides: str) -> mtkd.RunResult:
     return mtkd.run(cfg, console=Console(quiet=True))
 
 
+def train_quietly(
+    cfg: Any, run_dir: Path | None = None, resume: bool = False
+) -> tuple[mtkd.MultiTaskModel, mtkd.TrainContext]:
+    """Data, a seeded model and ``mtkd.train`` from a recipe, printing nothing."""
+    torch.manual_seed(0)
+    data = mtkd.build_data(cfg, console=Console(quiet=True))
+    model = mtkd.build_model(cfg, data.label_spaces)
+    ctx = mtkd.train(model, data, cfg, run_dir=run_dir, console=Console(quiet=True), resume=resume)
+    return model, ctx
+
+
 def label_spaces(identities: int = 5, classes: int = 4) -> dict[str, mtkd.LabelSpace]:
     return {
         "identity": mtkd.LabelSpace(tuple(f"id{i}" for i in range(identities))),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import RECIPES, tiny_overrides
+from helpers import RECIPES, tiny_overrides, train_quietly
 from mtkd_plugins.gradient_aggregation import METHODS, GradientAggregation
 from omegaconf import DictConfig
 from rich.console import Console
@@ -240,7 +240,7 @@ def test_a_per_task_option_needs_one_value_per_task() -> None:
 def test_compile_is_refused_with_an_aggregator(tiny_recipe: Callable[..., DictConfig]) -> None:
     cfg = tiny_recipe(**{f"{KEY}.name": "aggregate", "trainer.compile": True})
     with pytest.raises(mtkd.RecipeError, match=r"trainer\.compile"):
-        _fit(cfg)
+        train_quietly(cfg)
 
 
 def test_sync_batchnorm_is_refused_with_an_aggregator() -> None:
@@ -252,14 +252,6 @@ def test_sync_batchnorm_is_refused_with_an_aggregator() -> None:
 
 
 # --- through the engine -------------------------------------------------------------------
-
-
-def _fit(cfg: DictConfig, run_dir: Path | None = None, resume: bool = False) -> Any:
-    torch.manual_seed(0)
-    data = mtkd.build_data(cfg, console=QUIET)
-    model = mtkd.build_model(cfg, data.label_spaces)
-    ctx = mtkd.train(model, data, cfg, run_dir=run_dir, console=QUIET, resume=resume)
-    return model, ctx
 
 
 def _aggregate(method: str, **extra: Any) -> dict[str, Any]:
@@ -336,7 +328,7 @@ def test_an_aggregator_trains_under_autocast(
     # fp16's scaler starts at 2^16: the first steps overflow and are skipped, as without
     # an aggregator, until the scale has come down
     overrides = {"trainer.precision": precision, "trainer.max_epochs": 2}
-    _, ctx = _fit(tiny_recipe(**_aggregate("upgrad", **overrides)))
+    _, ctx = train_quietly(tiny_recipe(**_aggregate("upgrad", **overrides)))
     assert math.isfinite(ctx.history[-1]["train/loss"])
     assert "grad_cos/identification__segmentation" in ctx.history[-1]
 
@@ -354,7 +346,7 @@ def test_partial_labels_and_a_frozen_first_epoch_train(
     monkeypatch.setattr(GradientAggregation, "_aggregate", spy)
     overrides = {"data.dataset.mask_fraction": 0.1, "trainer.freeze_encoder_epochs": 1}
     cfg = tiny_recipe(**_aggregate("nash_mtl", **overrides, **{"trainer.max_epochs": 3}))
-    _, ctx = _fit(cfg)
+    _, ctx = train_quietly(cfg)
     assert "grad_cos/identification__segmentation" not in ctx.history[0]  # frozen: no rows
     assert "weight/identification" in ctx.history[-1]
     # steps whose batch held no mask had the identification row alone
@@ -372,9 +364,9 @@ def test_a_resumed_run_continues_an_aggregators_state_exactly(
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     for run_dir in (straight, resumed):
         run_dir.mkdir()
-    _fit(tiny_recipe(**overrides), straight)
-    _fit(tiny_recipe(**{**overrides, "trainer.max_epochs": 1}), resumed)
-    _fit(tiny_recipe(**overrides), resumed, resume=True)
+    train_quietly(tiny_recipe(**overrides), straight)
+    train_quietly(tiny_recipe(**{**overrides, "trainer.max_epochs": 1}), resumed)
+    train_quietly(tiny_recipe(**overrides), resumed, resume=True)
     last = Path("checkpoints") / "last" / "model.safetensors"
     a, b = load_file(str(straight / last)), load_file(str(resumed / last))
     for key, value in a.items():  # the last epoch's weights, not the best ones

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import RECIPES
+from helpers import RECIPES, train_quietly
 from mtkd_plugins.loss_weighting import (
     DwaOptions,
     DynamicWeightAveraging,
@@ -96,20 +96,12 @@ def test_fixed_weighting_is_the_recipe_weights() -> None:
     assert float(total) == pytest.approx(2.3)
 
 
-def _fit(cfg: DictConfig, run_dir: Path | None = None, resume: bool = False) -> Any:
-    torch.manual_seed(0)
-    data = mtkd.build_data(cfg, console=QUIET)
-    model = mtkd.build_model(cfg, data.label_spaces)
-    ctx = mtkd.train(model, data, cfg, run_dir=run_dir, console=QUIET, resume=resume)
-    return model, ctx
-
-
 @pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm"])
 def test_each_strategy_trains_from_the_recipe_and_logs_its_weights(
     tiny_recipe: Callable[..., DictConfig], name: str
 ) -> None:
     cfg = tiny_recipe(**{"trainer.weighting.name": name, "trainer.max_epochs": 3})
-    _, ctx = _fit(cfg)
+    _, ctx = train_quietly(cfg)
     assert isinstance(ctx.weighting, LossWeighting) and ctx.weighting.name == name
     last = ctx.history[-1]
     weights = {k: last[f"weight/{k}"] for k in ("identification", "segmentation")}
@@ -124,11 +116,11 @@ def test_a_resumed_run_continues_the_learned_weights_exactly(
     tiny_recipe: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
     overrides = {"trainer.weighting.name": "uncertainty", "trainer.max_epochs": 2}
-    full, _ = _fit(tiny_recipe(**overrides))
+    full, _ = train_quietly(tiny_recipe(**overrides))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    _fit(tiny_recipe(**{**overrides, "trainer.max_epochs": 1}), run_dir)
-    resumed, ctx = _fit(tiny_recipe(**overrides), run_dir, resume=True)
+    train_quietly(tiny_recipe(**{**overrides, "trainer.max_epochs": 1}), run_dir)
+    resumed, ctx = train_quietly(tiny_recipe(**overrides), run_dir, resume=True)
     assert len(ctx.history) == 2
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -169,7 +161,7 @@ def test_an_unknown_strategy_names_the_key_and_suggests(
 ) -> None:
     cfg = tiny_recipe(**{"trainer.weighting.name": "uncertainy"})
     with pytest.raises(mtkd.PluginError, match=r"trainer.weighting.name.*uncertainty"):
-        _fit(cfg)
+        train_quietly(cfg)
 
 
 def test_a_strategy_option_is_checked_against_its_plugin(
@@ -177,7 +169,7 @@ def test_a_strategy_option_is_checked_against_its_plugin(
 ) -> None:
     cfg = tiny_recipe(**{"trainer.weighting.name": "dwa", "trainer.weighting.temprature": 3})
     with pytest.raises(mtkd.RecipeError, match=r"trainer.weighting.*temperature"):
-        _fit(cfg)
+        train_quietly(cfg)
 
 
 def test_naming_another_strategy_drops_the_old_ones_options(
