@@ -148,7 +148,6 @@ def restrict_splits(
     """
     out, done = dict(parts), []
     for name, key, raw in _split_conditions(split):
-        raw = OmegaConf.to_container(raw) if isinstance(raw, DictConfig) else raw
         ranges = resolve_where(raw, key, cached.label_spaces)
         inside, unlabelled = where_mask(ranges, cached, parts[name])
         out[name] = parts[name][inside]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ..data.build import DataBundle, TensorView, make_loader
@@ -276,7 +276,7 @@ def _gallery(
     """Gallery/probe identification of the test split for every task with an embedding whose
     labels the classifier scored (the same samples, in the same order)."""
     evaluation = cfg.evaluate
-    raw = OmegaConf.to_container(evaluation.gallery_where)
+    raw = evaluation.gallery_where
     ranges = resolve_where(raw, "evaluate.gallery_where", data.label_spaces)
     loader = make_loader(data.test, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
     bins = Bins(evaluation.bin_width, evaluation.bin_low, evaluation.bin_high)
