@@ -41,6 +41,7 @@ from .runs.folder import load_run
 from .runs.pipeline import RunResult, distill, run, train
 from .samples import LabelSpace, NoOptions, Sample, SampleSource
 from .tasks import FeatureInfo, Task
+from .teachers import TeacherNetwork, teacher_label_key
 from .weighting import LossWeighting
 
 __version__ = "0.1.0"
@@ -71,6 +72,7 @@ __all__ = [
     "SampleError",
     "SampleSource",
     "Task",
+    "TeacherNetwork",
     "TrainContext",
     "build_data",
     "build_model",
@@ -89,5 +91,6 @@ __all__ = [
     "make_loader",
     "recipe_from_dict",
     "run",
+    "teacher_label_key",
     "train",
 ]

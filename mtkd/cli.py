@@ -105,6 +105,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
             "loss weightings": plugins.weightings.by_plugin(name),
             "pretrained encoders": plugins.pretrained.by_plugin(name),
             "loggers": plugins.loggers.by_plugin(name),
+            "teacher networks": plugins.teachers.by_plugin(name),
             "hooks": plugins.hooks_of(name),
         }
         for label, names in registered.items():

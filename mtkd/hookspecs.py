@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .pretrained import PretrainedEntry
     from .samples import SampleSource
     from .tasks import Task
+    from .teachers import TeacherNetwork
     from .weighting import LossWeighting
 
 PROJECT = "mtkd"
@@ -109,6 +110,19 @@ def register_loggers(register: Callable[[type[Logger]], None]) -> None:
     ``output.loggers`` (the core registers ``jsonl``, ``tensorboard`` and ``mlflow``).
 
     :param register: call ``register(LoggerClass)`` once per class.
+
+    Called when plugins load, once per plugin (every implementation, not firstresult); a name
+    may be registered once.
+    """
+
+
+@hookspec
+def register_teacher_networks(register: Callable[[type[TeacherNetwork]], None]) -> None:
+    """Register teacher networks: subclasses of ``mtkd.TeacherNetwork``, selectable as
+    ``tasks.<key>.teacher.name`` (a frozen network whose outputs on each sample become the
+    targets of that teacher task: see docs/teacher-networks.md).
+
+    :param register: call ``register(TeacherNetworkClass)`` once per class.
 
     Called when plugins load, once per plugin (every implementation, not firstresult); a name
     may be registered once.

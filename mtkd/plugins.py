@@ -30,6 +30,7 @@ from .preprocess import Preprocessor
 from .pretrained import PretrainedEntry
 from .samples import SampleSource
 from .tasks import Task
+from .teachers import TeacherNetwork
 from .weighting import LossWeighting
 
 ENTRY_POINT_GROUP = "mtkd"
@@ -110,6 +111,7 @@ class PluginSet:
     weightings: Registry[type[LossWeighting]]
     pretrained: Registry[PretrainedEntry]
     loggers: Registry[type[Logger]]
+    teachers: Registry[type[TeacherNetwork]]
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -143,6 +145,7 @@ REGISTRIES = (
         "pretrained", "register_pretrained", "pretrained encoder", PretrainedEntry, instances=True
     ),
     _RegistrySpec("loggers", "register_loggers", "logger", Logger),
+    _RegistrySpec("teachers", "register_teacher_networks", "teacher network", TeacherNetwork),
 )
 
 

@@ -18,11 +18,13 @@ import torch
 Sample = dict[str, Any]
 Batch = dict[str, Any]
 PRESENT = "present"
+FLOAT_KINDS = ("vector", "logits")  # label kinds held as float vectors
 
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """What the values of one label key mean: class names, or a named vector for regression.
+    """What the values of one label key mean: class names, a named vector for regression, or
+    a teacher network's class scores (``logits``: float vectors whose names are the classes).
 
     ``flip`` says how a horizontal flip changes a label: for classes, the class each class
     becomes (left_eye <-> right_eye); for vectors, the sign each component takes (yaw -> -yaw).
@@ -30,7 +32,7 @@ class LabelSpace:
     """
 
     names: tuple[str, ...]
-    kind: str = "class"  # "class" (integer labels, per sample or per pixel) or "vector" (floats)
+    kind: str = "class"  # "class" (integer labels, per sample or per pixel), "vector", "logits"
     flip: tuple[float, ...] | None = None
 
     @property
@@ -111,7 +113,7 @@ def sample_to_tensors(sample: Sample, label_spaces: Mapping[str, LabelSpace]) ->
             continue
         tensor = torch.tensor(np.asarray(value))
         space = label_spaces.get(key)
-        vector = (space.kind == "vector") if space is not None else tensor.is_floating_point()
+        vector = (space.kind in FLOAT_KINDS) if space is not None else tensor.is_floating_point()
         out[key] = tensor.float() if vector else tensor.long()
     return out
 

@@ -49,7 +49,9 @@ class Task(Generic[OptionsT]):
     """
 
     name: ClassVar[str] = ""
-    label_key: ClassVar[str] = ""
+    # the sample key of the label; a task whose label depends on its recipe key (a teacher
+    # network's targets) overrides :meth:`label_key_for` instead
+    label_key: str = ""
     uses_taps: ClassVar[bool] = False
     default_role: ClassVar[Role] = "student"
     Options: ClassVar[type[Any]] = NoOptions
@@ -67,11 +69,17 @@ class Task(Generic[OptionsT]):
         label_space: LabelSpace | None,
     ) -> None:
         self.key = key  # the task's name in the recipe (usually equal to ``name``)
+        self.label_key = self.label_key_for(key)
         self.options = options
         self.role: Role = role
         self.weight = weight
         self.label_space = label_space  # the data's label (what ``label_key`` holds)
         self.setup()
+
+    @classmethod
+    def label_key_for(cls, key: str) -> str:
+        """The sample key this task reads when its recipe key is ``key``: ``label_key``."""
+        return cls.label_key
 
     def setup(self) -> None:
         """Check what depends on the label space and derive what the head and loss need.

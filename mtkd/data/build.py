@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..config import named_block, parse_options
@@ -19,9 +20,10 @@ from ..errors import DataError, RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, SampleSource, collate_samples, sample_to_tensors
+from ..teachers import TeacherNetwork, teacher_label_key
 from ..utils import distributed
 from .augment import AugmentConfig, augment
-from .cache import CachedSamples, DataReport, materialize
+from .cache import CachedSamples, DataReport, cache_key, default_cache_dir, materialize
 from .splits import (
     SplitFilter,
     fixed_split_indices,
@@ -29,6 +31,7 @@ from .splits import (
     split_indices,
     validation_from_train,
 )
+from .targets import TargetStore, attach_targets, build_teachers, teacher_targets
 from .where import describe, resolve_where, where_mask
 
 
@@ -175,6 +178,41 @@ def _check_every_group_trains(
     )
 
 
+def _advance(progress: Progress, bar: TaskID, done: int, _total: int) -> None:
+    progress.update(bar, completed=done)
+
+
+def _add_teacher_targets(
+    cached: CachedSamples,
+    source: SampleSource,
+    teachers: Mapping[str, TeacherNetwork],
+    sample_key: str,
+    cfg: DictConfig,
+    report: DataReport,
+    console: Console,
+) -> None:
+    """Each teacher network's targets as a label of the cached samples, counted in the report
+    (computed once, then read from the target cache)."""
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    stores: dict[str, TargetStore] = {}
+    for key, teacher in teachers.items():
+        label = teacher_label_key(key)
+        with Progress(console=console, transient=True) as progress:
+            bar = progress.add_task(f"{label}: {teacher.name} targets", total=len(cached))
+            store, stored = teacher_targets(
+                cached,
+                source,
+                teacher,
+                sample_key=sample_key,
+                root=root,
+                progress=partial(_advance, progress, bar),
+            )
+        name = f"{label} ({teacher.name}{', from the target cache' if stored else ''})"
+        report.preprocess_counts[name] = store.summary()
+        stores[key] = store
+    attach_targets(cached, teachers, stores)
+
+
 def build_data(
     cfg: DictConfig, plugins: PluginSet | None = None, console: Console | None = None
 ) -> DataBundle:
@@ -182,6 +220,7 @@ def build_data(
     plugins = plugins_for(cfg, plugins)
     source = build_source(cfg, plugins)
     steps = build_preprocessors(cfg, plugins)
+    teachers = build_teachers(cfg, plugins)
     data = cfg.data
     console = console or Console(quiet=True)
     with Progress(console=console, transient=True) as progress:
@@ -197,6 +236,9 @@ def build_data(
             resize=data.get("resize", "squash"),
             notify=lambda line: console.print(line, highlight=False, markup=False),
         )
+    if teachers:
+        key = cache_key(source, steps, data.image_size, data.on_error, data.get("resize", "squash"))
+        _add_teacher_targets(cached, source, teachers, key, cfg, report, console)
     for line in report.lines():
         console.print(line, highlight=False)
     if len(cached) == 0:

@@ -36,7 +36,7 @@ from .resize import check_resize_mode, resize_image, resize_label
 
 __all__ = ["CachedSamples", "DataReport", "default_cache_dir", "materialize", "resize_image"]
 
-CACHE_VERSION = 2  # 2: sample names are cached
+CACHE_VERSION = 3  # 2: sample names are cached; 3: the source index of each row
 ON_ERROR = ("fail", "skip")
 MODES = ("memory", "disk")
 
@@ -85,8 +85,11 @@ class CachedSamples:
         split: list[str] | None,
         label_spaces: dict[str, LabelSpace],
         names: list[str] | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
         self.names = names  # the data set's sample names, for pair files
+        # the data set's index of each cached sample (teacher networks that read the source)
+        self.rows = rows
         self.images = images
         self.labels = labels
         self.present = present
@@ -252,6 +255,7 @@ def _kept_samples(source: SampleSource, writer: _Writer, kept: list[int]) -> Cac
         split,
         dict(source.label_spaces),
         [str(names_all[i]) for i in kept] if names_all is not None else None,
+        np.asarray(kept, dtype=np.int64),
     )
 
 
@@ -263,6 +267,7 @@ def _save_meta(folder: Path, cached: CachedSamples, report: DataReport) -> None:
         "groups": None if cached.groups is None else cached.groups.tolist(),
         "split": cached.split,
         "names": cached.names,
+        "rows": None if cached.rows is None else cached.rows.tolist(),
         "label_spaces": {k: v.to_dict() for k, v in cached.label_spaces.items()},
         "report": asdict(report),
     }
@@ -274,7 +279,7 @@ def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
     n = meta["n"]
     if meta.get("version") != CACHE_VERSION:
         raise CacheDamaged(folder, f"version {meta.get('version')}, expected {CACHE_VERSION}")
-    for name in ("groups", "split", "names"):
+    for name in ("groups", "split", "names", "rows"):
         values = meta.get(name)
         if values is not None and len(values) != n:
             raise CacheDamaged(folder, f"meta.json lists {len(values)} {name} for {n} samples")
@@ -301,6 +306,7 @@ def _load(folder: Path, size: int) -> tuple[CachedSamples, DataReport]:
         meta["split"],
         spaces,
         meta.get("names"),
+        None if meta.get("rows") is None else np.asarray(meta["rows"], dtype=np.int64),
     )
     report.from_cache = True
     return cached, report

@@ -51,10 +51,11 @@ def build_tasks(
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"tasks.{key}.weight: expected a number, got {weight!r}") from exc
         options = parse_options(task_cls.Options, values, f"tasks.{key}")
-        space = label_spaces.get(task_cls.label_key)
+        label_key = task_cls.label_key_for(key)
+        space = label_spaces.get(label_key)
         if space is None:
             raise RecipeError(
-                f"tasks.{key}: task '{kind}' needs label '{task_cls.label_key}', which the data "
+                f"tasks.{key}: task '{kind}' needs label '{label_key}', which the data "
                 f"set does not provide (it provides: {', '.join(sorted(label_spaces)) or 'none'})"
             )
         tasks[key] = _new_task(task_cls, key, options, role, weight, space)

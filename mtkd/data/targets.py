@@ -1,0 +1,225 @@
+"""Teacher-network targets: computed once per sample, cached on disk beside the sample cache.
+
+For each task whose recipe block names a teacher network (``tasks.<key>.teacher``), the
+network's output on every cached sample becomes the label ``teacher/<key>``; a sample it
+abstains on lacks the label. The targets are stored under the cache folder, keyed by the
+sample cache's key and the teacher's fingerprint (name, options, weights), so a second run on
+the same data with the same teacher runs no teacher at all, and a changed teacher (other
+weights, other options) computes them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import named_block, parse_options
+from ..errors import DataError, MtkdError, PluginError, RecipeError
+from ..plugins import PluginSet
+from ..samples import SampleSource
+from ..teachers import TEACHER_KEY, TeacherNetwork, teacher_label_key
+from .cache import CachedSamples
+
+TARGETS_FOLDER = "teacher-targets"
+TARGETS_VERSION = 1
+Progress = Callable[[int, int], None]
+
+
+def _task_blocks(cfg: DictConfig) -> Iterator[tuple[str, str, Any]]:
+    """(task key, task type, teacher block or None) for every task of the recipe."""
+    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
+    assert isinstance(raw_tasks, dict)
+    for raw_key, raw in raw_tasks.items():
+        block = raw if isinstance(raw, dict) else {}
+        if raw is not None:
+            yield str(raw_key), str(block.get("type", raw_key)), block.get(TEACHER_KEY)
+
+
+def build_teachers(cfg: DictConfig, plugins: PluginSet) -> dict[str, TeacherNetwork]:
+    """The teacher network of each task that names one, loaded and checked (before any data
+    is read, so a wrong name, option or weights file costs nothing)."""
+    teachers: dict[str, TeacherNetwork] = {}
+    for key, kind, block in _task_blocks(cfg):
+        where = f"tasks.{key}.{TEACHER_KEY}"
+        if kind not in plugins.tasks:
+            continue  # reported with the other task errors when the model is built
+        learns = plugins.tasks.get(kind, key=where).label_key_for(key) == teacher_label_key(key)
+        if learns and block is None:
+            raise RecipeError(f"{where}: task '{kind}' needs a teacher network ({{name: ...}})")
+        if block is None:
+            continue
+        if not learns:
+            raise RecipeError(
+                f"{where}: task '{kind}' does not learn from a teacher network "
+                "(use type: network_teacher)"
+            )
+        name, values = named_block(block, where)
+        network_cls = plugins.teachers.get(name, key=f"{where}.name")
+        options = parse_options(network_cls.Options, values, where)
+        try:
+            teachers[key] = network_cls(options, int(cfg.data.image_size))
+        except MtkdError as exc:  # a missing extra stays a PluginError, the rest is the recipe's
+            error = PluginError if isinstance(exc, PluginError) else RecipeError
+            raise error(f"{where} ({name}): {exc}") from exc
+    return teachers
+
+
+@dataclass
+class TargetStore:
+    """One teacher's targets for every cached sample, and why it abstained where it did."""
+
+    values: np.ndarray  # (n, components) float32
+    present: np.ndarray  # (n,) bool
+    counts: dict[str, int]
+
+    def summary(self) -> dict[str, int]:
+        labelled = int(self.present.sum())
+        return {"labelled": labelled, "abstained": len(self.present) - labelled, **self.counts}
+
+
+def targets_folder(root: Path, sample_key: str, teacher: TeacherNetwork) -> Path:
+    """Where one teacher's targets for one sample cache live."""
+    blob = json.dumps(
+        {"version": TARGETS_VERSION, "samples": sample_key, "teacher": teacher.fingerprint()},
+        sort_keys=True,
+    )
+    digest = hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return root / TARGETS_FOLDER / f"{teacher.name}-{digest}"
+
+
+def _images(
+    cached: CachedSamples, source: SampleSource, teacher: TeacherNetwork
+) -> Iterator[np.ndarray]:
+    if teacher.sees == "cached":
+        yield from (cached.images[i] for i in range(len(cached)))
+        return
+    if cached.rows is None:
+        raise DataError(f"teacher '{teacher.name}' reads the data set, but the cache lacks rows")
+    for row in cached.rows.tolist():
+        yield np.asarray(source[int(row)]["image"])
+
+
+def compute_targets(
+    cached: CachedSamples, source: SampleSource, teacher: TeacherNetwork, progress: Progress
+) -> TargetStore:
+    """Run ``teacher`` over every cached sample, ``teacher.batch_size`` images at a time."""
+    n, width = len(cached), len(teacher.names())
+    values = np.zeros((n, width), dtype=np.float32)
+    present = np.zeros(n, dtype=bool)
+    batch: list[np.ndarray] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        for offset, target in enumerate(teacher.targets(batch)):
+            if target is not None:
+                values[done + offset] = _checked(teacher, target, width)
+                present[done + offset] = True
+        done += len(batch)
+        batch.clear()
+        progress(done, n)
+
+    for image in _images(cached, source, teacher):
+        batch.append(image)
+        if len(batch) == teacher.batch_size:
+            flush()
+    if batch:
+        flush()
+    return TargetStore(values, present, dict(teacher.counts))
+
+
+def _checked(teacher: TeacherNetwork, target: np.ndarray, width: int) -> np.ndarray:
+    array = np.asarray(target, dtype=np.float32).reshape(-1)
+    if array.shape[0] != width:
+        raise DataError(
+            f"teacher network '{teacher.name}' returned {array.shape[0]} values for a sample, "
+            f"but names {width} outputs"
+        )
+    if not np.isfinite(array).all():
+        raise DataError(f"teacher network '{teacher.name}' returned NaN or Inf for a sample")
+    return array
+
+
+def _save(folder: Path, store: TargetStore, teacher: TeacherNetwork) -> None:
+    """Write into a private folder, then swap it in by one rename (never half a store)."""
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    np.save(partial / "values.npy", store.values)
+    np.save(partial / "present.npy", store.present)
+    meta = {
+        "version": TARGETS_VERSION,
+        "teacher": teacher.fingerprint(),
+        "n": len(store.present),
+        "counts": store.counts,
+    }
+    (partial / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+    try:
+        os.replace(partial, folder)
+    except OSError:  # another process stored the same targets first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _load(folder: Path, n: int, width: int) -> TargetStore | None:
+    """The stored targets, or None when they are missing or do not fit (computed again)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        values = np.load(folder / "values.npy", allow_pickle=False)
+        present = np.load(folder / "present.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if meta.get("n") != n or values.shape != (n, width) or present.shape != (n,):
+        return None
+    return TargetStore(values, present.astype(bool), {k: int(v) for k, v in meta["counts"].items()})
+
+
+def teacher_targets(
+    cached: CachedSamples,
+    source: SampleSource,
+    teacher: TeacherNetwork,
+    *,
+    sample_key: str,
+    root: Path,
+    progress: Progress,
+) -> tuple[TargetStore, bool]:
+    """The teacher's targets (and whether they came from the store), computing them once."""
+    folder = targets_folder(root, sample_key, teacher)
+    found = _load(folder, len(cached), len(teacher.names()))
+    if found is not None:
+        return found, True
+    store = compute_targets(cached, source, teacher, progress)
+    _save(folder, store, teacher)
+    return store, False
+
+
+def attach_targets(
+    cached: CachedSamples,
+    teachers: Mapping[str, TeacherNetwork],
+    stores: Mapping[str, TargetStore],
+) -> None:
+    """Make each teacher's targets the label ``teacher/<task key>`` of the cached samples."""
+    for key, teacher in teachers.items():
+        label = teacher_label_key(key)
+        store = stores[key]
+        cached.labels[label] = store.values
+        cached.present[label] = store.present
+        cached.label_spaces[label] = teacher.label_space()
+
+
+__all__ = [
+    "TargetStore",
+    "attach_targets",
+    "build_teachers",
+    "compute_targets",
+    "targets_folder",
+    "teacher_targets",
+]

@@ -1,0 +1,256 @@
+"""Teacher networks: a frozen network's outputs as a removable teacher task's targets,
+computed once and cached, abstentions unlabelled and counted, KD losses as published."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import RECIPES, tiny_overrides
+from mtkd_plugins import dlib_face
+from mtkd_plugins.network_teacher import relational_kd, soft_target_kl
+from rich.console import Console
+
+import mtkd
+
+SHARED_ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
+
+
+@dataclass
+class MeanColourOptions:
+    picky: bool = False  # abstain on images redder than they are green (about half)
+    scale: float = 1.0
+
+
+class MeanColour(mtkd.TeacherNetwork):
+    """A stand-in network: the mean of each colour channel, abstaining on reddish images."""
+
+    name = "mean_colour"
+    Options = MeanColourOptions
+    calls: ClassVar[int] = 0
+
+    def names(self) -> tuple[str, ...]:
+        return ("r", "g", "b")
+
+    def targets(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+        MeanColour.calls += len(images)
+        out: list[np.ndarray | None] = []
+        for image in images:
+            if self.options.picky and _reddish(image):
+                self.counts["reddish"] += 1
+                out.append(None)
+            else:
+                out.append(image.reshape(-1, 3).mean(0) / 255.0 * self.options.scale)
+        return out
+
+
+class _MeanColourPlugin:
+    @mtkd.hookimpl
+    def register_teacher_networks(self, register: Any) -> None:
+        register(MeanColour)
+
+
+def _reddish(image: np.ndarray) -> bool:
+    return bool(image[..., 0].mean() > image[..., 1].mean())
+
+
+def _plugins() -> mtkd.PluginSet:
+    return mtkd.load_plugins(objects=[("mean_colour_plugin", _MeanColourPlugin())])
+
+
+def _recipe(tmp_path: Path, teacher: str = "{name: mean_colour}", **extra: Any) -> Any:
+    values = {"encoder.name": "test_efficientnet", "tasks.kd": f"{{teacher: {teacher}}}"}
+    values.update(extra)
+    overrides = tiny_overrides(tmp_path, **values)
+    overrides.append("tasks.kd.type=network_teacher")
+    return mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", overrides)
+
+
+def test_soft_target_kl_matches_the_hand_computed_hinton_loss() -> None:
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    teacher = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    t = 3.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True):
+        p = np.exp(np.array(t_row) / t) / np.exp(np.array(t_row) / t).sum()
+        q = np.exp(np.array(s_row) / t) / np.exp(np.array(s_row) / t).sum()
+        expected += float((p * np.log(p / q)).sum())
+    expected = expected / 2 * t * t
+    assert soft_target_kl(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)
+    assert soft_target_kl(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_relational_kd_ignores_scale_and_position_but_not_shape() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 4)
+    same_shape = 3.0 * teacher + 1.5  # every distance scaled, every angle kept
+    assert relational_kd(same_shape, teacher, 1.0, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert relational_kd(torch.randn(6, 4), teacher, 1.0, 2.0).item() > 0.01
+    assert relational_kd(teacher[:2], teacher[:2], 1.0, 2.0).item() == 0.0  # < 3 samples
+
+
+def test_relational_kd_distance_term_matches_a_hand_computed_triangle() -> None:
+    teacher = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])  # distances 3, 4, 5
+    student = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # distances 1, 1, sqrt 2
+    t = np.array([3, 4, 5]) / 4.0
+    s = np.array([1, 1, math.sqrt(2)]) / ((2 + math.sqrt(2)) / 3)
+    diff = np.abs(np.concatenate([t - s, t - s]))  # each pair twice, the diagonal is 0 - 0
+    smooth = np.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+    expected = smooth.sum() / 9
+    got = relational_kd(student, teacher, 1.0, 0.0).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_targets_become_a_partial_label_and_the_report_counts_abstentions(
+    tmp_path: Path,
+) -> None:
+    cfg = _recipe(tmp_path, teacher="{name: mean_colour, picky: true}")
+    data = mtkd.build_data(cfg, _plugins(), console=Console(quiet=True))
+    key = mtkd.teacher_label_key("kd")
+    present = np.asarray(data.cached.present[key])
+    assert present.tolist() == [not _reddish(image) for image in data.cached.images]
+    assert 0 < present.sum() < len(present)
+    values = np.asarray(data.cached.labels[key])
+    first = int(np.flatnonzero(present)[0])
+    expected = np.asarray(data.cached.images[first]).reshape(-1, 3).mean(0) / 255
+    assert values[first] == pytest.approx(expected, rel=1e-5)
+    counts = next(v for k, v in data.report.preprocess_counts.items() if k.startswith(key))
+    assert counts["abstained"] == counts["reddish"] == len(present) - present.sum()
+    assert data.label_spaces[key] == mtkd.LabelSpace(("r", "g", "b"), kind="vector")
+
+
+def test_cached_targets_are_reused_and_recomputed_when_the_teacher_changes(
+    tmp_path: Path,
+) -> None:
+    plugins, quiet = _plugins(), Console(quiet=True)
+    MeanColour.calls = 0
+    first = mtkd.build_data(_recipe(tmp_path), plugins, console=quiet)
+    n = len(first.cached)
+    assert MeanColour.calls == n
+    again = mtkd.build_data(_recipe(tmp_path), plugins, console=quiet)
+    assert MeanColour.calls == n  # not one teacher call: read from the target cache
+    key = mtkd.teacher_label_key("kd")
+    assert np.array_equal(again.cached.labels[key], first.cached.labels[key])
+    assert any("from the target cache" in k for k in again.report.preprocess_counts)
+    changed = mtkd.build_data(
+        _recipe(tmp_path, teacher="{name: mean_colour, scale: 2.0}"), plugins, console=quiet
+    )
+    assert MeanColour.calls == 2 * n
+    assert np.allclose(changed.cached.labels[key], 2 * np.asarray(first.cached.labels[key]))
+
+
+def test_a_run_with_a_teacher_network_trains_then_drops_it(tmp_path: Path) -> None:
+    plugins = _plugins()
+    cfg = _recipe(tmp_path, teacher="{name: mean_colour, picky: true}", **{"tasks.kd.loss": "rkd"})
+    result = mtkd.run(cfg, plugins=plugins, console=Console(quiet=True))
+    results = json.loads((result.run_dir / "results.json").read_text())
+    plain_cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml",
+        tiny_overrides(tmp_path, **{"encoder.name": "test_efficientnet"}),
+    )
+    plain = mtkd.build_model(plain_cfg, {"identity": cfg_identity(result.run_dir)})
+    assert results["params"]["inference"]["total"] == plain.parameter_counts().total
+    assert results["params"]["training"]["total"] > plain.parameter_counts().total
+    assert results["removed_tasks"] == ["kd"]
+    tasks = json.loads((result.run_dir / "distilled" / "tasks.json").read_text())["tasks"]
+    assert "kd" not in tasks
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(row["train/kd/loss"]) for row in rows)
+
+
+def cfg_identity(run_dir: Path) -> mtkd.LabelSpace:
+    spaces = json.loads((run_dir / "labels.json").read_text())
+    return mtkd.LabelSpace.from_dict(spaces["identity"])
+
+
+def test_a_finished_run_teaches_its_logits_and_an_exported_onnx_its_embedding(
+    tmp_path: Path,
+) -> None:
+    quiet = Console(quiet=True)
+    teacher_cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml",
+        tiny_overrides(tmp_path, **{"encoder.name": "test_efficientnet", "output.plots": False}),
+    )
+    teacher_run = mtkd.run(teacher_cfg, console=quiet).run_dir
+    student = _recipe(tmp_path, teacher=f"{{name: mtkd_run, path: '{teacher_run}'}}")
+    data = mtkd.build_data(student, console=quiet)
+    key = mtkd.teacher_label_key("kd")
+    space = data.label_spaces[key]
+    assert space.kind == "logits" and space.names == cfg_identity(teacher_run).names
+    model = mtkd.load_run(teacher_run)
+    image = torch.from_numpy(np.array(data.cached.images[:2])).permute(0, 3, 1, 2) / 255.0
+    with torch.no_grad():
+        logits = model(image)["identification"]["logits"]
+    assert np.allclose(data.cached.labels[key][:2], logits.numpy(), atol=1e-5)
+    kd = mtkd.build_model(student, data.label_spaces).tasks["kd"]
+    assert kd.describe().endswith("mtkd_run teacher, kl loss")
+
+    onnx_path = mtkd.export_run(teacher_run, "onnx", console=quiet)
+    onnx = _recipe(
+        tmp_path, teacher=f"{{name: onnx, path: '{onnx_path}', output_name: identification.embedding}}"
+    )
+    data = mtkd.build_data(onnx, console=quiet)
+    with torch.no_grad():
+        embedding = model(image)["identification"]["embedding"]
+    assert np.allclose(data.cached.labels[key][:2], embedding.numpy(), atol=1e-4)
+    assert data.label_spaces[key].kind == "vector"
+
+
+def test_a_wrong_teacher_is_one_line_naming_the_recipe_key(tmp_path: Path) -> None:
+    with pytest.raises(mtkd.MtkdError, match=r"tasks\.kd\.teacher \(mtkd_run\): .*not a run"):
+        mtkd.build_data(_recipe(tmp_path, teacher="{name: mtkd_run, path: nowhere}"))
+    garbage = tmp_path / "teacher.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    with pytest.raises(mtkd.RecipeError, match=r"tasks\.kd\.teacher \(onnx\): .*not a readable"):
+        mtkd.build_data(_recipe(tmp_path, teacher=f"{{name: onnx, path: '{garbage}'}}"))
+    with pytest.raises(mtkd.PluginError, match=r"tasks\.kd\.teacher\.name: unknown teacher"):
+        mtkd.build_data(_recipe(tmp_path, teacher="{name: mean_colour}"))
+    with pytest.raises(mtkd.RecipeError, match="does not learn from a teacher network"):
+        mtkd.build_data(
+            mtkd.load_recipe(
+                RECIPES / "mobilenetv2_id.yaml",
+                tiny_overrides(tmp_path, **{"tasks.identification.teacher": "{name: onnx}"}),
+            )
+        )
+
+
+def test_kl_on_an_embedding_teacher_is_refused_by_its_recipe_key(tmp_path: Path) -> None:
+    cfg = _recipe(tmp_path, **{"tasks.kd.loss": "kl"})
+    data = mtkd.build_data(cfg, _plugins(), console=Console(quiet=True))
+    with pytest.raises(mtkd.RecipeError, match=r"tasks\.kd\.loss: kl needs a teacher"):
+        mtkd.build_model(cfg, data.label_spaces, _plugins())
+
+
+def test_the_dlib_teacher_without_its_model_files_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dlib_face.importlib.util, "find_spec", lambda _name: None)
+    with pytest.raises(mtkd.PluginError) as error:
+        dlib_face.DlibFace(dlib_face.DlibFaceOptions(), 64)
+    assert "mtkd[dlib-teacher]" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_dlib_teacher_describes_a_real_face_and_abstains_on_a_blank_image() -> None:
+    if not SHARED_ORL.is_dir():
+        pytest.skip("the ORL faces (../shared/data/orl_faces) are not beside this checkout")
+    from PIL import Image
+
+    teacher = dlib_face.DlibFace(dlib_face.DlibFaceOptions(), 64)
+    faces = [np.asarray(Image.open(SHARED_ORL / "s1" / f"{i}.pgm")) for i in (1, 2)]
+    other = np.asarray(Image.open(SHARED_ORL / "s2" / "1.pgm"))
+    blank = np.full((112, 92), 128, np.uint8)
+    a, b, c, none = teacher.targets([*faces, other, blank])
+    assert none is None and teacher.counts["no face"] == 1
+    assert a is not None and b is not None and c is not None and a.shape == (128,)
+    same, different = np.linalg.norm(a - b), np.linalg.norm(a - c)
+    assert same < 0.6 < different  # dlib's threshold for one person
+    assert F.cosine_similarity(torch.tensor(a), torch.tensor(b), dim=0) > 0.9
