@@ -162,7 +162,8 @@ def test_a_run_with_a_teacher_network_trains_then_drops_it(tmp_path: Path) -> No
     assert results["removed_tasks"] == ["kd"]
     tasks = json.loads((result.run_dir / "distilled" / "tasks.json").read_text())["tasks"]
     assert "kd" not in tasks
-    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = (result.run_dir / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in log.splitlines()]
     assert all(math.isfinite(row["train/kd/loss"]) for row in rows)
 
 
@@ -194,9 +195,8 @@ def test_a_finished_run_teaches_its_logits_and_an_exported_onnx_its_embedding(
     assert kd.describe().endswith("mtkd_run teacher, kl loss")
 
     onnx_path = mtkd.export_run(teacher_run, "onnx", console=quiet)
-    onnx = _recipe(
-        tmp_path, teacher=f"{{name: onnx, path: '{onnx_path}', output_name: identification.embedding}}"
-    )
+    output = "output_name: identification.embedding"
+    onnx = _recipe(tmp_path, teacher=f"{{name: onnx, path: '{onnx_path}', {output}}}")
     data = mtkd.build_data(onnx, console=quiet)
     with torch.no_grad():
         embedding = model(image)["identification"]["embedding"]
