@@ -254,3 +254,25 @@ def test_the_dlib_teacher_describes_a_real_face_and_abstains_on_a_blank_image() 
     same, different = np.linalg.norm(a - b), np.linalg.norm(a - c)
     assert same < 0.6 < different  # dlib's threshold for one person
     assert F.cosine_similarity(torch.tensor(a), torch.tensor(b), dim=0) > 0.9
+
+
+def test_an_online_teacher_sees_each_augmented_training_batch(tmp_path: Path) -> None:
+    cfg = _recipe(
+        tmp_path,
+        teacher="{name: mean_colour, online: true}",
+        **{"data.augment.brightness": 0.5, "data.augment.hflip": 0.5},
+    )
+    data = mtkd.build_data(cfg, _plugins(), console=Console(quiet=True))
+    samples = [data.train[i] for i in range(4)]
+    batch = data.train_collate(samples)
+    key = mtkd.teacher_label_key("kd")
+    seen = batch["image"].clamp(0, 1).mul(255).round().div(255).mean(dim=(2, 3))
+    assert torch.allclose(batch[key], seen, atol=1e-5)
+    cached = torch.tensor(np.asarray(data.cached.labels[key])[data.train.indices[:4]])
+    assert not torch.allclose(batch[key], cached, atol=1e-3)  # brightness moved them
+    assert batch["present"][key].all()
+    val = mtkd.make_loader(data.val, 4, shuffle=False)
+    assert torch.allclose(  # validation keeps the cached, un-augmented targets
+        next(iter(val))[key],
+        torch.tensor(np.asarray(data.cached.labels[key])[data.val.indices[:4]]),
+    )

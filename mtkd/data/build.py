@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,14 @@ from .splits import (
     split_indices,
     validation_from_train,
 )
-from .targets import TargetStore, attach_targets, build_teachers, teacher_targets
+from .targets import (
+    OnlineTargets,
+    TargetStore,
+    Teachers,
+    attach_targets,
+    build_teachers,
+    teacher_targets,
+)
 from .where import describe, resolve_where, where_mask
 
 
@@ -68,6 +75,8 @@ class DataBundle:
     label_spaces: Mapping[str, LabelSpace]
     report: DataReport
     filters: list[SplitFilter] = field(default_factory=list)  # data.split.*_where, if set
+    # how training batches are put together (online teachers recompute their targets here)
+    train_collate: Callable[[Sequence[Any]], Any] = collate_samples
 
     def sizes(self) -> dict[str, int]:
         """Samples per split, and (only with a label-range filter) how many it left out."""
@@ -178,6 +187,11 @@ def _check_every_group_trains(
     )
 
 
+def _train_collate(teachers: Teachers) -> Callable[[Sequence[Any]], Any]:
+    online = {k: t for k, t in teachers.networks.items() if k in teachers.online}
+    return OnlineTargets(online) if online else collate_samples
+
+
 def _advance(progress: Progress, bar: TaskID, done: int, _total: int) -> None:
     progress.update(bar, completed=done)
 
@@ -236,9 +250,9 @@ def build_data(
             resize=data.get("resize", "squash"),
             notify=lambda line: console.print(line, highlight=False, markup=False),
         )
-    if teachers:
+    if teachers.networks:
         key = cache_key(source, steps, data.image_size, data.on_error, data.get("resize", "squash"))
-        _add_teacher_targets(cached, source, teachers, key, cfg, report, console)
+        _add_teacher_targets(cached, source, teachers.networks, key, cfg, report, console)
     for line in report.lines():
         console.print(line, highlight=False)
     if len(cached) == 0:
@@ -260,6 +274,7 @@ def build_data(
         label_spaces=dict(cached.label_spaces),
         report=report,
         filters=filters,
+        train_collate=_train_collate(teachers),
     )
 
 
@@ -314,6 +329,7 @@ def make_train_loader(
     seed: int = 0,
     num_workers: int = 0,
     min_batch: int = 1,
+    collate: Callable[[Sequence[Any]], Any] = collate_samples,
 ) -> DataLoader:
     """The training loader: shuffled by an :class:`EpochSampler` (resumable), partial labels.
 
@@ -344,7 +360,7 @@ def make_train_loader(
         sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
-        collate_fn=collate_samples,
+        collate_fn=collate,
         persistent_workers=num_workers > 0,
     )
 

@@ -14,22 +14,24 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import named_block, parse_options
 from ..errors import DataError, MtkdError, PluginError, RecipeError
 from ..plugins import PluginSet
-from ..samples import SampleSource
+from ..samples import PRESENT, Batch, Sample, SampleSource, collate_samples
 from ..teachers import TEACHER_KEY, TeacherNetwork, teacher_label_key
 from .cache import CachedSamples
 
 TARGETS_FOLDER = "teacher-targets"
+ONLINE_KEY = "online"  # in a teacher block: run the teacher on every augmented training batch
 TARGETS_VERSION = 1
 Progress = Callable[[int, int], None]
 
@@ -44,10 +46,20 @@ def _task_blocks(cfg: DictConfig) -> Iterator[tuple[str, str, Any]]:
             yield str(raw_key), str(block.get("type", raw_key)), block.get(TEACHER_KEY)
 
 
-def build_teachers(cfg: DictConfig, plugins: PluginSet) -> dict[str, TeacherNetwork]:
+@dataclass
+class Teachers:
+    """The recipe's teacher networks by task key, and which of them run online."""
+
+    networks: dict[str, TeacherNetwork] = field(default_factory=dict)
+    online: set[str] = field(default_factory=set)  # keys whose training targets are live
+
+
+def build_teachers(cfg: DictConfig, plugins: PluginSet) -> Teachers:
     """The teacher network of each task that names one, loaded and checked (before any data
-    is read, so a wrong name, option or weights file costs nothing)."""
-    teachers: dict[str, TeacherNetwork] = {}
+    is read, so a wrong name, option or weights file costs nothing). ``online: true`` in a
+    teacher block (read here, for every teacher network) makes it see each augmented
+    training batch instead of its cached targets."""
+    teachers = Teachers()
     for key, kind, block in _task_blocks(cfg):
         where = f"tasks.{key}.{TEACHER_KEY}"
         if kind not in plugins.tasks:
@@ -63,10 +75,12 @@ def build_teachers(cfg: DictConfig, plugins: PluginSet) -> dict[str, TeacherNetw
                 "(use type: network_teacher)"
             )
         name, values = named_block(block, where)
+        if values.pop(ONLINE_KEY, False):
+            teachers.online.add(key)
         network_cls = plugins.teachers.get(name, key=f"{where}.name")
         options = parse_options(network_cls.Options, values, where)
         try:
-            teachers[key] = network_cls(options, int(cfg.data.image_size))
+            teachers.networks[key] = network_cls(options, int(cfg.data.image_size))
         except MtkdError as exc:  # a missing extra stays a PluginError, the rest is the recipe's
             error = PluginError if isinstance(exc, PluginError) else RecipeError
             raise error(f"{where} ({name}): {exc}") from exc
@@ -215,8 +229,35 @@ def attach_targets(
         cached.label_spaces[label] = teacher.label_space()
 
 
+class OnlineTargets:
+    """The training loader's collate for online teachers: each batch's targets are the
+    teachers' outputs on its augmented images (what they would see as uint8), replacing the
+    cached ones. Costs a teacher forward per batch: measure it (docs/teacher-networks.md)."""
+
+    def __init__(self, teachers: Mapping[str, TeacherNetwork]) -> None:
+        self.teachers = dict(teachers)
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        batch = collate_samples(samples)
+        pixels = batch["image"].clamp(0, 1).mul(255).round().to(torch.uint8)
+        images = list(pixels.permute(0, 2, 3, 1).numpy())
+        for key, teacher in self.teachers.items():
+            label, width = teacher_label_key(key), len(teacher.names())
+            values = torch.zeros(len(images), width)
+            present = torch.zeros(len(images), dtype=torch.bool)
+            for i, target in enumerate(teacher.targets(images)):
+                if target is not None:
+                    values[i] = torch.from_numpy(_checked(teacher, target, width))
+                    present[i] = True
+            batch[label] = values
+            batch[PRESENT][label] = present
+        return batch
+
+
 __all__ = [
+    "OnlineTargets",
     "TargetStore",
+    "Teachers",
     "attach_targets",
     "build_teachers",
     "compute_targets",

@@ -65,6 +65,7 @@ def train(
         seed=cfg.trainer.seed,
         num_workers=cfg.data.num_workers,
         min_batch=smallest_train_batch(model, cfg.data.image_size),  # no batch of one for BN
+        collate=data.train_collate,
     )
     val_loader = make_loader(
         rank_share(data.val), cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
