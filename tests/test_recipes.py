@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from helpers import RECIPES, label_spaces
+from helpers import RECIPES, label_spaces, tiny_overrides
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -23,7 +23,19 @@ STAND_INS = {
     "resnet101_id": "test_resnet",
     "vgg19_id": "test_byobnet",
     "inceptionv3_id": "test_convnext",
+    "kd_resnet101": "mobilenetv2_035",  # taught by a tiny finished run (teacher_run below)
+    "seg_kd_resnet101": "mobilenetv2_035",
+    "face_id_dlib": "mobilenetv2_100",  # dlib's recogniser finds no face in random images
 }
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A finished tiny identification run on the stand-in data, for the KD recipes."""
+    root = tmp_path_factory.mktemp("teacher")
+    overrides = tiny_overrides(root, **{"encoder.name": "test_efficientnet", "output.plots": False})
+    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", overrides)
+    return str(mtkd.run(cfg, console=Console(quiet=True)).run_dir)
 
 
 def test_every_recipe_file_is_covered() -> None:
@@ -37,9 +49,11 @@ def test_every_recipe_file_is_covered() -> None:
 
 @pytest.mark.parametrize("recipe", sorted(STAND_INS))
 def test_recipe_trains_distils_and_evaluates(
-    recipe: str, tiny_recipe: Callable[..., DictConfig]
+    recipe: str, tiny_recipe: Callable[..., DictConfig], request: pytest.FixtureRequest
 ) -> None:
     extra: dict[str, object] = {"encoder.name": STAND_INS[recipe]}
+    if "kd_" in recipe:
+        extra["tasks.kd.teacher.path"] = request.getfixturevalue("teacher_run")
     if recipe in ("pose_distilled_id", "seg_pose_distilled_id", "pretrain_synthetic_heads"):
         # random_images has no pose label
         extra |= {"data.dataset.name": "synthetic_heads", "data.dataset.views_spread": 0}
