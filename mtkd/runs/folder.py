@@ -57,6 +57,9 @@ RUN_ENTRIES = (
     "confusion-*.png",
     "accuracy_by_bin-*.png",
     "eval-*.json",
+    "tensorboard",  # a new run's event files must not continue the old run's
+    "tracking.json",
+    "mlflow.json",  # its MLflow run is tagged replaced first
 )
 
 
@@ -147,14 +150,20 @@ def _clear_run(path: Path) -> None:
                 entry.unlink()
 
 
-def new_run_dir(cfg: DictConfig, force: bool = False) -> Path:
+def new_run_dir(cfg: DictConfig, force: bool = False, console: Any = None) -> Path:
     """``output.dir`` if set, else ``<output.root>/<name>-<timestamp>`` (never reused).
 
-    ``output.dir`` holding another run is refused, or with ``force`` emptied of it first."""
+    ``output.dir`` holding another run is refused, or with ``force`` emptied of it first (an
+    MLflow run it logged is tagged replaced; ``console`` is told)."""
     check_output_dir(cfg, force)
     if cfg.output.dir:
         path = Path(cfg.output.dir)
         if force and _held_run(path):
+            from .mlflow_logger import mark_replaced
+
+            line = mark_replaced(path)
+            if line and console is not None:
+                console.print(line, highlight=False)
             _clear_run(path)
         _make_dir(path, "output.dir", exist_ok=True)
         return path

@@ -159,13 +159,14 @@ def _run_folder(
     resume_dir: Path | None,
     force: bool,
     main: bool,
+    console: Console | None = None,
 ) -> Path:
     """The folder this run writes (rank 0 creates a new one), the same path on every rank."""
     run_dir: Path | None = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
     elif main:
-        run_dir = new_run_dir(cfg, force)
+        run_dir = new_run_dir(cfg, force, console)
         write_run_header(run_dir, cfg, dict(data.label_spaces))
         if transfer is not None:
             transfer.save(run_dir)
@@ -232,7 +233,7 @@ def run(
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
     # the run folder exists, so a source that fits nothing leaves no empty run behind)
     transfer = init_from_recipe(model, cfg, plugins) if resume_dir is None else None
-    run_dir = _run_folder(cfg, data, transfer, resume_dir, force, main)
+    run_dir = _run_folder(cfg, data, transfer, resume_dir, force, main, console)
     console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
     if transfer is not None:
         transfer.print(console)
