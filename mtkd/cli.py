@@ -151,9 +151,12 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .runs.page import write_report
+    from .runs.page import log_note, write_report
 
     console.print(f"report: {write_report(args.folder)}")
+    note = log_note(Path(args.folder))  # the page says it too
+    if note:
+        console.print(f"[yellow]warning: {note}", highlight=False)
     return 0
 
 
@@ -193,7 +196,17 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
     predictions = predictor.predict(args.images, top_k=args.top_k)
-    table = Table(title=f"{predictor.run_dir.resolve().name}: top {args.top_k} identities")
+    name = predictor.run_dir.resolve().name
+    if predictor.kind == "vector":  # a regression: one column per named component
+        table = Table(title=f"{name}: {predictor.task}")
+        table.add_column("image", overflow="fold")
+        for component in predictor.names:
+            table.add_column(component, justify="right")
+        for path, values in zip(args.images, predictions, strict=True):
+            table.add_row(str(path), *(f"{v:.4g}" for _, v in values))
+        console.print(table)
+        return 0
+    table = Table(title=f"{name}: top {args.top_k} identities")
     table.add_column("image", overflow="fold")
     table.add_column("identity")
     table.add_column("probability", justify="right")

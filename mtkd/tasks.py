@@ -41,11 +41,12 @@ class Task(Generic[OptionsT]):
     """Base class of a task-head plugin. Subclass it, set the class variables, register it.
 
     Override :meth:`build_head` and :meth:`loss` (required); :meth:`setup`, :meth:`metrics`,
-    :meth:`predictions`, :meth:`update_metrics`, :meth:`summarize`, :meth:`describe`, the
-    :attr:`output_space` property and the :attr:`console_metrics` class variable are
-    optional. Do not override ``__init__``: options check themselves in their dataclass's
-    ``__post_init__`` (raise :class:`mtkd.OptionError`), and what needs the label space goes
-    in :meth:`setup`; the engine adds the recipe key to the message either way.
+    :meth:`predictions`, :meth:`update_metrics`, :meth:`summarize`, :meth:`describe`,
+    :meth:`class_map`, the :attr:`output_space` property and the :attr:`console_metrics`
+    class variable are optional. Do not override ``__init__``: options check themselves in
+    their dataclass's ``__post_init__`` (raise :class:`mtkd.OptionError`), and what needs
+    the label space goes in :meth:`setup`; the engine adds the recipe key to the message
+    either way.
     """
 
     name: ClassVar[str] = ""
@@ -119,6 +120,24 @@ class Task(Generic[OptionsT]):
         if isinstance(output, dict):
             return output["logits"]
         return output
+
+    def class_map(self, output: Output) -> torch.Tensor | None:
+        """The predicted class of every pixel (B, H, W), which the prediction sheets
+        (``predictions-<task>.png``) and the loggers' images draw beside the true label map;
+        ``None``: the output is not a class map, nothing is drawn.
+
+        The default draws only what is one for sure: :meth:`predictions` of shape
+        (B, classes, H, W) with one channel per class of a ``class`` :attr:`output_space`
+        (its arg-max). A task whose label is per-pixel but whose output is something else (a
+        point, a vector) draws nothing without overriding this; override it to draw a map
+        the default cannot recognise."""
+        space = self.output_space
+        if space is None or space.kind != "class":
+            return None
+        pred = self.predictions(output)
+        if not isinstance(pred, torch.Tensor) or pred.ndim != 4:
+            return None
+        return pred.argmax(1) if pred.shape[1] == space.num_classes else None
 
     def update_metrics(
         self, metrics: torchmetrics.MetricCollection, output: Output, target: torch.Tensor

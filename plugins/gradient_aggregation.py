@@ -98,6 +98,8 @@ class GradientAggregation(LossWeighting):
     cos_steps: torch.Tensor
     epoch_weights: torch.Tensor
     epoch_cos: torch.Tensor
+    share_sum: torch.Tensor
+    epoch_share: torch.Tensor
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> AggregateOptions:
@@ -123,6 +125,8 @@ class GradientAggregation(LossWeighting):
             self.register_buffer(f"{name}_steps", torch.zeros(shape))
         self.register_buffer("epoch_weights", torch.full((k,), float("nan")))
         self.register_buffer("epoch_cos", torch.full((k, k), float("nan")))
+        self.register_buffer("share_sum", torch.zeros(k))  # steps counted in weight_steps
+        self.register_buffer("epoch_share", torch.full((k,), float("nan")))
         # options the TorchJD class refuses fail now, naming their key
         build_aggregator(self.method, self.kwargs, tuple(range(k)), torch.device("cpu"))
 
@@ -212,27 +216,50 @@ class GradientAggregation(LossWeighting):
             row_weights = torch.tensor(self.row_weights, device=idx.device)[idx]
             self.weight_sum[idx] += weights.to(self.weight_sum) * row_weights
             self.weight_steps[idx] += 1
+            # each row's part of the update: |its coefficient| x its length, as a share
+            part = weights.to(norms).abs() * norms
+            self.share_sum[idx] += part / part.sum().clamp_min(1e-30)
 
     def epoch_end(self, train_losses: Mapping[str, float]) -> None:
         self.epoch_weights.copy_(self.weight_sum / self.weight_steps)  # 0/0: NaN, not logged
+        self.epoch_share.copy_(self.share_sum / self.weight_steps)
         self.epoch_cos.copy_(self.cos_sum / self.cos_steps)
-        for running in (self.weight_sum, self.weight_steps, self.cos_sum, self.cos_steps):
-            running.zero_()
+        running = (self.weight_sum, self.weight_steps, self.share_sum, self.cos_sum, self.cos_steps)
+        for values in running:
+            values.zero_()
 
     def current_weights(self) -> dict[str, float]:
-        """The epoch's mean weight on each task's loss (aggregator weight x row scale)."""
+        """The epoch's mean weight on each task's loss: its coefficient in the encoder's
+        update (update = sum of weight x the loss's gradient; aggregator weight x recipe
+        weight). A coefficient, not a share: a method that projects (PCGrad) puts a large one
+        on a row that is much shorter than a row it conflicts with; ``update_share`` says how
+        much of the update each task made."""
         return _finite(zip(self.keys, self.epoch_weights.tolist(), strict=True))
 
     def epoch_metrics(self) -> dict[str, float]:
         """``grad_cos/<a>__<b>``: the epoch's mean cosine between two tasks' gradients on the
-        encoder (negative: they conflict)."""
+        encoder (negative: they conflict); ``update_share/<task>``: the epoch's mean share of
+        the update that came from the task's row (|coefficient| x row length, over the sum of
+        those; comparable across methods, whatever their coefficients' scale)."""
         pairs = [
             (f"grad_cos/{a}__{b}", float(self.epoch_cos[i, j]))
             for i, a in enumerate(self.keys)
             for j, b in enumerate(self.keys)
             if i < j
         ]
-        return _finite(pairs)
+        shares = [
+            (f"update_share/{k}", v)
+            for k, v in zip(self.keys, self.epoch_share.tolist(), strict=True)
+        ]
+        return _finite(pairs + shares)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """Checkpoints from before ``update_share`` lack its buffers: they start empty."""
+        for name, value in (("share_sum", 0.0), ("epoch_share", float("nan"))):
+            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict[str, Any]:
         """Nash-MTL's state (its last weights and step), per set of live rows."""

@@ -416,3 +416,31 @@ def test_the_gradient_study_sets_fixed_weights_against_aggregators_on_both_recip
     assert set(methods) == {"seg_distilled_id", "seg_pose_distilled_id"}
     assert methods["seg_distilled_id"] == {"fixed", "upgrad", "pcgrad", "cagrad"}
     assert methods["seg_pose_distilled_id"] == {"fixed", "upgrad"}
+
+
+def test_a_large_pcgrad_weight_is_the_coefficient_of_a_short_row_not_a_large_step() -> None:
+    """PCGrad's logged weight of 3414 on a tiny run: the task's gradient was thousands of
+    times shorter than the one it conflicted with, so PCGrad expressed that gradient's removed
+    component through the short row with a large coefficient. The step is an ordinary one; the
+    update share says how much each task made of it."""
+    long, short = torch.tensor([1000.0, 0.0, 0.0]), torch.tensor([-0.1, 0.05, 0.0])
+    update, weighting, _ = hand_built_update("pcgrad", [long, short])
+    weighting.epoch_end({})
+    weights = weighting.current_weights()
+    assert weights["t1"] > 1000  # a coefficient on the short row ...
+    torch.testing.assert_close(update, weights["t0"] * long + weights["t1"] * short)
+    assert float(update.norm()) <= float(long.norm() + short.norm())  # ... of no larger a step
+    shares = {k: v for k, v in weighting.epoch_metrics().items() if k.startswith("update_")}
+    assert shares.keys() == {"update_share/t0", "update_share/t1"}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert 0.3 < shares["update_share/t1"] < 0.5  # most of the update is still the long row
+
+
+def test_a_checkpoint_from_before_update_shares_still_loads() -> None:
+    weighting, _ = _weighting("pcgrad", 2)
+    state = {
+        k: v for k, v in weighting.state_dict().items() if k not in ("share_sum", "epoch_share")
+    }
+    fresh, _ = _weighting("pcgrad", 2)
+    fresh.load_state_dict(state)
+    assert float(fresh.share_sum.sum()) == 0.0

@@ -12,7 +12,10 @@ from helpers import RECIPES, tiny_overrides
 from rich.console import Console
 
 import mtkd
+import mtkd.runs.tracking
 from mtkd.cli import main
+from mtkd.runs.folder import completed
+from mtkd.runs.page import write_report
 from mtkd.runs.study import is_study, plan_study, run_study
 
 
@@ -257,3 +260,40 @@ def test_the_cross_pose_study_runs_at_smoke_size_and_reports_the_gallery(tmp_pat
     result = json.loads((folder / "seg_pose_distilled_id-seed0" / "results.json").read_text())
     assert result["data"]["train_filtered_out"] > 0
     assert result["gallery"]["tasks"]["identification"]["probes"] > 0
+
+
+def test_a_member_that_crashed_after_writing_results_is_finished_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = tmp_path / "one.yaml"
+    study.write_text(
+        f"study:\n  members: [{RECIPES / 'mobilenetv2_id'}]\n  dir: {tmp_path / 'study'}\n"
+    )
+    overrides = tiny_overrides(tmp_path, **{"encoder.name": "test_efficientnet"})
+
+    def logger_server_gone(*args: object) -> None:
+        raise ConnectionError("tracking server gone")
+
+    # the loggers fail at the very end, after results.json was written
+    monkeypatch.setattr(mtkd.runs.tracking.Tracking, "finish", logger_server_gone)
+    with pytest.raises(ConnectionError):
+        run_study(study, overrides, console=Console(quiet=True))
+    member = tmp_path / "study" / "mobilenetv2_id-seed0"
+    assert json.loads((member / "results.json").read_text())["completed"] is False
+    page = (write_report(tmp_path / "study")).read_text()
+    assert "0 of 1 runs finished" in page and "crashed after writing results.json" in page
+    monkeypatch.undo()
+    console = Console(record=True, width=200)
+    run_study(study, overrides, console=console)
+    out = console.export_text()
+    assert "done before, skipped" not in out
+    assert "crashed at its end, resumed to finish from its checkpoint" in out
+    assert json.loads((member / "results.json").read_text())["completed"] is True
+    assert "1 of 1 runs finished" in write_report(tmp_path / "study").read_text()
+
+
+def test_results_from_before_the_completed_key_count_as_finished(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text('{"recipe": "old"}')
+    assert completed(tmp_path)
+    (tmp_path / "results.json").write_text('{"recipe": "new", "completed": false}')
+    assert not completed(tmp_path)

@@ -312,3 +312,28 @@ def test_a_logger_failing_mid_run_stops_it_with_its_own_error_and_closes_the_oth
     assert RecordingLogger.calls[-1][1] == "failed"
     assert list((tmp_path / "runs").glob("*/checkpoints/last/state.json"))  # resumable
     assert [p for p in plugins.manager.get_plugins() if type(p).__name__ == "Tracking"] == []
+
+
+def test_force_into_a_folder_with_an_mlflow_run_tags_the_old_run_replaced(tmp_path: Path) -> None:
+    overrides = tiny_overrides(
+        tmp_path,
+        **{
+            "encoder.name": "test_efficientnet",
+            "output.loggers": "[jsonl,mlflow]",
+            "output.dir": str(tmp_path / "run"),
+            "evaluate.latency": "false",
+            "evaluate.verification": "false",
+            "output.plots": "false",
+        },
+    )
+    cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", overrides)
+    first = mtkd.run(cfg, console=Console(quiet=True))
+    client, old = mlflow_run(first.run_dir)
+    console = Console(record=True, width=300)
+    second = mtkd.run(cfg, console=console, force=True)
+    _, new = mlflow_run(second.run_dir)
+    assert new.info.run_id != old.info.run_id
+    tags = client.get_run(old.info.run_id).data.tags
+    assert tags["mtkd.replaced"] == "true" and "started a new run in" in tags["mlflow.note.content"]
+    assert "mtkd.replaced" not in new.data.tags
+    assert f"run {old.info.run_id} tagged mtkd.replaced=true" in console.export_text()

@@ -209,3 +209,40 @@ def test_resume_with_no_readable_counters_stops_in_one_line(
     assert main(["resume", str(run)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "Traceback" not in err and "no usable checkpoint" in err
+
+
+def test_deleting_a_corrupt_best_file_resumes_to_the_best_of_the_epochs_still_to_come(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = interrupted_copy(finished, tmp_path / "killed")  # killed after epoch 2's checkpoint
+    for name in ("last", "last.previous"):  # epoch 1 was a best no later epoch can beat
+        path = run / "checkpoints" / name / "state.json"
+        state = json.loads(path.read_text())
+        path.write_text(json.dumps({**state, "best_value": -1e9, "best_epoch": 1}))
+    best = run / "checkpoints" / "best.safetensors"
+    flip_byte(best)
+    assert main(["resume", str(run)]) != 0
+    advice = capsys.readouterr()
+    assert "delete that file to resume anyway" in advice.out + advice.err
+    best.unlink()  # as advised
+    assert main(["resume", str(run), "trainer.max_epochs=3"]) == 0
+    assert "weights of the best epoch so far (1) are missing" in capsys.readouterr().out
+    results = json.loads((run / "results.json").read_text())
+    assert results["best_epoch"] == 3  # the best of the epochs that came after, not epoch 1
+    assert (
+        read_sums(best.parent)["best.safetensors"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    )
+    ended, kept = load_file(str(run / "distilled" / "model.safetensors")), load_file(str(best))
+    assert ended.keys() == kept.keys()  # no teacher: the run ends with the best file's weights
+    assert all(torch.equal(ended[k], v) for k, v in kept.items())
+
+
+def test_a_deleted_best_file_with_no_epoch_left_ends_with_the_last_epoch_and_says_so(
+    finished: Path, tmp_path: Path
+) -> None:
+    run = interrupted_copy(finished, tmp_path / "killed")
+    best = run / "checkpoints" / "best.safetensors"
+    best.unlink()
+    assert main(["resume", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["best_epoch"] == 2  # the last one
+    assert "best.safetensors" not in read_sums(best.parent)  # no line for a file not there

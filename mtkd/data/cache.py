@@ -23,6 +23,7 @@ from numpy.lib.format import open_memmap
 from ..errors import DataError, RecipeError, SampleError
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, Sample, SampleSource
+from ..utils.files import strict_json
 from .cache_store import (
     CacheDamaged,
     default_cache_dir,
@@ -271,7 +272,7 @@ def _save_meta(folder: Path, cached: CachedSamples, report: DataReport) -> None:
         "label_spaces": {k: v.to_dict() for k, v in cached.label_spaces.items()},
         "report": asdict(report),
     }
-    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "meta.json").write_text(strict_json(meta))
 
 
 def _check_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -98,6 +98,21 @@ class FlatOutputs(nn.Module):
                 names[name] = None
         return names
 
+    def component_names(self) -> dict[str, list[str] | None]:
+        """Names along dim 1 of each vector output (a regression head's ``x``, ``y``): the
+        components of a ``vector`` output space whose size the output has, else None."""
+        names: dict[str, list[str] | None] = {}
+        for name, (task, key), shape in zip(
+            self.output_names, self.paths, self.output_shapes, strict=True
+        ):
+            space = self.model.tasks[task].output_space
+            vector = space is not None and space.kind == "vector" and key is None
+            if space is not None and vector and len(shape) >= 1 and shape[0] == len(space.names):
+                names[name] = list(space.names)
+            else:
+                names[name] = None
+        return names
+
 
 def _pick(out: Mapping[str, Any], task: str, key: str | None) -> torch.Tensor:
     value = out[task]
@@ -313,7 +328,7 @@ def _record(
         entries = {}
     if not isinstance(entries, dict):
         entries = {}
-    classes = flat.class_names()
+    classes, components = flat.class_names(), flat.component_names()
     entries[path.name] = {
         "format": fmt,
         "file": path.name,
@@ -328,13 +343,24 @@ def _record(
             "channels": "RGB (normalised inside the model)",
         },
         "outputs": [
-            {"name": name, "shape": ["batch", *shape], "classes": classes[name]}
+            _output_entry(name, shape, classes[name], components[name])
             for name, shape in zip(flat.output_names, flat.output_shapes, strict=True)
         ],
         "max_abs_diff": dict(diffs),
         "tolerance": TOLERANCE,
     }
     write_json(info_path, entries)
+
+
+def _output_entry(
+    name: str, shape: Sequence[int], classes: list[str] | None, components: list[str] | None
+) -> dict[str, Any]:
+    """One output in export.json: its shape, and what dim 1 holds (class names, or the
+    components of a vector such as a regression's ``x``, ``y``)."""
+    entry: dict[str, Any] = {"name": name, "shape": ["batch", *shape], "classes": classes}
+    if components is not None:
+        entry["components"] = components
+    return entry
 
 
 def export_run(

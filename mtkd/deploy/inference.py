@@ -91,10 +91,11 @@ class Predictor:
                 f"(it has: {', '.join(self.model.tasks) or 'none'})"
             )
         space = self.model.tasks[task].output_space
-        if space is None or space.kind != "class":
+        if space is None or space.kind not in ("class", "vector"):
             raise MtkdError(f"task '{task}' of run '{self.run_dir}' has no class names")
         self.task = task
-        self.names: tuple[str, ...] = space.names
+        self.names: tuple[str, ...] = space.names  # the classes, or a vector's components
+        self.kind = space.kind
         self.device = torch.device(device)
         self.model.to(self.device)
         self.batch_size = max(1, int(batch_size))
@@ -149,11 +150,30 @@ class Predictor:
         zeros = torch.zeros(1, 3, self.image_size, self.image_size)
         return int(self._outputs(zeros)["embedding"].shape[1])
 
+    @torch.inference_mode()
+    def _vector(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images.to(self.device))[self.task]
+        value = self.model.tasks[self.task].predictions(out)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape[1:]) != (len(self.names),):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise MtkdError(
+                f"task '{self.task}' outputs {shape}, not one value per component "
+                f"({', '.join(self.names)})"
+            )
+        return value.float().cpu()
+
     def predict(self, paths: Sequence[str | Path], top_k: int = 5) -> list[Prediction]:
         """Per image, the ``top_k`` most probable identities (name, softmax probability),
-        most probable first."""
+        most probable first; for a task with a ``vector`` output (a regression), each
+        component's name and predicted value, in the output's order (``top_k`` unused)."""
         if top_k < 1:
             raise MtkdError(f"top_k must be at least 1, got {top_k}")
+        if self.kind == "vector":
+            return [
+                list(zip(self.names, map(float, row), strict=True))
+                for images in self._batches(paths)
+                for row in self._vector(images).tolist()
+            ]
         k = min(top_k, len(self.names))
         results: list[Prediction] = []
         for images in self._batches(paths):

@@ -127,13 +127,31 @@ class Loop:
         best_path = ctx.run_dir / "checkpoints" / "best.safetensors" if ctx.run_dir else None
         monitor = "val/loss" if self.val_loader is not None else "train/loss"
         self.best = BestModel(monitor, self.trainer.min_delta, best_path if main else None)
+        self.lost_best = False  # resumed without the best weights so far (see resume)
 
     def resume(self, run_dir: Path) -> None:
         state = self.checkpoint.restore(run_dir, self.console)
-        self.ctx.history = self.log.keep_first(state.history_len)
+        saved = self.checkpoint.saved_history
+        self.ctx.history, note = self.log.keep_first(state.history_len, saved)
+        if note:
+            self.console.print(f"[yellow]{note}", highlight=False)
         self.state = self.step.state = self.ctx.state = state
         self.best.load(run_dir, self.ctx.device)
+        if self.best.weights is None and state.best_epoch >= 1:
+            self._forget_lost_best(state)
         self.console.print(f"resumed at epoch {state.epoch + 1}, step {state.step}")
+
+    def _forget_lost_best(self, state: Any) -> None:
+        """The best epoch's weights are gone (a corrupt best.safetensors was deleted): track
+        the best of the epochs still to come, so the run ends with weights it really has and
+        says which epoch they are from."""
+        self.console.print(
+            f"[yellow]the weights of the best epoch so far ({state.best_epoch}) are missing: "
+            "the run ends with the best of the epochs still to come",
+            highlight=False,
+        )
+        state.best_value, state.best_epoch, state.stale = math.inf, -1, 0
+        self.lost_best = True
 
     def run(self) -> None:
         if self.trainer.console == "compact":
@@ -260,6 +278,9 @@ class Loop:
         model = self.ctx.model
         self.freeze.release(model)
         self.best.restore(model)
+        if self.lost_best and self.best.weights is None and self.ctx.history:
+            # the best was lost and no epoch came after: say whose weights the run ends with
+            self.state.best_epoch = int(self.ctx.history[-1]["epoch"])
         hardware.plain_batchnorm(model)
         model.to(memory_format=torch.contiguous_format)
         if self.hook:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from rich.console import Console
 from ..context import TrainContext
 from ..utils import distributed, rng
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from .metrics_log import json_line
 from .state import EpochTally, LoopState
 from .step import TrainStep
 
@@ -23,6 +25,7 @@ class LoopCheckpoint:
 
     def __init__(self, ctx: TrainContext, step: TrainStep, scheduler: Any) -> None:
         self.ctx, self.step, self.scheduler = ctx, step, scheduler
+        self.saved_history: list[dict[str, Any]] | None = None  # set by restore()
 
     def save(self, state: LoopState) -> None:
         """Written atomically, by rank 0 only."""
@@ -34,6 +37,9 @@ class LoopCheckpoint:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "weighting": self.step.weighting.state_dict(),
             "scaler": self.step.scaler.state_dict() if self.step.scaler else None,
+            # the epochs logged so far, as metrics.jsonl holds them: the log is rebuilt from
+            # this copy if it is damaged
+            "history": [json.loads(json_line(record)) for record in self.ctx.history],
         }
         ctx = self.ctx
         save_checkpoint(
@@ -56,6 +62,8 @@ class LoopCheckpoint:
             self.step.weighting.load_state_dict(extra["weighting"])
         if self.step.scaler is not None and extra.get("scaler"):
             self.step.scaler.load_state_dict(extra["scaler"])
+        history = extra.get("history")
+        self.saved_history = list(history) if isinstance(history, list) else None
         state = LoopState.from_dict(raw)
         if not distributed.is_main():  # the saved tally is already summed over ranks
             state.tally = EpochTally()

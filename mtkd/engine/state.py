@@ -48,5 +48,12 @@ class LoopState:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LoopState:
         values = dict(raw)
-        values["tally"] = EpochTally(**values.get("tally", {}))
+        tally = dict(values.get("tally", {}))
+        # state.json is strict JSON: NaN and Inf were written as null
+        tally["sums"] = {k: math.nan if v is None else v for k, v in tally.get("sums", {}).items()}
+        if tally.get("total", 0.0) is None:
+            tally["total"] = math.nan
+        values["tally"] = EpochTally(**tally)
+        if values.get("best_value", math.inf) is None:  # no finite best yet: +Inf
+            values["best_value"] = math.inf
         return cls(**values)

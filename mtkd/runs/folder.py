@@ -38,6 +38,7 @@ from .trust import run_folder_plugins
 CONFIG = "config.yaml"
 LABELS = "labels.json"
 RESULTS = "results.json"
+COMPLETED = "completed"  # in results.json: false until the figures and loggers are done too
 METRICS = "metrics.jsonl"
 DISTILLED = "distilled"
 CHECKPOINTS = "checkpoints"
@@ -56,6 +57,9 @@ RUN_ENTRIES = (
     "confusion-*.png",
     "accuracy_by_bin-*.png",
     "eval-*.json",
+    "tensorboard",  # a new run's event files must not continue the old run's
+    "tracking.json",
+    "mlflow.json",  # its MLflow run is tagged replaced first
 )
 
 
@@ -68,10 +72,25 @@ def require_run_folder(run_dir: str | Path) -> Path:
     return path
 
 
+def completed(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` completed: its ``results.json`` exists and does not say
+    ``"completed": false`` (written so until the figures and loggers are done; a run that
+    crashed after evaluating keeps it). Results from before the key count as complete."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return True  # a damaged results file is the reader's to report, not a crash marker
+    return not (isinstance(data, dict) and data.get(COMPLETED) is False)
+
+
 def _held_run(path: Path) -> str | None:
-    """'finished', 'interrupted' or 'started' when ``path`` holds (part of) a run, else None."""
+    """'finished', 'crashed' (after writing results.json), 'interrupted' or 'started' when
+    ``path`` holds (part of) a run, else None."""
     if (path / RESULTS).exists():
-        return "finished"
+        return "finished" if completed(path) else "crashed"
     last = path / CHECKPOINTS
     if any((last / n / "state.json").is_file() for n in ("last", "last.previous")):
         return "interrupted"
@@ -82,9 +101,10 @@ def _held_run(path: Path) -> str | None:
 
 def _refuse_held_run(path: Path, held: str) -> None:
     fresh = "or pass --force to start it afresh (this deletes the run's files)"
-    if held == "interrupted":
+    if held in ("interrupted", "crashed"):
+        what = "an interrupted run" if held == "interrupted" else "a run that crashed at its end"
         raise MtkdError(
-            f"output.dir: '{path}' holds an interrupted run; continue it with "
+            f"output.dir: '{path}' holds {what}; continue it with "
             f"`mtkd resume {path}`, choose another folder, {fresh}"
         )
     what = "a finished run" if held == "finished" else "a run stopped before its first checkpoint"
@@ -130,14 +150,20 @@ def _clear_run(path: Path) -> None:
                 entry.unlink()
 
 
-def new_run_dir(cfg: DictConfig, force: bool = False) -> Path:
+def new_run_dir(cfg: DictConfig, force: bool = False, console: Any = None) -> Path:
     """``output.dir`` if set, else ``<output.root>/<name>-<timestamp>`` (never reused).
 
-    ``output.dir`` holding another run is refused, or with ``force`` emptied of it first."""
+    ``output.dir`` holding another run is refused, or with ``force`` emptied of it first (an
+    MLflow run it logged is tagged replaced; ``console`` is told)."""
     check_output_dir(cfg, force)
     if cfg.output.dir:
         path = Path(cfg.output.dir)
         if force and _held_run(path):
+            from .mlflow_logger import mark_replaced
+
+            line = mark_replaced(path)
+            if line and console is not None:
+                console.print(line, highlight=False)
             _clear_run(path)
         _make_dir(path, "output.dir", exist_ok=True)
         return path
@@ -265,5 +291,5 @@ def evaluate_run(
     )
     results.update({"run_dir": str(run_dir), "data": data.sizes(), "same_classes": same_classes})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    write_json(run_dir / f"eval-{stamp}.json", results)
+    write_json(run_dir / f"eval-{stamp}.json", results, list_non_finite=True)
     return results

@@ -44,6 +44,38 @@ def _named_errors(uri: str) -> Iterator[None]:
         raise MtkdError(f"output.mlflow_uri ({uri}): {message}") from exc
 
 
+REPLACED = "mtkd.replaced"  # tag of an MLflow run whose folder a later run took (--force)
+
+
+def mark_replaced(run_dir: Path) -> str | None:
+    """Tag the MLflow run that ``run_dir``'s ``mlflow.json`` names as replaced, before
+    ``mtkd run --force`` deletes that run's files: its numbers stay in MLflow, but it no longer
+    points at a folder that holds it. Returns a line for the console (None: no MLflow run).
+    Never raises: an unreachable store or a missing ``mlflow`` is said, and the new run goes
+    on."""
+    saved = Path(run_dir) / RUN_FILE
+    if not saved.is_file():
+        return None
+    try:
+        info = json.loads(saved.read_text())
+        uri, run_id = str(info["tracking_uri"]), str(info["run_id"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"warning: '{saved}' is unreadable ({exc}); its MLflow run is not tagged replaced"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        client.set_tag(run_id, REPLACED, "true")
+        client.set_tag(run_id, "mtkd.replaced_at", stamp)
+        note = f"Replaced on {stamp}: `mtkd run --force` started a new run in {run_dir}."
+        client.set_tag(run_id, "mlflow.note.content", note)  # the run's description in the UI
+    except Exception as exc:  # ImportError, an unreachable store, a deleted run
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"warning: MLflow run {run_id} in {uri} could not be tagged replaced: {detail}"
+    return f"mlflow: run {run_id} tagged {REPLACED}=true (its folder now holds a new run)"
+
+
 class MlflowLogger(Logger):
     """Logs through ``MlflowClient`` (no global active run: several runs never mix)."""
 

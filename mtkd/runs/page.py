@@ -20,9 +20,10 @@ from typing import Any
 import jinja2
 
 from ..data.cache import DataReport
+from ..engine.metrics_log import damage_note, read_metrics
 from ..errors import MtkdError
 from ..loggers import numeric_items
-from .folder import CONFIG, RESULTS
+from .folder import CONFIG, METRICS, RESULTS, completed
 from .report import comparison_rows, read_results, table_cells
 
 PAGE = "report.html"
@@ -173,15 +174,22 @@ def versions_table(results: Mapping[str, Any]) -> Table:
 
 
 def epochs_table(run_dir: Path) -> Table:
-    """metrics.jsonl: one row per epoch, one column per logged number."""
-    path = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """metrics.jsonl: one row per epoch, one column per logged number (damaged lines left
+    out; :func:`log_note` says so)."""
+    records, _ = read_metrics(run_dir / METRICS)
     keys = list(dict.fromkeys(k for r in records for k in numeric_items(r)))
     keys = [k for k in keys if not k.endswith("/count")]
     table = Table("epochs", "Every epoch (metrics.jsonl)", ["epoch", *keys])
     for record in records:
         table.add(number(record.get("epoch"), "d"), *(number(record.get(k)) for k in keys))
     return table
+
+
+def log_note(run_dir: Path) -> str | None:
+    """A line saying the epoch log is damaged, when it is."""
+    path = run_dir / METRICS
+    _, damaged = read_metrics(path)
+    return damage_note(path, damaged) if damaged else None
 
 
 def run_section(run_dir: Path, results: Mapping[str, Any]) -> Section:
@@ -202,6 +210,7 @@ def run_section(run_dir: Path, results: Mapping[str, Any]) -> Section:
         tables=[t for t in tables if t.rows],
         figures=figures_in(run_dir),
         recipe=config.read_text() if config.is_file() else None,
+        note=log_note(run_dir),
     )
 
 
@@ -235,6 +244,13 @@ def comparison_table(results: Iterable[Mapping[str, Any]], order: Sequence[str])
 def member_section(run_dir: Path) -> Section:
     if not (run_dir / RESULTS).is_file():
         return Section(run_dir.name, str(run_dir), note="not finished: no results.json yet")
+    if not completed(run_dir):
+        return Section(
+            run_dir.name,
+            str(run_dir),
+            note="crashed after writing results.json (its figures or loggers did not finish);"
+            " run the study again to finish it",
+        )
     results = read_results(run_dir)
     curves = [f for f in figures_in(run_dir, ("curves",)) if f.title == "curves"]
     tables = [test_table(results, id=f"test-{run_dir.name}")]
@@ -261,7 +277,7 @@ def run_page(run_dir: Path) -> str:
 
 def study_page(folder: Path) -> str:
     name, runs = study_runs(folder)
-    finished = [r for r in runs if (r / RESULTS).is_file()]
+    finished = [r for r in runs if completed(r)]
     results = [read_results(r) for r in finished]
     members = list(dict.fromkeys(str(r.get("recipe")) for r in results))
     overview = Section(

@@ -26,7 +26,15 @@ from ..plugins import PluginSet, plugins_for
 from ..utils import distributed
 from ..utils.checkpoint import write_json
 from ..utils.rng import seed_everything
-from .folder import RESULTS, check_output_dir, new_run_dir, save_distilled, write_run_header
+from .folder import (
+    COMPLETED,
+    RESULTS,
+    check_output_dir,
+    completed,
+    new_run_dir,
+    save_distilled,
+    write_run_header,
+)
 from .resume import settle_resume
 from .tracking import Tracking, resolve_loggers
 
@@ -100,10 +108,26 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _median_throughput(history: list[dict[str, Any]]) -> float | None:
-    """Training images per second, the median over epochs (the first one warms up)."""
-    values = sorted(r["time_train_images_per_s"] for r in history if "time_train_images_per_s" in r)
-    return values[len(values) // 2] if values else None
+def throughput(history: list[dict[str, Any]]) -> tuple[float | None, str | None]:
+    """Training images per second and what it is taken over.
+
+    From 4 epochs on, the median over epochs (a slow outlier does not move it). With 2 or 3
+    the median is just the faster (or middle) epoch, a noise pick, so it is the mean of the
+    epochs after the first (which warms up: caches, allocator, kernels); with 1 it is that
+    epoch's, marked as including the warm-up."""
+    values = [float(r[_SPEED]) for r in history if r.get(_SPEED) is not None]
+    if not values:
+        return None, None
+    if len(values) >= 4:
+        return sorted(values)[len(values) // 2], f"median of {len(values)} epochs"
+    if len(values) >= 2:
+        later = values[1:]
+        basis = f"mean of epochs 2-{len(values)}" if len(later) > 1 else "epoch 2"
+        return round(sum(later) / len(later), 2), f"{basis} (epoch 1 warms up)"
+    return values[0], "epoch 1 only (includes warm-up)"
+
+
+_SPEED = "time_train_images_per_s"
 
 
 def _check_folder(
@@ -123,7 +147,7 @@ def _check_folder(
         if main:  # so does a run folder that cannot be written or holds another run
             check_output_dir(cfg, force)
         return
-    if (Path(resume_dir) / RESULTS).is_file():
+    if completed(Path(resume_dir)):  # one that crashed after its results is resumed to finish
         raise MtkdError(f"'{resume_dir}' is a finished run (it has {RESULTS}): nothing to resume")
     for key, (old, new) in settle_resume(resume_dir, cfg, write=main).items():
         console.print(f"resume: {key}: {old!r} → {new!r} (recorded in config.yaml)")
@@ -136,13 +160,14 @@ def _run_folder(
     resume_dir: Path | None,
     force: bool,
     main: bool,
+    console: Console | None = None,
 ) -> Path:
     """The folder this run writes (rank 0 creates a new one), the same path on every rank."""
     run_dir: Path | None = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
     elif main:
-        run_dir = new_run_dir(cfg, force)
+        run_dir = new_run_dir(cfg, force, console)
         write_run_header(run_dir, cfg, dict(data.label_spaces))
         if transfer is not None:
             transfer.save(run_dir)
@@ -159,6 +184,7 @@ def _run_facts(
     inference_model: MultiTaskModel,
 ) -> dict[str, Any]:
     """What results.json says about the run itself, before the test figures."""
+    images_per_s, images_per_s_from = throughput(ctx.history)
     return {
         "recipe": cfg.name,
         "run_dir": str(run_dir),
@@ -168,7 +194,8 @@ def _run_facts(
         "best_epoch": ctx.best_epoch,
         "stopped_early": ctx.stopped_early,
         "train_time_s": round(train_time, 2),
-        "train_images_per_s": _median_throughput(ctx.history),
+        "train_images_per_s": images_per_s,
+        "train_images_per_s_from": images_per_s_from,
         "seed": cfg.trainer.seed,
         "versions": _versions(),
         "params": {
@@ -207,7 +234,7 @@ def run(
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
     # the run folder exists, so a source that fits nothing leaves no empty run behind)
     transfer = init_from_recipe(model, cfg, plugins) if resume_dir is None else None
-    run_dir = _run_folder(cfg, data, transfer, resume_dir, force, main)
+    run_dir = _run_folder(cfg, data, transfer, resume_dir, force, main, console)
     console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
     if transfer is not None:
         transfer.print(console)
@@ -231,11 +258,21 @@ def run(
     save_distilled(run_dir, inference_model)  # the inference model, whether distilled or not
     results = _run_facts(cfg, run_dir, data, ctx, train_time, model, inference_model)
     results.update(assess(model, inference_model, data, cfg, device))
-    write_json(run_dir / RESULTS, results)  # saved before the figures: plotting loses nothing
+    # saved before the figures and the loggers, so that nothing is lost if they fail; marked
+    # complete only once they are done: a run that crashed after this point is not finished
+    results[COMPLETED] = False
+    write_json(run_dir / RESULTS, results, list_non_finite=True)
     figures = []
     if cfg.output.plots:
         from ..viz.figures import write_run_figures
 
-        figures = write_run_figures(run_dir, model, data, results, device)
-    tracking.finish(results, figures)
+        figures = write_run_figures(run_dir, model, data, results, device, console)
+    results[COMPLETED] = True
+    write_json(run_dir / RESULTS, results, list_non_finite=True)
+    try:
+        tracking.finish(results, figures)
+    except BaseException:
+        results[COMPLETED] = False  # the loggers did not get the whole run: not finished
+        write_json(run_dir / RESULTS, results, list_non_finite=True)
+        raise
     return RunResult(run_dir=run_dir, model=model, inference_model=inference_model, results=results)

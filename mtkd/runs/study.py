@@ -15,14 +15,15 @@ A member is a recipe name, or a variant of one with its own overrides and name::
         - {name: seg_uncertainty, recipe: seg_distilled_id,
            overrides: [trainer.weighting.name=uncertainty]}
 
-Each member x seed trains into ``<study folder>/<member>-seed<k>/``. A member whose folder
-already holds ``results.json`` is not run again, and a member killed mid-training continues
-from its last checkpoint, so an interrupted study resumes where it stopped.
+Each member x seed trains into ``<study folder>/<member>-seed<k>/``. A member whose run
+completed (its ``results.json`` does not say ``"completed": false``) is not run again; a
+member killed mid-training, or one that crashed after writing its results (while plotting
+or logging), continues from its last checkpoint, so an interrupted study resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from rich.console import Console
 
 from ..config import load_recipe
 from ..errors import RecipeError, did_you_mean
-from .folder import RESULTS
+from ..utils.checkpoint import write_json
+from .folder import completed
 from .pipeline import run
 from .report import comparison_rows, markdown_table, read_results, rich_table
 
@@ -234,7 +236,7 @@ def run_study(
     folder.mkdir(parents=True, exist_ok=True)
     # what to do with each member's folder is settled before anything trains, so a changed
     # setting is reported at once rather than after hours of other members
-    finished = {p.run_dir for p in plan if (p.run_dir / RESULTS).is_file()}
+    finished = {p.run_dir for p in plan if completed(p.run_dir)}
     for planned in plan:
         if planned.run_dir in finished:
             _check_same_settings(planned.run_dir, planned.cfg)
@@ -247,9 +249,12 @@ def run_study(
         resume_dir = resumable[planned.run_dir]
         if resume_dir is None and planned.run_dir.exists():  # killed before its first checkpoint
             shutil.rmtree(planned.run_dir)
-        console.print(
-            f"[bold]{title}[/bold]" + (" resumed from its checkpoint" if resume_dir else "")
-        )
+        how = ""
+        if resume_dir is not None:
+            crashed = (resume_dir / "results.json").is_file()  # but not completed
+            how = " crashed at its end, resumed to finish" if crashed else " resumed"
+            how += " from its checkpoint"
+        console.print(f"[bold]{title}[/bold]{how}")
         run(planned.cfg, console=console, resume_dir=resume_dir)
     results = [read_results(p.run_dir) for p in plan]
     members = list(dict.fromkeys(p.member.name for p in plan))
@@ -267,6 +272,6 @@ def run_study(
         "seeds": sorted({p.seed for p in plan}),
         "runs": [str(p.run_dir) for p in plan],
     }
-    (folder / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(folder / "study.json", summary)
     console.print(f"study folder: {folder}")
     return folder

@@ -65,6 +65,7 @@ class Tracking:
         self.every = images_every
         self.logged = self._read_state()
         self.samples: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self.console: Console | None = None
 
     @classmethod
     def start(
@@ -82,6 +83,7 @@ class Tracking:
         experiment = str(cfg.output.experiment or cfg.name)
         run = RunStart(recipe=cfg, run_dir=run_dir, resumed=resumed, experiment=experiment)
         tracking = cls(loggers, run_dir, data, int(cfg.output.images_every))
+        tracking.console = console
         for logger in loggers:
             logger.start(run)
             line = logger.describe()
@@ -128,7 +130,8 @@ class Tracking:
         (self.run_dir / STATE).write_text(json.dumps({"logged_epoch": epoch}) + "\n")
 
     def _log_images(self, context: TrainContext, epoch: int) -> None:
-        """Predicted masks of a few validation samples, for loggers that want images."""
+        """Predicted masks of a few validation samples, for loggers that want images (the
+        tasks whose :meth:`~mtkd.Task.class_map` draws one)."""
         from PIL import Image
 
         from ..viz.figures import pixel_samples, prediction_sheets
@@ -142,13 +145,22 @@ class Tracking:
         if not self.samples:
             return
         with tempfile.TemporaryDirectory() as tmp:
-            sheets = prediction_sheets(context.model, self.samples, context.device, Path(tmp))
+            sheets = prediction_sheets(
+                context.model, self.samples, context.device, Path(tmp), self._warn
+            )
+            # a task that drew nothing (its output is no class map) or failed (named once in
+            # a warning) is not tried again; training goes on either way
+            self.samples = {key: self.samples[key] for key in sheets}
             images = {
                 f"predictions/{key}": np.asarray(Image.open(path).convert("RGB"))
                 for key, path in sheets.items()
             }
         for logger in wanting:
             logger.log_images(epoch, images)
+
+    def _warn(self, line: str) -> None:
+        console = self.console or Console(stderr=True)
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
     def finish(self, results: Mapping[str, Any], figures: Sequence[Path] = ()) -> None:
         """Hand the loggers the results and the run's files, then close them."""

@@ -21,8 +21,16 @@ from torch import nn
 
 from ..errors import MtkdError
 from . import checksums
-from .files import WriteError, is_disk_full, space_note, write_bytes_atomic, write_text_atomic
+from .files import (
+    WriteError,
+    is_disk_full,
+    space_note,
+    strict_json_value,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
+NON_FINITE = "non_finite"  # the key listing values that were NaN or Inf, written as null
 BEST = "best.safetensors"  # in <run>/checkpoints/: the best weights so far
 # what the training loop writes into state.json; a checkpoint without them cannot be resumed
 RESUME_STATE_KEYS = (
@@ -134,19 +142,27 @@ def load_best_state(
     """
     path = Path(run_dir) / "checkpoints" / BEST
     if not path.is_file():
+        checksums.forget(path)  # deleted (as the message below advises): its line goes too
         return None
     try:
         return load_safetensors(path, device)
     except MtkdError as exc:
         raise MtkdError(
             f"cannot resume: {exc}. The best weights so far are lost; delete that file to "
-            "resume anyway (the run then ends with the best of the epochs still to come), "
+            "resume anyway (the run then ends with the best of the epochs still to come, "
+            "or with the last epoch's weights if none is left), "
             "or start the run afresh with --force"
         ) from exc
 
 
-def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=str)
+def write_json(path: Path, data: Any, *, list_non_finite: bool = False) -> None:
+    """Strict JSON, written atomically: NaN and Inf become ``null``; with ``list_non_finite``
+    (an object only) their dotted keys are listed under ``non_finite``, as in metrics.jsonl,
+    so a reader can tell "not finite" from "not measured"."""
+    clean, bad = strict_json_value(data)
+    if list_non_finite and bad and isinstance(clean, dict):
+        clean[NON_FINITE] = bad
+    text = json.dumps(clean, indent=2, sort_keys=False, default=str, allow_nan=False)
     write_text_atomic(Path(path), text + "\n")
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,31 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+def strict_json_value(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``data`` with every NaN and Inf float replaced by ``None``, and the dotted paths of
+    those values: NaN and Inf are not JSON, and a bare ``NaN`` breaks every strict reader
+    (browsers, jq, other languages) of what mtkd writes."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where or "."]
+    if isinstance(data, Mapping):
+        out: dict[Any, Any] = {}
+        bad: list[str] = []
+        for key, value in data.items():
+            out[key], found = strict_json_value(value, f"{where}.{key}" if where else str(key))
+            bad += found
+        return out, bad
+    if isinstance(data, list | tuple):
+        items = [strict_json_value(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [v for v, _ in items], [b for _, found in items for b in found]
+    return data, []
+
+
+def strict_json(data: Any, **dumps: Any) -> str:
+    """``json.dumps`` that never writes NaN or Inf (they become ``null``)."""
+    clean, _ = strict_json_value(data)
+    return json.dumps(clean, allow_nan=False, **dumps)
 
 
 def read_json_object(path: Path, what: str, error: type[MtkdError] = MtkdError) -> dict[str, Any]:

@@ -9,7 +9,6 @@ printed without drawing anything.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from numpy.typing import ArrayLike
 
+from ..engine.metrics_log import read_metrics
 from ..errors import MtkdError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _is_number(value: Any) -> bool:
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise MtkdError(f"'{path.parent}' has no {path.name}: not a run folder")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, _ = read_metrics(path)  # a damaged line is left out (the report says so)
     if not rows:
         raise MtkdError(f"{path} holds no epoch yet")
     return rows
