@@ -276,3 +276,25 @@ def test_an_online_teacher_sees_each_augmented_training_batch(tmp_path: Path) ->
         next(iter(val))[key],
         torch.tensor(np.asarray(data.cached.labels[key])[data.val.indices[:4]]),
     )
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_a_teacher_network_matches_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    from test_resume import assert_same_run, mtkd_cli, train_args
+
+    teacher_cfg = mtkd.load_recipe(
+        RECIPES / "mobilenetv2_id.yaml",
+        tiny_overrides(tmp_path, **{"encoder.name": "test_efficientnet", "output.plots": False}),
+    )
+    teacher = mtkd.run(teacher_cfg, console=Console(quiet=True)).run_dir
+    block = f"tasks.kd={{type: network_teacher, teacher: {{name: mtkd_run, path: '{teacher}'}}}}"
+    straight = mtkd_cli(*train_args(tmp_path, tmp_path / "straight", block))
+    assert straight.returncode == 0, straight.stderr
+    killed = mtkd_cli(*train_args(tmp_path, tmp_path / "killed", block), stop_at=6)
+    assert killed.returncode == -9
+    resumed = mtkd_cli("resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from the target cache" in resumed.stdout + resumed.stderr
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
