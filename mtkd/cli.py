@@ -150,9 +150,12 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .runs.page import write_report
+    from .runs.page import unfinished_members, write_report
 
-    console.print(f"report: {write_report(args.folder)}")
+    page = write_report(args.folder)
+    for run_dir, note in unfinished_members(args.folder):
+        console.print(f"[yellow]{escape(run_dir.name)}: {escape(note)}[/yellow]", highlight=False)
+    console.print(f"report: {page}")
     return 0
 
 

@@ -80,6 +80,12 @@ def _held_run(path: Path) -> str | None:
     return None
 
 
+def run_state(path: str | Path) -> str | None:
+    """'finished', 'interrupted' (resumable), 'started' (stopped before its first checkpoint)
+    or None (no run) for the folder ``path``."""
+    return _held_run(Path(path))
+
+
 def _refuse_held_run(path: Path, held: str) -> None:
     fresh = "or pass --force to start it afresh (this deletes the run's files)"
     if held == "interrupted":

@@ -22,7 +22,7 @@ import jinja2
 from ..data.cache import DataReport
 from ..errors import MtkdError
 from ..loggers import numeric_items
-from .folder import CONFIG, RESULTS
+from .folder import CONFIG, RESULTS, run_state
 from .report import comparison_rows, read_results, table_cells
 
 PAGE = "report.html"
@@ -209,19 +209,40 @@ def run_section(run_dir: Path, results: Mapping[str, Any]) -> Section:
 
 
 def study_runs(folder: Path) -> tuple[str, list[Path]]:
-    """(study name, its run folders): from study.json, else the sub-folders with results."""
+    """(study name, its run folders): from study.json, else the sub-folders holding a run,
+    finished or not (an unfinished member is shown as such, never silently left out)."""
     summary = folder / "study.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
         runs = [folder / Path(r).name for r in data.get("runs", [])]
         return str(data.get("study", folder.name)), runs
-    runs = sorted(p for p in folder.iterdir() if (p / RESULTS).is_file())
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and run_state(p))
     if not runs:
+        state = run_state(folder)
+        if state in ("interrupted", "started"):
+            how = (
+                f"continue it with `mtkd resume {folder}`"
+                if state == "interrupted"
+                else "it stopped before its first checkpoint; run it again"
+            )
+            raise MtkdError(
+                f"'{folder}' is an unfinished run (no {RESULTS} yet): {how}, then report it"
+            )
         raise MtkdError(
             f"'{folder}' is neither a run folder (no {RESULTS}) nor a study folder "
-            "(no study.json, no finished runs inside)"
+            "(no study.json, no runs inside)"
         )
     return folder.name, runs
+
+
+def unfinished_note(run_dir: Path) -> str:
+    """Why a study member has no results yet, and what to do about it."""
+    state = run_state(run_dir)
+    if state == "interrupted":
+        return f"unfinished: interrupted, no {RESULTS} (continue it with `mtkd resume {run_dir}`)"
+    if state == "started":
+        return f"unfinished: stopped before its first checkpoint, no {RESULTS}"
+    return f"unfinished: never started or failed, no {RESULTS}"
 
 
 def comparison_table(results: Iterable[Mapping[str, Any]], order: Sequence[str]) -> Table:
@@ -234,7 +255,7 @@ def comparison_table(results: Iterable[Mapping[str, Any]], order: Sequence[str])
 
 def member_section(run_dir: Path) -> Section:
     if not (run_dir / RESULTS).is_file():
-        return Section(run_dir.name, str(run_dir), note="not finished: no results.json yet")
+        return Section(run_dir.name, str(run_dir), note=unfinished_note(run_dir))
     results = read_results(run_dir)
     curves = [f for f in figures_in(run_dir, ("curves",)) if f.title == "curves"]
     tables = [test_table(results, id=f"test-{run_dir.name}")]
@@ -269,10 +290,19 @@ def study_page(folder: Path) -> str:
         folder=str(folder),
         tables=[comparison_table(results, members)],
         figures=figures_in(folder, ("accuracy_by_bin",)),
-        note=f"{len(finished)} of {len(runs)} runs finished",
+        note=f"{len(finished)} of {len(runs)} runs finished"
+        + "".join(f"; {r.name} {unfinished_note(r)}" for r in runs if r not in finished),
     )
     sections = [overview, *(member_section(r) for r in runs)]
     return _render(title=f"Study {name}", sections=sections, made=_versions())
+
+
+def unfinished_members(folder: str | Path) -> list[tuple[Path, str]]:
+    """(run folder, note) of each study member without results (none for a run folder)."""
+    folder = Path(folder)
+    if (folder / RESULTS).is_file():
+        return []
+    return [(r, unfinished_note(r)) for r in study_runs(folder)[1] if not (r / RESULTS).is_file()]
 
 
 def write_report(folder: str | Path) -> Path:

@@ -24,7 +24,13 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise MtkdError(f"'{run_dir}' has no {RESULTS}: not a finished run")
-    return read_json_object(path, RESULTS)
+    results = read_json_object(path, RESULTS)
+    if "recipe" not in results:  # every results.json mtkd writes names its recipe
+        raise MtkdError(
+            f"'{path}' holds no 'recipe': not the {RESULTS} of a finished mtkd run "
+            f"(keys: {', '.join(sorted(results)[:6]) or 'none'})"
+        )
+    return results
 
 
 def _dig(results: dict[str, Any], *keys: str) -> Any:

@@ -1,0 +1,67 @@
+"""Issue 27's hostile-input round: each case a user met is a one-line message that says what
+to do, never a traceback, a hang or a silent wrong result."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import interrupted_copy, tiny_run
+
+from mtkd.cli import main
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch run; tests copy it before changing anything."""
+    return tiny_run(tmp_path_factory.mktemp("hostile") / "done")
+
+
+@pytest.fixture(autouse=True)
+def _wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "2000")  # rich wraps at the terminal width: one line is one
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``mtkd ARGS``; an error must be one line."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    if code != 0:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    return code, out, err.strip()
+
+
+# -- item 17: compare and report on results that are not there --------------------------------
+
+
+def test_compare_on_an_empty_results_object_is_one_line_naming_the_file(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    shutil.copytree(finished, empty)
+    (empty / "results.json").write_text("{}\n")
+    code, _, err = run_cli(capsys, "compare", finished, empty)
+    assert code == 2 and f"'{empty / 'results.json'}' holds no 'recipe'" in err
+
+
+def test_report_on_a_study_names_the_member_without_results_as_unfinished(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tmp_path / "study"  # killed mid-study: no study.json yet
+    shutil.copytree(finished, study / "a-seed0")
+    interrupted_copy(finished, study / "b-seed0")
+    code, out, _ = run_cli(capsys, "report", study)
+    assert code == 0
+    assert "b-seed0: unfinished: interrupted" in out and "mtkd resume" in out
+    page = (study / "report.html").read_text()
+    assert "1 of 2 runs finished" in page and "b-seed0 unfinished" in page
+
+
+def test_report_on_an_interrupted_run_says_so_and_names_resume(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    killed = interrupted_copy(finished, tmp_path / "killed")
+    code, _, err = run_cli(capsys, "report", killed)
+    assert code == 2 and "is an unfinished run" in err
+    assert f"mtkd resume {killed}" in err and "neither" not in err
