@@ -65,3 +65,26 @@ def test_report_on_an_interrupted_run_says_so_and_names_resume(
     code, _, err = run_cli(capsys, "report", killed)
     assert code == 2 and "is an unfinished run" in err
     assert f"mtkd resume {killed}" in err and "neither" not in err
+
+
+# -- item 19: a resume cannot move the run --------------------------------------------------
+
+
+def test_resume_with_another_output_dir_is_refused_and_config_yaml_keeps_what_ran(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    killed = interrupted_copy(finished, tmp_path / "killed")
+    config = (killed / "config.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    code, _, err = run_cli(capsys, "resume", killed, f"output.dir={elsewhere}")
+    assert code == 2 and f"output.dir={elsewhere} is refused" in err and str(killed) in err
+    assert (killed / "config.yaml").read_text() == config
+    assert not elsewhere.exists() and not (killed / "results.json").exists()
+
+
+def test_resume_naming_its_own_folder_as_output_dir_still_resumes(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    killed = interrupted_copy(finished, tmp_path / "moved")  # its config names 'done'
+    code, _, _ = run_cli(capsys, "resume", killed, f"output.dir={killed}")
+    assert code == 0 and (killed / "results.json").is_file()
