@@ -4,10 +4,12 @@ to do, never a traceback, a hang or a silent wrong result."""
 from __future__ import annotations
 
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
-from helpers import interrupted_copy, tiny_run
+from helpers import RECIPE, interrupted_copy, tiny_run, tiny_run_args
 
 from mtkd.cli import main
 
@@ -88,3 +90,26 @@ def test_resume_naming_its_own_folder_as_output_dir_still_resumes(
     killed = interrupted_copy(finished, tmp_path / "moved")  # its config names 'done'
     code, _, _ = run_cli(capsys, "resume", killed, f"output.dir={killed}")
     assert code == 0 and (killed / "results.json").is_file()
+
+
+# -- item 18: an unreachable tracking server fails at start-up --------------------------------
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_mlflow_server_fails_in_one_line_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mlflow")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    args = tiny_run_args(**{"output.loggers": "[mlflow]", "output.mlflow_uri": uri})
+    started = time.perf_counter()
+    code, _, err = run_cli(capsys, "run", RECIPE, *args, "--out", tmp_path / "run")
+    assert time.perf_counter() - started < 20  # MLflow's own retries take minutes
+    assert code == 2 and f"output.mlflow_uri ({uri}): the tracking server did not answer" in err
+    assert not (tmp_path / "run").exists()  # nothing built, nothing trained
