@@ -83,6 +83,7 @@ def _print_summary(results: dict, console: Console) -> None:
             table.add_row(f"latency batch {batch} (ms)", *shown)
     if table.row_count:
         console.print(table)
+    _print_gallery(results.get("gallery") or {}, console)
     for key, result in (results.get("verification") or {}).items():
         if "accuracy_mean" in result:
             console.print(
@@ -91,6 +92,19 @@ def _print_summary(results: dict, console: Console) -> None:
             )
         else:
             console.print(f"verification ({key}): skipped: {result.get('skipped')}")
+
+
+def _print_gallery(gallery: dict, console: Console) -> None:
+    """Gallery/probe rank-1 per task, or the warning that no gallery image was selected."""
+    if gallery.get("warning"):
+        console.print(f"[yellow]gallery: {escape(gallery['warning'])}[/yellow]", highlight=False)
+    for key, section in (gallery.get("tasks") or {}).items():
+        if isinstance(section.get("rank1"), float):
+            console.print(
+                f"gallery rank-1 ({key}, gallery {gallery.get('where')}, "
+                f"{section.get('probes')} probes): {100 * section['rank1']:.1f} %",
+                highlight=False,
+            )
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:

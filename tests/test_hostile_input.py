@@ -3,14 +3,17 @@ to do, never a traceback, a hang or a silent wrong result."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from helpers import RECIPE, interrupted_copy, tiny_run, tiny_run_args
+from helpers import RECIPE, RECIPES, interrupted_copy, tiny_run, tiny_run_args, train_quietly
 
+import mtkd
+import mtkd.engine.fit
 from mtkd.cli import main
 
 
@@ -113,3 +116,53 @@ def test_an_unreachable_mlflow_server_fails_in_one_line_before_any_training(
     assert time.perf_counter() - started < 20  # MLflow's own retries take minutes
     assert code == 2 and f"output.mlflow_uri ({uri}): the tracking server did not answer" in err
     assert not (tmp_path / "run").exists()  # nothing built, nothing trained
+
+
+# -- item 23: a validation loss that is never finite ------------------------------------------
+
+
+@pytest.fixture
+def nan_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every validation loss comes out NaN, as after an absurd learning rate."""
+    evaluate = mtkd.engine.fit.evaluate_loader
+
+    def broken(*args: object, **kwargs: object) -> dict[str, object]:
+        values = evaluate(*args, **kwargs)  # type: ignore[arg-type]
+        return {k: float("nan") if k.endswith("loss") else v for k, v in values.items()}
+
+    monkeypatch.setattr(mtkd.engine.fit, "evaluate_loader", broken)
+
+
+@pytest.mark.usefixtures("nan_validation")
+def test_a_nan_validation_loss_stops_the_run_in_one_line_with_on_nan_stop() -> None:
+    cfg = mtkd.load_recipe(RECIPE, tiny_run_args())
+    with pytest.raises(mtkd.MtkdError, match=r"^epoch 1: val/loss is nan .*on_nan=stop") as info:
+        train_quietly(cfg)
+    assert "identification" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.usefixtures("nan_validation")
+def test_with_on_nan_skip_a_run_without_any_finite_epoch_ends_with_an_error() -> None:
+    cfg = mtkd.load_recipe(RECIPE, tiny_run_args(**{"trainer.on_nan": "skip"}))
+    with pytest.raises(mtkd.MtkdError, match=r"val/loss was not finite in any of the 2 epoch"):
+        train_quietly(cfg)
+
+
+def test_a_gallery_filter_that_selects_no_image_warns_and_shows_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "encoder.name=mobilenetv2_035",
+        "data.cache=memory",
+        "evaluate.gallery_where={yaw: [89, 90]}",  # no synthetic head turns that far
+        "evaluate.latency=false",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "output.plots=false",
+    ]
+    recipe, profile = RECIPES / "mobilenetv2_id.yaml", RECIPES / "profiles" / "tiny.yaml"
+    with pytest.warns(UserWarning, match=r"gallery_where \{yaw: \[89, 90\]\} selects no test"):
+        code, out, _ = run_cli(capsys, "run", recipe, profile, *args, "--out", tmp_path / "r")
+    assert code == 0 and "gallery: evaluate.gallery_where {yaw: [89, 90]} selects no" in out
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert "selects no test image" in results["gallery"]["warning"]
