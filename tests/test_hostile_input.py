@@ -14,6 +14,7 @@ from helpers import RECIPE, RECIPES, interrupted_copy, tiny_run, tiny_run_args, 
 
 import mtkd
 import mtkd.engine.fit
+import mtkd.runs.pipeline
 from mtkd.cli import main
 
 
@@ -166,3 +167,59 @@ def test_a_gallery_filter_that_selects_no_image_warns_and_shows_in_the_summary(
     assert code == 0 and "gallery: evaluate.gallery_where {yaw: [89, 90]} selects no" in out
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert "selects no test image" in results["gallery"]["warning"]
+
+
+# -- item 20: what can be checked is checked before the run folder exists ----------------------
+
+
+def test_a_batch_of_one_for_batchnorm_fails_before_the_folder_and_the_fixed_rerun_needs_no_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    small = tiny_run_args(**{"encoder.name": "mobilenetv2_035", "trainer.max_epochs": 1})
+    code, _, err = run_cli(capsys, "run", RECIPE, *small, "data.batch_size=1", "--out", out)
+    assert code == 2 and "data.batch_size: 1" in err and "BatchNorm" in err
+    assert not out.exists()
+    code, _, _ = run_cli(capsys, "run", RECIPE, *small, "--out", out)
+    assert code == 0 and (out / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.weighting={name: aggregate, method: upgradd}", "unknown gradient aggregator"),
+        ("encoder.name=mobilenetv9", "encoder.name: unknown timm model 'mobilenetv9'"),
+        ("tasks.identification.type=identificaton", "identificaton"),
+        ("trainer.optimizer=adamm", "trainer.optimizer: unknown optimizer"),
+    ],
+)
+def test_unknown_names_fail_before_the_data_set_is_built_or_the_folder_made(
+    override: str,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data set was built before the recipe's names were checked")
+
+    monkeypatch.setattr(mtkd.runs.pipeline, "build_data", never)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", RECIPE, *tiny_run_args(), override, "--out", out)
+    assert code == 2 and message in err and not out.exists()
+
+
+def test_a_run_that_fails_before_its_first_epoch_ends_leaves_no_folder_blocking_the_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(self: object, epoch: int) -> None:
+        raise mtkd.MtkdError("epoch 1, step 1: something broke")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(mtkd.engine.fit.Loop, "run_epoch", fails)
+        code, _, err = run_cli(capsys, "run", RECIPE, *tiny_run_args(), "--out", out)
+    assert code == 2 and "something broke" in err
+    assert not out.exists()
+    code, _, _ = run_cli(capsys, "run", RECIPE, *tiny_run_args(), "--out", out)
+    assert code == 0 and (out / "results.json").is_file()

@@ -126,7 +126,7 @@ def check_output_dir(cfg: DictConfig, force: bool = False) -> None:
         _refuse_held_run(target, held)
 
 
-def _clear_run(path: Path) -> None:
+def clear_run(path: Path) -> None:
     """Delete what a run wrote in ``path`` (other files stay)."""
     for pattern in RUN_ENTRIES:
         for entry in path.glob(pattern):
@@ -144,7 +144,7 @@ def new_run_dir(cfg: DictConfig, force: bool = False) -> Path:
     if cfg.output.dir:
         path = Path(cfg.output.dir)
         if force and _held_run(path):
-            _clear_run(path)
+            clear_run(path)
         _make_dir(path, "output.dir", exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
