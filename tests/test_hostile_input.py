@@ -223,3 +223,31 @@ def test_a_run_that_fails_before_its_first_epoch_ends_leaves_no_folder_blocking_
     assert not out.exists()
     code, _, _ = run_cli(capsys, "run", RECIPE, *tiny_run_args(), "--out", out)
     assert code == 0 and (out / "results.json").is_file()
+
+
+# -- item 21: a failing study member costs only its own run -----------------------------------
+
+
+def test_a_failing_study_member_is_named_the_others_run_and_the_table_marks_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = tmp_path / "mixed.yaml"
+    recipe = RECIPES / "mobilenetv2_id.yaml"
+    study.write_text(
+        "study:\n"
+        "  members:\n"
+        f"    - {{name: broken, recipe: {recipe}, overrides: [encoder.name=mobilenetv9]}}\n"
+        f"    - {recipe}\n"
+        "  overrides: [encoder.name=test_efficientnet]\n"  # a member's own overrides win
+        f"  dir: {tmp_path / 'study'}\n"
+    )
+    args = [a for a in tiny_run_args(**{"trainer.max_epochs": 1}) if "encoder." not in a]
+    code, out, err = run_cli(capsys, "run", study, *args)
+    folder = tmp_path / "study"
+    assert code == 2 and "study mixed: 1 of 2 run(s) failed (broken-seed0: encoder.name" in err
+    assert "[1/2] broken seed 0 failed: encoder.name: unknown timm model" in out
+    assert (folder / "mobilenetv2_id-seed0" / "results.json").is_file()  # ran after the failure
+    table = (folder / "table.md").read_text()
+    assert "| broken | 0 (1 FAILED) |" in table and "| mobilenetv2_id | 1 |" in table
+    failed = json.loads((folder / "study.json").read_text())["failed"]
+    assert list(failed) == [str(folder / "broken-seed0")]
