@@ -340,6 +340,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]")
         return 130
+    except BrokenPipeError:  # `mtkd zoo --json | head`: the reader left, which is no error
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell pipeline reports it
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing at exit does not raise into the reader's pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

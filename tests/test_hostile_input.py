@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -251,3 +253,77 @@ def test_a_failing_study_member_is_named_the_others_run_and_the_table_marks_it(
     assert "| broken | 0 (1 FAILED) |" in table and "| mobilenetv2_id | 1 |" in table
     failed = json.loads((folder / "study.json").read_text())["failed"]
     assert list(failed) == [str(folder / "broken-seed0")]
+
+
+# -- item 24: one line instead of a traceback or jargon ----------------------------------------
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback() -> None:
+    """``mtkd zoo --json | head``: the reader closes the pipe before mtkd writes."""
+    command = [sys.executable, "-m", "mtkd", "zoo", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err and not err.strip()
+
+
+@pytest.mark.parametrize("value", ["tensorboard", "tensorboard,jsonl"])
+def test_a_single_logger_name_without_brackets_is_a_list(value: str) -> None:
+    cfg = mtkd.load_recipe(RECIPE, [f"output.loggers={value}"])
+    assert list(cfg.output.loggers) == value.split(",")
+
+
+def test_a_misspelt_recipe_file_gets_the_closest_file_names(tmp_path: Path) -> None:
+    with pytest.raises(mtkd.RecipeError, match=r"did you mean '.*seg_distilled_id\.yaml'"):
+        mtkd.load_recipe(RECIPES / "seg_distiled_id.yaml")
+
+
+def test_an_empty_labels_json_says_the_file_is_damaged(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "blank"
+    shutil.copytree(finished, run)
+    (run / "labels.json").write_text("{}\n")
+    image = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (120, 80, 60)).save(image)
+    code, _, err = run_cli(capsys, "predict", run, image)
+    assert code == 2 and f"'{run / 'labels.json'}' is damaged: it lists no label space" in err
+    assert "needs label" not in err
+
+
+@pytest.mark.parametrize("people", [2, 3, 5, 30])
+def test_a_clipped_views_spread_averages_exactly_the_views_asked(people: int) -> None:
+    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeadsOptions, views_per_identity
+
+    for seed in range(5):
+        options = SyntheticHeadsOptions(identities=people, views=4, views_spread=50, seed=seed)
+        counts = views_per_identity(options)
+        assert sum(counts) == 4 * people and min(counts) >= 1 and max(counts) <= 7
+
+
+def test_every_mtkd_name_the_docs_give_exists() -> None:
+    """docs/export.md once named ``mtkd.export.load_exported``, which did not exist."""
+    import importlib
+    import re
+
+    docs = [*sorted((RECIPES.parent / "docs").glob("*.md")), RECIPES.parent / "README.md"]
+    missing = []
+    for page in docs:
+        for name in re.findall(r"`(mtkd(?:\.[A-Za-z_]\w*)+)", page.read_text()):
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    found: object = importlib.import_module(".".join(parts[:cut]))
+                    break
+                except ImportError:
+                    continue
+            for attribute in parts[cut:]:
+                found = getattr(found, attribute, None)
+            if found is None:
+                missing.append(f"{page.name}: {name}")
+    assert not missing

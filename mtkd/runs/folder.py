@@ -186,9 +186,12 @@ def read_label_spaces(run_dir: Path) -> dict[str, LabelSpace]:
         raise MtkdError(f"'{path}' is missing: the run folder is incomplete (it names the classes)")
     try:
         data = json.loads(path.read_text())
-        return {k: LabelSpace.from_dict(v) for k, v in data.items()}
+        spaces = {k: LabelSpace.from_dict(v) for k, v in data.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MtkdError(f"'{path}' is corrupt: {type(exc).__name__}: {exc}") from exc
+    if not spaces:  # a run writes the label space of every task it trained
+        raise MtkdError(f"'{path}' is damaged: it lists no label space (a run writes one per task)")
+    return spaces
 
 
 def _folder_plugins(
