@@ -301,7 +301,10 @@ def _as_list_if_list_key(cfg: DictConfig, item: str) -> str:
         node = OmegaConf.select(cfg, key.strip(), default=None, throw_on_missing=False)
     except OmegaConfBaseException:
         return item
-    return f"{key}=[{value}]" if isinstance(node, ListConfig) else item
+    # the schema's type, not the value's: ``encoder.taps`` (Any) may hold a list or "stages"
+    declared = getattr(getattr(node, "_metadata", None), "ref_type", None)
+    is_list = isinstance(node, ListConfig) and getattr(declared, "__origin__", None) is list
+    return f"{key}=[{value}]" if is_list else item
 
 
 def load_recipe(

@@ -276,6 +276,11 @@ def test_a_single_logger_name_without_brackets_is_a_list(value: str) -> None:
     assert list(cfg.output.loggers) == value.split(",")
 
 
+def test_a_key_that_may_hold_a_list_or_a_word_keeps_the_word() -> None:
+    cfg = mtkd.load_recipe(RECIPES / "seg_distilled_id.yaml", ["encoder.taps=stages"])
+    assert cfg.encoder.taps == "stages"  # taps is typed Any: a list there is not a list key
+
+
 def test_a_misspelt_recipe_file_gets_the_closest_file_names(tmp_path: Path) -> None:
     with pytest.raises(mtkd.RecipeError, match=r"did you mean '.*seg_distilled_id\.yaml'"):
         mtkd.load_recipe(RECIPES / "seg_distiled_id.yaml")
