@@ -253,6 +253,8 @@ def test_a_failing_study_member_is_named_the_others_run_and_the_table_marks_it(
     assert "| broken | 0 (1 FAILED) |" in table and "| mobilenetv2_id | 1 |" in table
     failed = json.loads((folder / "study.json").read_text())["failed"]
     assert list(failed) == [str(folder / "broken-seed0")]
+    code, out, _ = run_cli(capsys, "report", folder)
+    assert code == 0 and "broken-seed0: failed: encoder.name: unknown timm model" in out
 
 
 # -- item 24: one line instead of a traceback or jargon ----------------------------------------

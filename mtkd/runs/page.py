@@ -253,9 +253,19 @@ def comparison_table(results: Iterable[Mapping[str, Any]], order: Sequence[str])
     return table
 
 
-def member_section(run_dir: Path) -> Section:
+def failures(folder: Path) -> dict[str, str]:
+    """{run folder name: error} of the members the study recorded as failed."""
+    summary = folder / "study.json"
+    if not summary.is_file():
+        return {}
+    failed = json.loads(summary.read_text()).get("failed") or {}
+    return {Path(run).name: str(message) for run, message in failed.items()}
+
+
+def member_section(run_dir: Path, failure: str | None = None) -> Section:
     if not (run_dir / RESULTS).is_file():
-        return Section(run_dir.name, str(run_dir), note=unfinished_note(run_dir))
+        note = f"failed: {failure}" if failure else unfinished_note(run_dir)
+        return Section(run_dir.name, str(run_dir), note=note)
     results = read_results(run_dir)
     curves = [f for f in figures_in(run_dir, ("curves",)) if f.title == "curves"]
     tables = [test_table(results, id=f"test-{run_dir.name}")]
@@ -291,9 +301,10 @@ def study_page(folder: Path) -> str:
         tables=[comparison_table(results, members)],
         figures=figures_in(folder, ("accuracy_by_bin",)),
         note=f"{len(finished)} of {len(runs)} runs finished"
-        + "".join(f"; {r.name} {unfinished_note(r)}" for r in runs if r not in finished),
+        + "".join(f"; {r.name} {note}" for r, note in unfinished_members(folder)),
     )
-    sections = [overview, *(member_section(r) for r in runs)]
+    failed = failures(folder)
+    sections = [overview, *(member_section(r, failed.get(r.name)) for r in runs)]
     return _render(title=f"Study {name}", sections=sections, made=_versions())
 
 
@@ -302,7 +313,12 @@ def unfinished_members(folder: str | Path) -> list[tuple[Path, str]]:
     folder = Path(folder)
     if (folder / RESULTS).is_file():
         return []
-    return [(r, unfinished_note(r)) for r in study_runs(folder)[1] if not (r / RESULTS).is_file()]
+    failed = failures(folder)
+    return [
+        (r, f"failed: {failed[r.name]}" if r.name in failed else unfinished_note(r))
+        for r in study_runs(folder)[1]
+        if not (r / RESULTS).is_file()
+    ]
 
 
 def write_report(folder: str | Path) -> Path:
