@@ -83,6 +83,7 @@ def _print_summary(results: dict, console: Console) -> None:
             table.add_row(f"latency batch {batch} (ms)", *shown)
     if table.row_count:
         console.print(table)
+    _print_gallery(results.get("gallery") or {}, console)
     for key, result in (results.get("verification") or {}).items():
         if "accuracy_mean" in result:
             console.print(
@@ -91,6 +92,19 @@ def _print_summary(results: dict, console: Console) -> None:
             )
         else:
             console.print(f"verification ({key}): skipped: {result.get('skipped')}")
+
+
+def _print_gallery(gallery: dict, console: Console) -> None:
+    """Gallery/probe rank-1 per task, or the warning that no gallery image was selected."""
+    if gallery.get("warning"):
+        console.print(f"[yellow]gallery: {escape(gallery['warning'])}[/yellow]", highlight=False)
+    for key, section in (gallery.get("tasks") or {}).items():
+        if isinstance(section.get("rank1"), float):
+            console.print(
+                f"gallery rank-1 ({key}, gallery {gallery.get('where')}, "
+                f"{section.get('probes')} probes): {100 * section['rank1']:.1f} %",
+                highlight=False,
+            )
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
@@ -151,12 +165,15 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .runs.page import log_note, write_report
+    from .runs.page import log_note, unfinished_members, write_report
 
-    console.print(f"report: {write_report(args.folder)}")
-    note = log_note(Path(args.folder))  # the page says it too
-    if note:
-        console.print(f"[yellow]warning: {note}", highlight=False)
+    page = write_report(args.folder)
+    for run_dir, note in unfinished_members(args.folder):
+        console.print(f"[yellow]{escape(run_dir.name)}: {escape(note)}[/yellow]", highlight=False)
+    damaged = log_note(Path(args.folder))  # the page says it too
+    if damaged:
+        console.print(f"[yellow]warning: {escape(damaged)}", highlight=False)
+    console.print(f"report: {page}")
     return 0
 
 
@@ -337,6 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]")
         return 130
+    except BrokenPipeError:  # `mtkd zoo --json | head`: the reader left, which is no error
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell pipeline reports it
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing at exit does not raise into the reader's pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ merged on top. Every error names the file and the key at fault.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .data.augment import AugmentConfig
@@ -154,9 +155,19 @@ class RecipeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+def _near_files(path: Path) -> str:
+    """' (did you mean ...?)' naming a YAML file beside ``path`` with a close name, if any."""
+    if not path.parent.is_dir():
+        return ""
+    names = sorted(p.name for p in path.parent.glob("*.y*ml"))
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    shown = " or ".join(f"'{path.parent / name}'" for name in close)
+    return f" (did you mean {shown}?)" if close else ""
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RecipeError(f"recipe file '{path}' not found")
+        raise RecipeError(f"recipe file '{path}' not found" + _near_files(path))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -279,6 +290,23 @@ def _absolute_plugin_paths(cfg: DictConfig, recipe_dir: Path) -> None:
     cfg.plugins = resolved
 
 
+def _as_list_if_list_key(cfg: DictConfig, item: str) -> str:
+    """``output.loggers=tensorboard`` (or ``=tensorboard,mlflow``) means a list: a bare value
+    given to a list key is wrapped in brackets, as YAML would need."""
+    key, _, value = item.partition("=")
+    text = value.strip()
+    if not text or text.startswith("[") or text in ("null", "~"):
+        return item
+    try:
+        node = OmegaConf.select(cfg, key.strip(), default=None, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return item
+    # the schema's type, not the value's: ``encoder.taps`` (Any) may hold a list or "stages"
+    declared = getattr(getattr(node, "_metadata", None), "ref_type", None)
+    is_list = isinstance(node, ListConfig) and getattr(declared, "__origin__", None) is list
+    return f"{key}=[{value}]" if is_list else item
+
+
 def load_recipe(
     path: str | Path, overrides: Sequence[str] = (), overlays: Sequence[str | Path] = ()
 ) -> DictConfig:
@@ -302,6 +330,7 @@ def load_recipe(
             raise RecipeError(
                 f"override '{item}' must look like key=value (e.g. trainer.max_epochs=3)"
             )
+        item = _as_list_if_list_key(cfg, item)
         try:
             dotlist = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as exc:

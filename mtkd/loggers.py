@@ -63,6 +63,11 @@ class Logger:
                     f"which is not installed: pip install '{cls.install or module}'"
                 ) from exc
 
+    @classmethod
+    def check_reachable(cls, cfg: DictConfig) -> None:
+        """Raise a one-line error if a server the logger writes to does not answer (called
+        before any work, so an unreachable tracker never hangs a run mid-way)."""
+
     def start(self, run: RunStart) -> None:
         """Open (or, when ``run.resumed``, reopen) this run's record."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,8 +136,40 @@ def test_a_released_entry_is_fp16_with_a_card_whose_checksum_and_facts_match(
 
 
 def test_releasing_the_same_run_again_gives_the_same_file(tiny_run: Path, zoo: Path) -> None:
-    again = release_run(tiny_run, "tiny", zoo, ReleaseOptions(results={"orl_top1": 0.5}))
+    options = ReleaseOptions(results={"orl_top1": 0.5}, force=True)
+    again = release_run(tiny_run, "tiny", zoo, options)
     assert again.sha256 == json.loads((zoo / "tiny.json").read_text())["sha256"]
+
+
+@pytest.mark.slow
+def test_two_processes_releasing_the_same_run_write_the_same_bytes(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """safetensors writes its metadata in hash-map order, which changes between processes."""
+    files = []
+    for n in range(3):
+        out = tmp_path / f"zoo{n}"
+        command = [sys.executable, "-m", "mtkd", "zoo", "release", str(tiny_run)]
+        subprocess.run([*command, "--name", "same", "--out", str(out)], check=True)
+        files.append((out / "same.safetensors").read_bytes())
+    assert files[0] == files[1] == files[2]
+
+
+def test_releasing_onto_an_existing_entry_asks_for_force_and_says_what_it_replaced(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["zoo", "release", str(tiny_run), "--name", "one", "--out", str(tmp_path)]
+    assert main([*args, "--heads", "identification"]) == 0
+    card = json.loads((tmp_path / "one.json").read_text())
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "zoo entry 'one'" in err and "--force" in err
+    assert json.loads((tmp_path / "one.json").read_text()) == card  # untouched
+    assert main([*args, "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert f"replaced zoo entry 'one' in '{tmp_path}'" in printed
+    assert card["sha256"][:12] in printed
 
 
 def test_a_head_that_would_push_the_file_past_the_budget_is_left_out(

@@ -322,6 +322,24 @@ class EpochSampler(Sampler[int]):
         return self.length() - self.start
 
 
+def check_train_batches(n: int, batch_size: int, min_batch: int, seed: int = 0) -> EpochSampler:
+    """The sampler of ``n`` training samples, once batches of ``batch_size`` are known to
+    train a model that needs ``min_batch`` (one line naming the key otherwise)."""
+    per_rank = max(1, batch_size // distributed.world_size())
+    if per_rank < min_batch:
+        raise RecipeError(
+            f"data.batch_size: {batch_size} gives batches of {per_rank} per process, but the "
+            f"model's BatchNorm layers need at least {min_batch} samples to train; raise it"
+        )
+    sampler = EpochSampler(n, seed, batch_size, min_batch)
+    if n and sampler.length() == 0:
+        raise DataError(
+            f"{n} training sample(s): the model's BatchNorm layers need batches of at least "
+            f"{min_batch} to train; add samples or lower data.split.test / data.split.val"
+        )
+    return sampler
+
+
 def make_train_loader(
     dataset: Dataset,
     batch_size: int,
@@ -340,23 +358,11 @@ def make_train_loader(
     per channel: see :func:`mtkd.model.probe.smallest_train_batch`); a shorter last batch is
     left out of each epoch.
     """
-    ranks = distributed.world_size()
-    per_rank = max(1, batch_size // ranks)
     n = len(dataset)  # type: ignore[arg-type]
-    if per_rank < min_batch:
-        raise RecipeError(
-            f"data.batch_size: {batch_size} gives batches of {per_rank} per process, but the "
-            f"model's BatchNorm layers need at least {min_batch} samples to train; raise it"
-        )
-    sampler = EpochSampler(n, seed, batch_size, min_batch)
-    if n and sampler.length() == 0:
-        raise DataError(
-            f"{n} training sample(s): the model's BatchNorm layers need batches of at least "
-            f"{min_batch} to train; add samples or lower data.split.test / data.split.val"
-        )
+    sampler = check_train_batches(n, batch_size, min_batch, seed)
     return DataLoader(
         dataset,
-        batch_size=per_rank,
+        batch_size=max(1, batch_size // distributed.world_size()),
         sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..context import TrainContext
 from ..data.build import EpochSampler
-from ..errors import Interrupted
+from ..errors import Interrupted, MtkdError
 from ..metrics.evaluate import evaluate_loader, prefixed
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
@@ -40,7 +40,7 @@ from .setup import (
 )
 from .signals import StopRequested, StopSignals
 from .state import EpochTally
-from .step import RunningTally, TrainStep
+from .step import RunningTally, TrainStep, halve_learning_rate
 
 
 def fit(
@@ -162,6 +162,12 @@ class Loop:
             self.run_epoch(epoch)
         else:
             self._should_stop()
+        if self.ctx.history and self.state.best_epoch < 1:
+            raise MtkdError(
+                f"{self.best.monitor} was not finite in any of the {len(self.ctx.history)} "
+                f"epoch(s) (trainer.on_nan={self.trainer.on_nan}): there are no best weights; "
+                "lower trainer.lr or change the loss weighting, then run again"
+            )
 
     def run_epoch(self, epoch: int) -> None:
         state, ctx = self.state, self.ctx
@@ -189,8 +195,36 @@ class Loop:
         self.checkpoint.save_epoch_end(state)
         if self.hook:
             self.hook.on_epoch_end(context=ctx, epoch=epoch + 1, metrics=record)
+        self._check_monitor(record)
         if self.signals.received:
             raise Interrupted(ctx.run_dir, self.signals.received)
+
+    def _check_monitor(self, record: dict[str, Any]) -> None:
+        """A non-finite validation loss (weights that no longer compute): ``trainer.on_nan``
+        stops the run in one line, or (skip, lower_lr) warns and never counts it as best."""
+        value = self.best.value_of(record)
+        if math.isfinite(value):
+            return
+        monitor = self.best.monitor
+        split = monitor.split("/")[0] + "/"
+        bad = [
+            key.removeprefix(split).removesuffix("/loss")
+            for key, v in record.items()
+            if key.startswith(split) and key.endswith("/loss") and key != monitor
+            if isinstance(v, float) and not math.isfinite(v)
+        ]
+        what = f"epoch {record['epoch']}: {monitor} is {value}" + (
+            f" (task(s) {', '.join(bad)})" if bad else ""
+        )
+        policy = self.trainer.on_nan
+        if policy == "stop":
+            raise MtkdError(
+                f"{what}; stopped (trainer.on_nan=stop): the weights no longer give finite "
+                "losses; lower trainer.lr or change the loss weighting"
+            )
+        if policy == "lower_lr":
+            halve_learning_rate(self.ctx.optimizer, self.scheduler)
+        self.console.print(f"[yellow]{what}: not a best epoch ({policy})")
 
     def _end_epoch(self, record: dict[str, Any], tally: EpochTally) -> None:
         """Training figures of the epoch; the weighting strategy sees its task losses."""

@@ -34,13 +34,34 @@ def prepare_model(model: MultiTaskModel, trainer: DictConfig, device: torch.devi
     hardware.use_sync_batchnorm(model, trainer, device)
 
 
-def make_optimizer(model: torch.nn.Module, trainer: DictConfig) -> torch.optim.Optimizer:
+def check_setup(cfg: DictConfig, plugins: PluginSet) -> None:
+    """The trainer's options, optimizer, scheduler and loss weighting (with its options) exist:
+    checked before the data set and the run folder are made, not when training starts."""
+    check_trainer(cfg.trainer)
+    _check_optimizer(cfg.trainer)
+    _check_scheduler(cfg.trainer)
+    _weighting_class(cfg, plugins)
+
+
+def _check_optimizer(trainer: DictConfig) -> None:
     known = [str(name) for name in list_optimizers()]
     if trainer.optimizer.lower() not in known:
         raise RecipeError(
             f"trainer.optimizer: unknown optimizer '{trainer.optimizer}'"
             + did_you_mean(trainer.optimizer, known)
         )
+
+
+def _check_scheduler(trainer: DictConfig) -> None:
+    name = trainer.scheduler
+    if name not in ("none", "", None) and name not in SCHEDULERS:
+        raise RecipeError(
+            f"trainer.scheduler: unknown scheduler '{name}'" + did_you_mean(name, SCHEDULERS)
+        )
+
+
+def make_optimizer(model: torch.nn.Module, trainer: DictConfig) -> torch.optim.Optimizer:
+    _check_optimizer(trainer)
     return create_optimizer_v2(
         param_groups(model, trainer),
         opt=trainer.optimizer,
@@ -53,14 +74,19 @@ def make_weighting(
     model: MultiTaskModel, cfg: DictConfig, plugins: PluginSet | None
 ) -> LossWeighting:
     """The recipe's ``trainer.weighting`` strategy, its options checked against the plugin."""
+    cls, options = _weighting_class(cfg, plugins)
+    return cls(model.tasks, options, list(model.encoder.parameters()))
+
+
+def _weighting_class(cfg: DictConfig, plugins: PluginSet | None) -> tuple[type[LossWeighting], Any]:
+    """The weighting class ``trainer.weighting`` names, and its parsed options."""
     name, raw = named_block(dict(cfg.trainer.weighting), "trainer.weighting", default="fixed")
     if plugins is None and name == FixedWeighting.name:  # the default needs no plugin loading
         cls: type[LossWeighting] = FixedWeighting
     else:  # the recipe's own `plugins:` may provide the strategy
         registry = plugins_for(cfg, plugins).weightings
         cls = registry.get(name, key="trainer.weighting.name")
-    options = cls.parse_options(raw, "trainer.weighting")
-    return cls(model.tasks, options, list(model.encoder.parameters()))
+    return cls, cls.parse_options(raw, "trainer.weighting")
 
 
 def add_weighting_parameters(optimizer: torch.optim.Optimizer, weighting: LossWeighting) -> None:
@@ -74,10 +100,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, trainer: DictConfig) -> Any
     name = trainer.scheduler
     if name in ("none", "", None):
         return None
-    if name not in SCHEDULERS:
-        raise RecipeError(
-            f"trainer.scheduler: unknown scheduler '{name}'" + did_you_mean(name, SCHEDULERS)
-        )
+    _check_scheduler(trainer)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=name, num_epochs=trainer.max_epochs, warmup_epochs=trainer.warmup_epochs
     )

@@ -298,9 +298,17 @@ def _gallery(
         tasks[key] = gallery_section(
             embeddings, groups, gallery, hit, values, bins, evaluation.folds, seed
         )
-    return {
+    out: dict[str, Any] = {
         "where": describe(raw),
         "label": evaluation.bin_label,
         "component": evaluation.bin_component,
         "tasks": tasks,
     }
+    empty = sorted(key for key, section in tasks.items() if not section["gallery_samples"])
+    if empty:  # nothing enrolled: every rank-1 is missing, which must not pass unnoticed
+        out["warning"] = (
+            f"evaluate.gallery_where {describe(raw)} selects no test image as gallery "
+            f"(task(s) {', '.join(empty)}): no rank-1; widen the range"
+        )
+        warnings.warn(out["warning"], stacklevel=2)
+    return out

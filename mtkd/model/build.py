@@ -13,7 +13,7 @@ from ..errors import OptionError, PluginError, RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..samples import LabelSpace
 from ..tasks import ROLES, Task
-from .encoder import Encoder, create_timm_trunk, resolve_taps
+from .encoder import Encoder, check_encoder_name, create_timm_trunk, resolve_taps
 from .multitask import MultiTaskModel
 from .zoo import load_encoder_weights, split_weights
 
@@ -23,6 +23,23 @@ TASK_KEYS = ("type", "role", "weight")
 def _task_entry(key: str, raw: Any) -> tuple[str, Any, Any, dict[str, Any]]:
     kind, values = named_block(raw, f"tasks.{key}", name_key="type", default=key)
     return kind, values.pop("role", None), values.pop("weight", 1.0), values
+
+
+def check_model_names(cfg: DictConfig, plugins: PluginSet) -> None:
+    """The encoder and every task (type and options) exist: checked before the data set is
+    built, which can take minutes, rather than after it."""
+    check_encoder_name(str(cfg.encoder.name))
+    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
+    assert isinstance(raw_tasks, dict)
+    for raw_key, raw in raw_tasks.items():
+        key = str(raw_key)
+        if raw is None:
+            continue
+        kind, _, _, values = _task_entry(key, raw)
+        task_cls = plugins.tasks.get(
+            kind, key=f"tasks.{key}.type" if kind != key else f"tasks.{key}"
+        )
+        parse_options(task_cls.Options, values, f"tasks.{key}")
 
 
 def build_tasks(

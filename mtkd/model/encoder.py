@@ -24,14 +24,19 @@ from ..tasks import FeatureInfo
 STAGES = "stages"
 
 
-def create_timm_trunk(
-    name: str, pretrained: bool = False, weights: str | None = None, **kwargs: Any
-) -> nn.Module:
-    """A timm model without its classifier; ``weights`` is a local file (no network needed)."""
+def check_encoder_name(name: str) -> None:
+    """``name`` is a timm model, else one line with the closest names."""
     if name not in timm.list_models() and not timm.is_model(name):
         raise RecipeError(
             f"encoder.name: unknown timm model '{name}'" + did_you_mean(name, timm.list_models())
         )
+
+
+def create_timm_trunk(
+    name: str, pretrained: bool = False, weights: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A timm model without its classifier; ``weights`` is a local file (no network needed)."""
+    check_encoder_name(name)
     options: dict[str, Any] = dict(kwargs)
     if weights:
         if not Path(weights).is_file():

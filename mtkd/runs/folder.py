@@ -99,6 +99,12 @@ def _held_run(path: Path) -> str | None:
     return None
 
 
+def run_state(path: str | Path) -> str | None:
+    """'finished', 'interrupted' (resumable), 'started' (stopped before its first checkpoint)
+    or None (no run) for the folder ``path``."""
+    return _held_run(Path(path))
+
+
 def _refuse_held_run(path: Path, held: str) -> None:
     fresh = "or pass --force to start it afresh (this deletes the run's files)"
     if held in ("interrupted", "crashed"):
@@ -140,7 +146,7 @@ def check_output_dir(cfg: DictConfig, force: bool = False) -> None:
         _refuse_held_run(target, held)
 
 
-def _clear_run(path: Path) -> None:
+def clear_run(path: Path) -> None:
     """Delete what a run wrote in ``path`` (other files stay)."""
     for pattern in RUN_ENTRIES:
         for entry in path.glob(pattern):
@@ -164,7 +170,7 @@ def new_run_dir(cfg: DictConfig, force: bool = False, console: Any = None) -> Pa
             line = mark_replaced(path)
             if line and console is not None:
                 console.print(line, highlight=False)
-            _clear_run(path)
+            clear_run(path)
         _make_dir(path, "output.dir", exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -206,9 +212,12 @@ def read_label_spaces(run_dir: Path) -> dict[str, LabelSpace]:
         raise MtkdError(f"'{path}' is missing: the run folder is incomplete (it names the classes)")
     try:
         data = json.loads(path.read_text())
-        return {k: LabelSpace.from_dict(v) for k, v in data.items()}
+        spaces = {k: LabelSpace.from_dict(v) for k, v in data.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MtkdError(f"'{path}' is corrupt: {type(exc).__name__}: {exc}") from exc
+    if not spaces:  # a run writes the label space of every task it trained
+        raise MtkdError(f"'{path}' is damaged: it lists no label space (a run writes one per task)")
+    return spaces
 
 
 def _folder_plugins(

@@ -23,6 +23,7 @@ from ..loggers import Logger, RunStart, Status, final_metrics, flat_recipe, nume
 RUN_FILE = "mlflow.json"
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 BATCH = 100  # MLflow's limit of params per log_batch call
+REACH_TIMEOUT_S = 5.0  # how long start-up waits for a tracking server's first answer
 
 
 def default_store(cfg: Any) -> tuple[str, str]:
@@ -76,12 +77,40 @@ def mark_replaced(run_dir: Path) -> str | None:
     return f"mlflow: run {run_id} tagged {REPLACED}=true (its folder now holds a new run)"
 
 
+def check_server(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """An ``http(s)://`` tracking server answers within ``timeout`` seconds, else one line.
+
+    MLflow's own client retries a refused or silent server with back-off for minutes, with
+    nothing on the console; any HTTP answer (even an error status) shows a live server."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return  # a file or database store: MLflow reports its own errors at once
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise MtkdError(
+            f"output.mlflow_uri ({uri}): the tracking server did not answer within "
+            f"{timeout:g} s ({reason}); start it, fix the URI, or leave it unset for a local store"
+        ) from exc
+
+
 class MlflowLogger(Logger):
     """Logs through ``MlflowClient`` (no global active run: several runs never mix)."""
 
     name = "mlflow"
     requires = ("mlflow",)
     install = "mtkd[mlflow]"
+
+    @classmethod
+    def check_reachable(cls, cfg: Any) -> None:
+        if cfg.output.mlflow_uri:
+            check_server(str(cfg.output.mlflow_uri))
 
     def start(self, run: RunStart) -> None:
         from mlflow.tracking import MlflowClient

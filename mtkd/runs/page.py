@@ -23,7 +23,7 @@ from ..data.cache import DataReport
 from ..engine.metrics_log import damage_note, read_metrics
 from ..errors import MtkdError
 from ..loggers import numeric_items
-from .folder import CONFIG, METRICS, RESULTS, completed
+from .folder import CONFIG, METRICS, RESULTS, completed, run_state
 from .report import comparison_rows, read_results, table_cells
 
 PAGE = "report.html"
@@ -218,19 +218,40 @@ def run_section(run_dir: Path, results: Mapping[str, Any]) -> Section:
 
 
 def study_runs(folder: Path) -> tuple[str, list[Path]]:
-    """(study name, its run folders): from study.json, else the sub-folders with results."""
+    """(study name, its run folders): from study.json, else the sub-folders holding a run,
+    finished or not (an unfinished member is shown as such, never silently left out)."""
     summary = folder / "study.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
         runs = [folder / Path(r).name for r in data.get("runs", [])]
         return str(data.get("study", folder.name)), runs
-    runs = sorted(p for p in folder.iterdir() if (p / RESULTS).is_file())
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and run_state(p))
     if not runs:
+        state = run_state(folder)
+        if state in ("interrupted", "started"):
+            how = (
+                f"continue it with `mtkd resume {folder}`"
+                if state == "interrupted"
+                else "it stopped before its first checkpoint; run it again"
+            )
+            raise MtkdError(
+                f"'{folder}' is an unfinished run (no {RESULTS} yet): {how}, then report it"
+            )
         raise MtkdError(
             f"'{folder}' is neither a run folder (no {RESULTS}) nor a study folder "
-            "(no study.json, no finished runs inside)"
+            "(no study.json, no runs inside)"
         )
     return folder.name, runs
+
+
+def unfinished_note(run_dir: Path) -> str:
+    """Why a study member has no results yet, and what to do about it."""
+    state = run_state(run_dir)
+    if state == "interrupted":
+        return f"unfinished: interrupted, no {RESULTS} (continue it with `mtkd resume {run_dir}`)"
+    if state == "started":
+        return f"unfinished: stopped before its first checkpoint, no {RESULTS}"
+    return f"unfinished: never started or failed, no {RESULTS}"
 
 
 def comparison_table(results: Iterable[Mapping[str, Any]], order: Sequence[str]) -> Table:
@@ -241,15 +262,26 @@ def comparison_table(results: Iterable[Mapping[str, Any]], order: Sequence[str])
     return table
 
 
-def member_section(run_dir: Path) -> Section:
+def failures(folder: Path) -> dict[str, str]:
+    """{run folder name: error} of the members the study recorded as failed."""
+    summary = folder / "study.json"
+    if not summary.is_file():
+        return {}
+    failed = json.loads(summary.read_text()).get("failed") or {}
+    return {Path(run).name: str(message) for run, message in failed.items()}
+
+
+def member_section(run_dir: Path, failure: str | None = None) -> Section:
     if not (run_dir / RESULTS).is_file():
-        return Section(run_dir.name, str(run_dir), note="not finished: no results.json yet")
+        note = f"failed: {failure}" if failure else unfinished_note(run_dir)
+        return Section(run_dir.name, str(run_dir), note=note)
     if not completed(run_dir):
+        crashed = (
+            "crashed after writing results.json (its figures or loggers did not finish); "
+            "run the study again to finish it"
+        )
         return Section(
-            run_dir.name,
-            str(run_dir),
-            note="crashed after writing results.json (its figures or loggers did not finish);"
-            " run the study again to finish it",
+            run_dir.name, str(run_dir), note=f"failed: {failure}" if failure else crashed
         )
     results = read_results(run_dir)
     curves = [f for f in figures_in(run_dir, ("curves",)) if f.title == "curves"]
@@ -285,10 +317,25 @@ def study_page(folder: Path) -> str:
         folder=str(folder),
         tables=[comparison_table(results, members)],
         figures=figures_in(folder, ("accuracy_by_bin",)),
-        note=f"{len(finished)} of {len(runs)} runs finished",
+        note=f"{len(finished)} of {len(runs)} runs finished"
+        + "".join(f"; {r.name} {note}" for r, note in unfinished_members(folder)),
     )
-    sections = [overview, *(member_section(r) for r in runs)]
+    failed = failures(folder)
+    sections = [overview, *(member_section(r, failed.get(r.name)) for r in runs)]
     return _render(title=f"Study {name}", sections=sections, made=_versions())
+
+
+def unfinished_members(folder: str | Path) -> list[tuple[Path, str]]:
+    """(run folder, note) of each study member without results (none for a run folder)."""
+    folder = Path(folder)
+    if (folder / RESULTS).is_file():
+        return []
+    failed = failures(folder)
+    return [
+        (r, f"failed: {failed[r.name]}" if r.name in failed else unfinished_note(r))
+        for r in study_runs(folder)[1]
+        if not (r / RESULTS).is_file()
+    ]
 
 
 def write_report(folder: str | Path) -> Path:

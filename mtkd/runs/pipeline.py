@@ -13,12 +13,20 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from ..context import TrainContext
-from ..data.build import DataBundle, build_data, make_loader, make_train_loader, rank_share
+from ..data.build import (
+    DataBundle,
+    build_data,
+    check_train_batches,
+    make_loader,
+    make_train_loader,
+    rank_share,
+)
 from ..engine.fit import fit
 from ..engine.hardware import resolve_device
+from ..engine.setup import check_setup
 from ..errors import MtkdError, PluginError
 from ..metrics.assess import assess
-from ..model.build import build_model
+from ..model.build import build_model, check_model_names
 from ..model.multitask import MultiTaskModel
 from ..model.probe import smallest_train_batch
 from ..model.transfer import check_init_from, init_from_recipe
@@ -30,8 +38,10 @@ from .folder import (
     COMPLETED,
     RESULTS,
     check_output_dir,
+    clear_run,
     completed,
     new_run_dir,
+    run_state,
     save_distilled,
     write_run_header,
 )
@@ -141,7 +151,10 @@ def _check_folder(
     """Before anything is built: the folder a new run will write, or the run it resumes.
 
     A resume may change only safe settings (see :mod:`mtkd.runs.resume`); those it changes
-    are recorded in the run's config.yaml (by rank 0)."""
+    are recorded in the run's config.yaml (by rank 0). Names the recipe gives (encoder,
+    tasks, optimizer, scheduler, weighting) are checked here, before the data set is built."""
+    check_model_names(cfg, plugins)
+    check_setup(cfg, plugins)
     if resume_dir is None:
         check_init_from(cfg, plugins)  # a missing source fails before the data are built
         if main:  # so does a run folder that cannot be written or holds another run
@@ -234,10 +247,45 @@ def run(
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
     # the run folder exists, so a source that fits nothing leaves no empty run behind)
     transfer = init_from_recipe(model, cfg, plugins) if resume_dir is None else None
+    # a batch the model cannot train on fails here too, before the folder exists
+    min_batch = smallest_train_batch(model, cfg.data.image_size)
+    check_train_batches(len(data.train), cfg.data.batch_size, min_batch)
+    existed = bool(cfg.output.dir) and Path(cfg.output.dir).exists()
     run_dir = _run_folder(cfg, data, transfer, resume_dir, force, main, console)
     console.print(f"[bold]{cfg.name}[/bold] → {run_dir}")
     if transfer is not None:
         transfer.print(console)
+    try:
+        return _train_and_assess(cfg, plugins, console, data, model, run_dir, resume_dir, loggers)
+    except BaseException:
+        if resume_dir is None and main:
+            _discard_unstarted(run_dir, remove=not existed, console=console)
+        raise
+
+
+def _discard_unstarted(run_dir: Path, remove: bool, console: Console) -> None:
+    """A new run that failed before its first checkpoint leaves no folder that blocks the
+    corrected rerun (``remove``: the folder too, when this run created it and it is empty)."""
+    if run_state(run_dir) != "started":
+        return  # a checkpoint exists: resumable; or a results.json: finished
+    clear_run(run_dir)
+    if remove and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    console.print(f"[yellow]the run stopped before its first epoch ended: '{run_dir}' cleared")
+
+
+def _train_and_assess(
+    cfg: DictConfig,
+    plugins: PluginSet,
+    console: Console,
+    data: DataBundle,
+    model: MultiTaskModel,
+    run_dir: Path,
+    resume_dir: Path | None,
+    loggers: list[Any],
+) -> RunResult:
+    """Training, distillation and evaluation into ``run_dir`` (rank 0 writes results)."""
+    main = distributed.is_main()
     console.print(f"data: {data.sizes()}  model: {model.describe()['tasks']}")
     started = time.perf_counter()
     resume = resume_dir is not None

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import MtkdError
 from ..pretrained import CARD_FORMAT, CARD_SUFFIX, WEIGHTS_SUFFIX, PretrainedEntry, sha256_of
-from ..utils.checkpoint import write_json
+from ..utils.checkpoint import safetensors_bytes, write_json
 
 MB = 1_000_000
 BEST = Path("checkpoints") / "best.safetensors"
@@ -43,6 +43,7 @@ class ReleaseOptions:
     results: dict[str, Any] = field(default_factory=dict)  # measured transfer results
     recipe: str | None = None  # the recipe that reproduces it (default: recipes/zoo/<name>.yaml)
     notes: str = ""
+    force: bool = False  # replace an entry of the same name in the output folder
 
 
 def part_of(key: str) -> str:
@@ -170,7 +171,7 @@ def _write_weights(
 ) -> int:
     """Write through a temporary file, checked against both budgets before it is renamed."""
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.write_bytes(safetensors_bytes(tensors, metadata))  # byte for byte the same each time
     tmp.chmod(0o644)  # a file to ship: readable by all, like the rest of the package
     size = tmp.stat().st_size
     try:
@@ -218,6 +219,21 @@ def _metadata(entry: PretrainedEntry) -> dict[str, str]:
     }
 
 
+def existing_entry(out: str | Path, name: str) -> str | None:
+    """What a release named ``name`` into ``out`` would replace (None: nothing)."""
+    out = Path(out)
+    weights, card = out / (name + WEIGHTS_SUFFIX), out / (name + CARD_SUFFIX)
+    if not weights.exists() and not card.exists():
+        return None
+    try:
+        old = json.loads(card.read_text())
+        facts = f"sha256 {str(old.get('sha256'))[:12]}…, {int(old.get('size') or 0) / MB:.2f} MB"
+    except (OSError, ValueError, AttributeError):
+        facts = "no readable card"
+    files = ", ".join(p.name for p in (weights, card) if p.exists())
+    return f"zoo entry '{name}' in '{out}' ({files}; {facts})"
+
+
 def release_run(
     run_dir: str | Path, name: str, out: str | Path, options: ReleaseOptions | None = None
 ) -> PretrainedEntry:
@@ -226,6 +242,9 @@ def release_run(
     if not NAME.match(name):
         raise MtkdError(f"--name: '{name}' must be letters, digits, '_', '.' or '-'")
     run_dir, out = Path(run_dir), Path(out)
+    replaced = existing_entry(out, name)
+    if replaced and not options.force:
+        raise MtkdError(f"{replaced} exists; pass --force to replace it, or choose another --name")
     config, results, state = _read_run(run_dir)
     chosen, left_out = choose_heads(stored_bytes(state), options.heads, int(options.max_mb * MB))
     tensors, kept_fp32 = to_fp16(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,13 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise MtkdError(f"'{run_dir}' has no {RESULTS}: not a finished run")
-    return read_json_object(path, RESULTS)
+    results = read_json_object(path, RESULTS)
+    if "recipe" not in results:  # every results.json mtkd writes names its recipe
+        raise MtkdError(
+            f"'{path}' holds no 'recipe': not the {RESULTS} of a finished mtkd run "
+            f"(keys: {', '.join(sorted(results)[:6]) or 'none'})"
+        )
+    return results
 
 
 def _dig(results: dict[str, Any], *keys: str) -> Any:
@@ -116,6 +122,10 @@ def _show(values: Sequence[float], fmt: str) -> str:
 class ComparisonRow:
     recipe: str
     runs: list[dict[str, Any]]
+    failed: int = 0  # runs of this recipe (seeds) that failed: counted, never silently dropped
+
+    def runs_cell(self) -> str:
+        return str(len(self.runs)) + (f" ({self.failed} FAILED)" if self.failed else "")
 
     def cells(self, columns: Sequence[Column]) -> list[str]:
         out = []
@@ -126,15 +136,21 @@ class ComparisonRow:
 
 
 def comparison_rows(
-    results: Iterable[dict[str, Any]], order: Sequence[str] = ()
+    results: Iterable[dict[str, Any]],
+    order: Sequence[str] = (),
+    failed: Mapping[str, int] | None = None,
 ) -> list[ComparisonRow]:
-    """One row per recipe (runs of one recipe are its seeds), in ``order`` first."""
+    """One row per recipe (runs of one recipe are its seeds), in ``order`` first; ``failed``
+    counts failed runs per recipe (a recipe whose every run failed still gets its row)."""
+    failed = failed or {}
     by_recipe: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_recipe[str(r["recipe"])].append(r)
+    for name in failed:
+        by_recipe.setdefault(name, [])
     first = list(dict.fromkeys(n for n in order if n in by_recipe))  # seeds repeat a name
     names = first + sorted(n for n in by_recipe if n not in order)
-    return [ComparisonRow(n, by_recipe[n]) for n in names]
+    return [ComparisonRow(n, by_recipe[n], failed.get(n, 0)) for n in names]
 
 
 def _used_columns(rows: Sequence[ComparisonRow]) -> list[Column]:
@@ -149,7 +165,7 @@ def rich_table(rows: Sequence[ComparisonRow], title: str) -> Table:
     for column in columns:
         table.add_column(column.title, justify="right")
     for row in rows:
-        table.add_row(row.recipe, str(len(row.runs)), *row.cells(columns))
+        table.add_row(row.recipe, row.runs_cell(), *row.cells(columns))
     return table
 
 
@@ -157,7 +173,7 @@ def table_cells(rows: Sequence[ComparisonRow]) -> tuple[list[str], list[list[str
     """(header, one list of cell texts per row): the table any format renders."""
     columns = _used_columns(rows)
     header = ["network", "runs", *(c.title for c in columns)]
-    return header, [[row.recipe, str(len(row.runs)), *row.cells(columns)] for row in rows]
+    return header, [[row.recipe, row.runs_cell(), *row.cells(columns)] for row in rows]
 
 
 def markdown_table(rows: Sequence[ComparisonRow]) -> str:

@@ -37,9 +37,9 @@ SAFE_ON_RESUME = (
     "data.cache_dir",
     "distill.enabled",
     "output.plots",
-    "output.root",
-    "output.dir",
 )
+# where the run lives: a resume continues in its own folder, wherever the recipe points
+LOCATION = ("output.dir", "output.root")
 SAFE_PREFIXES = ("evaluate.",)
 
 
@@ -75,6 +75,23 @@ def resume_recipe(
     return load_recipe(require_run_folder(run_dir) / CONFIG, overrides, overlays)
 
 
+def _refuse_a_move(run_dir: str | Path, changed: dict[str, tuple[Any, Any]]) -> None:
+    """A resume writes into the folder it resumes: ``output.dir`` elsewhere (or another
+    ``output.root``) would be ignored, so it is refused rather than recorded as if it ran.
+    ``output.dir`` naming the folder itself (a study moved with its runs) is fine."""
+    here = Path(run_dir).resolve()
+    for key in LOCATION:
+        if key not in changed:
+            continue
+        new = changed[key][1]
+        if key == "output.dir" and new is not None and Path(str(new)).resolve() == here:
+            continue
+        raise RecipeError(
+            f"resume: {key}={new} is refused: a resumed run continues in its own folder "
+            f"'{run_dir}'; to move it, move that folder (then `mtkd resume NEW_PLACE`)"
+        )
+
+
 def settle_resume(
     run_dir: str | Path, cfg: DictConfig, write: bool = True
 ) -> dict[str, tuple[Any, Any]]:
@@ -86,7 +103,8 @@ def settle_resume(
     """
     path = require_run_folder(run_dir) / CONFIG
     changed = changed_settings(load_recipe(path), cfg)
-    unsafe = [key for key in changed if not is_safe_on_resume(key)]
+    _refuse_a_move(run_dir, changed)
+    unsafe = [key for key in changed if not is_safe_on_resume(key) and key not in LOCATION]
     if unsafe:
         raise RecipeError(
             f"resume: {', '.join(unsafe)} would change the data, model or optimizer of the "

@@ -19,12 +19,14 @@ Each member x seed trains into ``<study folder>/<member>-seed<k>/``. A member wh
 completed (its ``results.json`` does not say ``"completed": false``) is not run again; a
 member killed mid-training, or one that crashed after writing its results (while plotting
 or logging), continues from its last checkpoint, so an interrupted study resumes where it
-stopped.
+stopped. A member that fails does not stop the others: the table marks it, ``study.json``
+holds its error, and the study ends with an error naming it.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +36,12 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import load_recipe
-from ..errors import RecipeError, did_you_mean
+from ..errors import Interrupted, MtkdError, RecipeError, did_you_mean
 from ..utils.checkpoint import write_json
-from .folder import completed
+from .folder import RESULTS, completed
 from .pipeline import run
 from .report import comparison_rows, markdown_table, read_results, rich_table
 
@@ -241,24 +244,19 @@ def run_study(
         if planned.run_dir in finished:
             _check_same_settings(planned.run_dir, planned.cfg)
     resumable = {p.run_dir: _resumable(p.run_dir, p.cfg) for p in plan if p.run_dir not in finished}
+    failed: dict[Path, str] = {}
     for index, planned in enumerate(plan, 1):
         title = f"[{index}/{len(plan)}] {planned.member.name} seed {planned.seed}"
         if planned.run_dir in finished:
             console.print(f"{title}: done before, skipped")
             continue
-        resume_dir = resumable[planned.run_dir]
-        if resume_dir is None and planned.run_dir.exists():  # killed before its first checkpoint
-            shutil.rmtree(planned.run_dir)
-        how = ""
-        if resume_dir is not None:
-            crashed = (resume_dir / "results.json").is_file()  # but not completed
-            how = " crashed at its end, resumed to finish" if crashed else " resumed"
-            how += " from its checkpoint"
-        console.print(f"[bold]{title}[/bold]{how}")
-        run(planned.cfg, console=console, resume_dir=resume_dir)
-    results = [read_results(p.run_dir) for p in plan]
+        message = _run_member(planned, title, resumable[planned.run_dir], console)
+        if message is not None:
+            failed[planned.run_dir] = message
+    results = [read_results(p.run_dir) for p in plan if p.run_dir not in failed]
     members = list(dict.fromkeys(p.member.name for p in plan))
-    rows = comparison_rows(results, order=members)
+    failures = Counter(p.member.name for p in plan if p.run_dir in failed)
+    rows = comparison_rows(results, order=members, failed=failures)
     console.print(rich_table(rows, f"study {path.stem}"))
     (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
     binned = [r for r in results if r.get("accuracy_by_bin")]
@@ -271,7 +269,45 @@ def run_study(
         "members": members,
         "seeds": sorted({p.seed for p in plan}),
         "runs": [str(p.run_dir) for p in plan],
+        "failed": {str(run_dir): message for run_dir, message in failed.items()},
     }
     write_json(folder / "study.json", summary)
     console.print(f"study folder: {folder}")
+    if failed:
+        named = "; ".join(f"{d.name}: {m}" for d, m in failed.items())
+        raise MtkdError(
+            f"study {path.stem}: {len(failed)} of {len(plan)} run(s) failed ({named}); the "
+            f"others finished and are in {folder / 'table.md'}; fix it and run the study again "
+            "(finished members are not rerun)"
+        )
     return folder
+
+
+def _run_member(
+    planned: PlannedRun, title: str, resume_dir: Path | None, console: Console
+) -> str | None:
+    """Train one member x seed (resuming it where it can); its error as one line, or None."""
+    if resume_dir is None and planned.run_dir.exists():  # killed before its first checkpoint
+        shutil.rmtree(planned.run_dir)
+    how = ""
+    if resume_dir is not None:
+        crashed = (resume_dir / RESULTS).is_file()  # but not completed
+        how = " crashed at its end, resumed to finish" if crashed else " resumed"
+        how += " from its checkpoint"
+    console.print(f"[bold]{title}[/bold]{how}")
+    try:
+        run(planned.cfg, console=console, resume_dir=resume_dir)
+    except Interrupted:
+        raise  # Ctrl-C or SIGTERM stops the study; it resumes where it stopped
+    except Exception as exc:  # one member's failure must not cost the others their runs
+        message = _one_line(exc)
+        console.print(f"[red]{title} failed: {escape(message)}", highlight=False)
+        return message
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its message's first line, or its type for an empty one."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return first if isinstance(exc, MtkdError) else f"{type(exc).__name__}: {first}".rstrip(": ")

@@ -44,6 +44,8 @@ def resolve_loggers(cfg: DictConfig, plugins: PluginSet) -> list[type[Logger]]:
     classes = [plugins.loggers.get(name, key="output.loggers") for name in names]
     for cls in classes:
         cls.check_installed()
+    for cls in classes:
+        cls.check_reachable(cfg)
     return classes
 
 

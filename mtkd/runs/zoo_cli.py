@@ -16,7 +16,7 @@ from rich.table import Table
 from ..plugins import PluginSet, load_plugins
 from ..pretrained import PretrainedEntry
 from ..utils.files import read_json_object
-from .release import MB, ReleaseOptions, release_run
+from .release import MB, ReleaseOptions, existing_entry, release_run
 
 
 def entry_record(entry: PretrainedEntry, plugin: str) -> dict[str, Any]:
@@ -111,8 +111,12 @@ def cmd_zoo_release(args: argparse.Namespace, console: Console) -> int:
         results=_read_results(args.results),
         recipe=args.recipe,
         notes=args.notes,
+        force=args.force,
     )
+    replaced = existing_entry(args.out, args.name)
     entry = release_run(args.run_dir, args.name, args.out, options)
+    if replaced:
+        console.print(f"replaced {replaced}", highlight=False)
     console.print(
         f"released zoo entry '{entry.name}': {entry.file} ({entry.size / MB:.2f} MB, "
         f"encoder + {', '.join(entry.heads) or 'no heads'}), card {entry.card}",
@@ -147,4 +151,7 @@ def add_zoo_parser(sub: Any) -> None:
     p_rel.add_argument("--results", type=Path, help="a JSON object of measured transfer results")
     p_rel.add_argument("--recipe", help="the recipe that reproduces it (default recipes/zoo/…)")
     p_rel.add_argument("--notes", default="", help="a note for the card")
+    p_rel.add_argument(
+        "--force", action="store_true", help="replace an entry of the same name in --out"
+    )
     p_rel.set_defaults(func=cmd_zoo_release)

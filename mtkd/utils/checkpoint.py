@@ -58,6 +58,22 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def safetensors_bytes(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """A safetensors file as bytes that depend only on the tensors and metadata.
+
+    safetensors writes its header's metadata in hash-map order, which changes from one
+    process to the next; the header is rewritten here as compact JSON with sorted keys
+    (offsets are relative to the data, so the tensor bytes stay as they are)."""
+    data = safetensors.torch.save(dict(tensors), metadata=dict(metadata) if metadata else None)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads its header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
+
+
 def _write_file(path: Path, data: bytes, checksum: bool) -> None:
     """Write ``data`` atomically; with ``checksum``, its SHA-256 line goes in ``SHA256SUMS``."""
     if not checksum:
@@ -83,7 +99,7 @@ def save_weights(
     checksum: bool = True,
 ) -> None:
     """The model's weights as safetensors, hashed while written (``checksum``)."""
-    data = safetensors.torch.save(state_dict_for_saving(model), metadata=metadata)
+    data = safetensors_bytes(state_dict_for_saving(model), metadata)
     _write_file(Path(path), data, checksum)
 
 

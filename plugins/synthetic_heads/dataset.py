@@ -65,9 +65,22 @@ def views_per_identity(options: SyntheticHeadsOptions) -> list[int]:
     """How many views each person has: a pure function of the options."""
     rng = np.random.default_rng([options.seed, 1_000_003])
     spread = effective_spread(options)
+    if spread != options.views_spread:
+        return _balanced_views(rng, options.views, spread, options.identities)
     low = max(1, options.views - spread)
     high = max(low, options.views + spread)
     return [int(v) for v in rng.integers(low, high + 1, size=options.identities)]
+
+
+def _balanced_views(rng: np.random.Generator, views: int, spread: int, people: int) -> list[int]:
+    """A clipped spread: offsets drawn in pairs of opposite sign (an odd person out gets
+    none), shuffled, so even three people average exactly ``views`` (a plain draw of 1-7
+    around 4 once gave 6, 1 and 1)."""
+    offsets = rng.integers(-spread, spread + 1, size=(people + 1) // 2)
+    paired = np.stack([offsets, -offsets], axis=1).reshape(-1)[:people]
+    if people % 2:
+        paired[-1] = 0
+    return [views + int(d) for d in rng.permutation(paired)]
 
 
 class SyntheticHeads(mtkd.SampleSource):
