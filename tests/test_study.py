@@ -276,8 +276,8 @@ def test_a_member_that_crashed_after_writing_results_is_finished_not_skipped(
 
     # the loggers fail at the very end, after results.json was written
     monkeypatch.setattr(mtkd.runs.tracking.Tracking, "finish", logger_server_gone)
-    with pytest.raises(ConnectionError):
-        run_study(study, overrides, console=Console(quiet=True))
+    with pytest.raises(mtkd.MtkdError, match="ConnectionError: tracking server gone"):
+        run_study(study, overrides, console=Console(quiet=True))  # named, after the others
     member = tmp_path / "study" / "mobilenetv2_id-seed0"
     assert json.loads((member / "results.json").read_text())["completed"] is False
     page = (write_report(tmp_path / "study")).read_text()

@@ -162,7 +162,8 @@ class Loop:
             self.run_epoch(epoch)
         else:
             self._should_stop()
-        if self.ctx.history and self.state.best_epoch < 1:
+        # (a run resumed without its lost best weights ends with its last epoch instead)
+        if self.ctx.history and self.state.best_epoch < 1 and not self.lost_best:
             raise MtkdError(
                 f"{self.best.monitor} was not finite in any of the {len(self.ctx.history)} "
                 f"epoch(s) (trainer.on_nan={self.trainer.on_nan}): there are no best weights; "

@@ -276,13 +276,9 @@ def member_section(run_dir: Path, failure: str | None = None) -> Section:
         note = f"failed: {failure}" if failure else unfinished_note(run_dir)
         return Section(run_dir.name, str(run_dir), note=note)
     if not completed(run_dir):
-        crashed = (
-            "crashed after writing results.json (its figures or loggers did not finish); "
-            "run the study again to finish it"
-        )
-        return Section(
-            run_dir.name, str(run_dir), note=f"failed: {failure}" if failure else crashed
-        )
+        why = f" ({failure})" if failure else " (its figures or loggers did not finish)"
+        crashed = f"crashed after writing results.json{why}; run the study again to finish it"
+        return Section(run_dir.name, str(run_dir), note=crashed)
     results = read_results(run_dir)
     curves = [f for f in figures_in(run_dir, ("curves",)) if f.title == "curves"]
     tables = [test_table(results, id=f"test-{run_dir.name}")]
