@@ -16,15 +16,23 @@ from rich.table import Table
 from .config import load_recipe
 from .errors import Interrupted, MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
+from .recipe_files import find_recipe, shipped_dir, shipped_recipes
 from .runs.zoo_cli import add_zoo_parser
 
 if TYPE_CHECKING:
     from .runs.pipeline import RunResult
 
 
+def _is_overlay(item: str) -> bool:
+    """A YAML file or a profile's name (``tiny``); ``trainer.max_epochs`` (no ``=``) is a
+    malformed override, reported as one."""
+    return "=" not in item and (item.endswith((".yaml", ".yml")) or "." not in item)
+
+
 def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    """YAML overlays (``*.yaml``) and ``key=value`` overrides, in the order given."""
-    overlays = [i for i in items if "=" not in i and i.endswith((".yaml", ".yml"))]
+    """YAML overlays (files, or profile names like ``tiny``) and ``key=value`` overrides, in
+    the order given."""
+    overlays = [i for i in items if _is_overlay(i)]
     overrides = [i for i in items if i not in overlays]
     return overlays, overrides
 
@@ -34,12 +42,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .runs.study import is_study, run_study
 
     overlays, overrides = _split_run_args(args.overrides)
-    if is_study(args.recipe):
+    recipe = find_recipe(args.recipe)  # a file, or a name: the working directory's, then shipped
+    if is_study(recipe):
         if args.out:
             overrides.append(f"study.dir={args.out}")
-        run_study(args.recipe, overrides, overlays, console=console)
+        run_study(recipe, overrides, overlays, console=console)
         return 0
-    cfg = load_recipe(args.recipe, overrides, overlays)
+    cfg = load_recipe(recipe, overrides, overlays)
     if args.out:
         cfg.output.dir = args.out
     _report_run(run(cfg, console=console, force=args.force), console)
@@ -110,6 +119,24 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
         for label, names in registered.items():
             if names:
                 console.print(f"  {label}: {', '.join(names)}", highlight=False)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace, console: Console) -> int:
+    """The recipes, studies and profiles installed with mtkd, one line each."""
+    rows = shipped_recipes()
+    width = max(len(name) for name, _, _ in rows)
+    for name, kind, line in rows:
+        console.print(
+            f"[bold]{name:<{width}}[/bold]  [dim]{kind:<7}[/dim]  {escape(line)}",
+            highlight=False,
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+    console.print(
+        f"[dim]in {shipped_dir()}; run one by name: mtkd run seg_distilled_id tiny[/dim]",
+        highlight=False,
+    )
     return 0
 
 
@@ -245,12 +272,15 @@ def _add_training_commands(sub: Any) -> None:
     """``run`` and ``resume``."""
     p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
     p_run.add_argument(
-        "recipe", help="recipe or study YAML file, e.g. recipes/seg_distilled_id.yaml"
+        "recipe",
+        help="recipe or study: a YAML file or a name (the working directory's, then mtkd's "
+        "shipped ones: mtkd recipes), e.g. seg_distilled_id",
     )
     p_run.add_argument(
         "overrides",
         nargs="*",
-        help="YAML overlays (profile.yaml) and key=value overrides, e.g. trainer.max_epochs=3",
+        help="YAML overlays (a file, or a profile's name: tiny, cpu_quick) and key=value "
+        "overrides, e.g. trainer.max_epochs=3",
     )
     p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
     p_run.add_argument(
@@ -291,6 +321,10 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     )
     p_report.add_argument("folder", type=Path, help="a run folder or a study folder")
     p_report.set_defaults(func=cmd_report)
+    p_recipes = sub.add_parser(
+        "recipes", help="list the recipes, studies and profiles installed with mtkd"
+    )
+    p_recipes.set_defaults(func=cmd_recipes)
     p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)
