@@ -296,8 +296,7 @@ def test_the_guides_first_task_head_runs_on_the_default_data(tmp_path: Path) -> 
     synthetic heads, with the vector target the guide describes (issue 27, item 2)."""
     import re
 
-    from helpers import REPO, tiny_overrides
-    from rich.console import Console
+    from helpers import REPO
 
     guide = (REPO / "docs" / "writing-plugins.md").read_text()
     section = guide.split("## A new task head in one file", 1)[1].split("### What `target`", 1)[0]
