@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import load_recipe
+from .console import make_console, one_line_warnings
 from .errors import Interrupted, MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
 from .recipe_files import find_recipe, shipped_dir, shipped_recipes
@@ -166,10 +167,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .runs.report import comparison_rows, markdown_table, read_results, rich_table
+    from .runs.report import comparison_rows, markdown_table, print_table, read_results
 
     rows = comparison_rows([read_results(d) for d in args.run_dirs])
-    console.print(rich_table(rows, "comparison"))
+    print_table(console, rows, "comparison")
     if args.markdown:
         args.markdown.write_text(markdown_table(rows))
         console.print(f"markdown table: {args.markdown}")
@@ -341,21 +342,20 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console = Console()
+    console, errors = make_console(), make_console(stderr=True)
     try:
-        args = build_parser(load_plugins()).parse_args(argv)
-        return int(args.func(args, console))
+        with one_line_warnings(errors):
+            args = build_parser(load_plugins()).parse_args(argv)
+            return int(args.func(args, console))
     except Interrupted as exc:
-        Console(stderr=True).print(f"[yellow]{exc}[/yellow]", highlight=False)
+        errors.print(f"[yellow]{exc}[/yellow]", highlight=False)
         return 143 if exc.signal_name == "SIGTERM" else 130  # 128 + the signal's number
     except MtkdError as exc:
         # escaped: a message may hold brackets (pip install 'mtkd[mlflow]') that are not markup
-        Console(stderr=True).print(
-            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False
-        )
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/yellow]")
+        errors.print("[yellow]interrupted[/yellow]")
         return 130
 
 

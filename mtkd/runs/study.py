@@ -35,11 +35,12 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from ..config import load_recipe
+from ..console import make_console
 from ..errors import RecipeError, did_you_mean
 from ..recipe_files import find_recipe
 from .folder import RESULTS
 from .pipeline import run
-from .report import comparison_rows, markdown_table, read_results, rich_table
+from .report import comparison_rows, markdown_table, print_table, read_results
 
 
 @dataclass
@@ -228,7 +229,7 @@ def run_study(
 ) -> Path:
     """Run every member x seed not already finished; write ``table.md`` and ``study.json``."""
     path = find_recipe(path)
-    console = console or Console()
+    console = console or make_console()
     folder, plan = plan_study(path, overrides, overlays)
     folder.mkdir(parents=True, exist_ok=True)
     # what to do with each member's folder is settled before anything trains, so a changed
@@ -253,8 +254,10 @@ def run_study(
     results = [read_results(p.run_dir) for p in plan]
     members = list(dict.fromkeys(p.member.name for p in plan))
     rows = comparison_rows(results, order=members)
-    console.print(rich_table(rows, f"study {path.stem}"))
-    (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
+    table = folder / "table.md"
+    table.write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
+    print_table(console, rows, f"study {path.stem}")
+    console.print(f"table: {table}", highlight=False, soft_wrap=True)
     binned = [r for r in results if r.get("accuracy_by_bin")]
     for task in sorted({t for r in binned for t in r["accuracy_by_bin"]["tasks"]}):
         from ..viz.plots import plot_accuracy_by_bin
