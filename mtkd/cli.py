@@ -14,17 +14,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import load_recipe
+from .console import make_console, one_line_warnings
 from .errors import Interrupted, MtkdError, PluginError
 from .plugins import PluginSet, load_plugins
+from .recipe_files import find_recipe, shipped_dir, shipped_recipes
 from .runs.zoo_cli import add_zoo_parser
 
 if TYPE_CHECKING:
     from .runs.pipeline import RunResult
 
 
+def _is_overlay(item: str) -> bool:
+    """A YAML file or a profile's name (``tiny``); ``trainer.max_epochs`` (no ``=``) is a
+    malformed override, reported as one."""
+    return "=" not in item and (item.endswith((".yaml", ".yml")) or "." not in item)
+
+
 def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    """YAML overlays (``*.yaml``) and ``key=value`` overrides, in the order given."""
-    overlays = [i for i in items if "=" not in i and i.endswith((".yaml", ".yml"))]
+    """YAML overlays (files, or profile names like ``tiny``) and ``key=value`` overrides, in
+    the order given."""
+    overlays = [i for i in items if _is_overlay(i)]
     overrides = [i for i in items if i not in overlays]
     return overlays, overrides
 
@@ -34,12 +43,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .runs.study import is_study, run_study
 
     overlays, overrides = _split_run_args(args.overrides)
-    if is_study(args.recipe):
+    recipe = find_recipe(args.recipe)  # a file, or a name: the working directory's, then shipped
+    if is_study(recipe):
         if args.out:
             overrides.append(f"study.dir={args.out}")
-        run_study(args.recipe, overrides, overlays, console=console)
+        run_study(recipe, overrides, overlays, console=console)
         return 0
-    cfg = load_recipe(args.recipe, overrides, overlays)
+    cfg = load_recipe(recipe, overrides, overlays)
     if args.out:
         cfg.output.dir = args.out
     _report_run(run(cfg, console=console, force=args.force), console)
@@ -128,6 +138,24 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace, console: Console) -> int:
+    """The recipes, studies and profiles installed with mtkd, one line each."""
+    rows = shipped_recipes()
+    width = max(len(name) for name, _, _ in rows)
+    for name, kind, line in rows:
+        console.print(
+            f"[bold]{name:<{width}}[/bold]  [dim]{kind:<7}[/dim]  {escape(line)}",
+            highlight=False,
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+    console.print(
+        f"[dim]in {shipped_dir()}; run one by name: mtkd run seg_distilled_id tiny[/dim]",
+        highlight=False,
+    )
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace, console: Console) -> int:
     from .runs.pipeline import run
     from .runs.resume import resume_recipe
@@ -154,10 +182,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .runs.report import comparison_rows, markdown_table, read_results, rich_table
+    from .runs.report import comparison_rows, markdown_table, print_table, read_results
 
     rows = comparison_rows([read_results(d) for d in args.run_dirs])
-    console.print(rich_table(rows, "comparison"))
+    print_table(console, rows, "comparison")
     if args.markdown:
         args.markdown.write_text(markdown_table(rows))
         console.print(f"markdown table: {args.markdown}")
@@ -276,12 +304,15 @@ def _add_training_commands(sub: Any) -> None:
     """``run`` and ``resume``."""
     p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
     p_run.add_argument(
-        "recipe", help="recipe or study YAML file, e.g. recipes/seg_distilled_id.yaml"
+        "recipe",
+        help="recipe or study: a YAML file or a name (the working directory's, then mtkd's "
+        "shipped ones: mtkd recipes), e.g. seg_distilled_id",
     )
     p_run.add_argument(
         "overrides",
         nargs="*",
-        help="YAML overlays (profile.yaml) and key=value overrides, e.g. trainer.max_epochs=3",
+        help="YAML overlays (a file, or a profile's name: tiny, cpu_quick) and key=value "
+        "overrides, e.g. trainer.max_epochs=3",
     )
     p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
     p_run.add_argument(
@@ -322,6 +353,10 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
     )
     p_report.add_argument("folder", type=Path, help="a run folder or a study folder")
     p_report.set_defaults(func=cmd_report)
+    p_recipes = sub.add_parser(
+        "recipes", help="list the recipes, studies and profiles installed with mtkd"
+    )
+    p_recipes.set_defaults(func=cmd_recipes)
     p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
     p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
     p_plugins.set_defaults(func=cmd_plugins)
@@ -338,21 +373,20 @@ def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console = Console()
+    console, errors = make_console(), make_console(stderr=True)
     try:
-        args = build_parser(load_plugins()).parse_args(argv)
-        return int(args.func(args, console))
+        with one_line_warnings(errors):
+            args = build_parser(load_plugins()).parse_args(argv)
+            return int(args.func(args, console))
     except Interrupted as exc:
-        Console(stderr=True).print(f"[yellow]{exc}[/yellow]", highlight=False)
+        errors.print(f"[yellow]{exc}[/yellow]", highlight=False)
         return 143 if exc.signal_name == "SIGTERM" else 130  # 128 + the signal's number
     except MtkdError as exc:
         # escaped: a message may hold brackets (pip install 'mtkd[mlflow]') that are not markup
-        Console(stderr=True).print(
-            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False
-        )
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/yellow]")
+        errors.print("[yellow]interrupted[/yellow]")
         return 130
     except BrokenPipeError:  # `mtkd zoo --json | head`: the reader left, which is no error
         _silence_stdout()

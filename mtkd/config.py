@@ -1,8 +1,9 @@
 """Recipes: a schema of dataclasses, base-recipe inheritance, overlays and dot-list overrides.
 
-A recipe is a short YAML file. ``defaults: [_base]`` merges other recipes (paths relative to
-the recipe, ``.yaml`` optional) underneath it; YAML overlays and ``key=value`` overrides are
-merged on top. Every error names the file and the key at fault.
+A recipe is a short YAML file. ``defaults: [_base]`` merges other recipes underneath it (names
+or paths relative to the recipe, ``.yaml`` optional; then mtkd's shipped recipes:
+:mod:`mtkd.recipe_files`); YAML overlays and ``key=value`` overrides are merged on top.
+Every error names the file and the key at fault.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .data.augment import AugmentConfig
 from .data.resize import check_resize_mode
 from .data.where import check_where
 from .errors import OptionError, RecipeError, did_you_mean
+from .recipe_files import find_recipe
 
 
 @dataclass
@@ -179,13 +181,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _resolve_default(ref: str, base_dir: Path) -> Path:
-    candidate = base_dir / ref
-    if candidate.suffix not in (".yaml", ".yml"):
-        candidate = candidate.with_name(candidate.name + ".yaml")
-    return candidate
-
-
 def _with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
     """The recipe and its bases, most basic first."""
     path = path.resolve()
@@ -200,11 +195,10 @@ def _with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
         raise RecipeError(f"{path}: 'defaults' must be a list of recipe names")
     layers: list[tuple[Path, dict[str, Any]]] = []
     for ref in defaults:
-        base = _resolve_default(str(ref), path.parent)
-        if not base.is_file():
-            raise RecipeError(
-                f"{path}: defaults: base recipe '{ref}' not found (looked for {base})"
-            )
+        try:
+            base = find_recipe(str(ref), path.parent)
+        except RecipeError as exc:
+            raise RecipeError(f"{path}: defaults: base {exc}") from exc
         layers.extend(_with_defaults(base, (*chain, path)))
     layers.append((path, data))
     return layers
@@ -315,12 +309,12 @@ def load_recipe(
     The result follows :class:`RecipeConfig`; task and data-set options are validated against
     their plugins when the model and data are built (see :func:`mtkd.resolve_recipe`).
     """
-    path = Path(path)
+    path = find_recipe(path)
     cfg: DictConfig = OmegaConf.structured(RecipeConfig)
     for layer_path, data in _with_defaults(path):
         cfg = _merge(cfg, data, str(layer_path))
     for overlay in overlays:
-        overlay_path = Path(overlay)
+        overlay_path = find_recipe(overlay, profile=True)
         data = _read_yaml(overlay_path)
         if "defaults" in data:
             raise RecipeError(f"{overlay_path}: an overlay cannot have 'defaults'")

@@ -64,16 +64,33 @@ class SampleSource:
     ``Options`` (a dataclass of their recipe options), and fill ``label_spaces`` in
     ``__init__``. ``groups`` (e.g. the identity of each sample) lets the engine split per
     group without decoding any image; ``fixed_split`` lets a data set impose its own split.
+
+    Labels listed in ``optional_labels`` (costly or fragile to decode, e.g. per-pixel masks)
+    are read only when wanted: before any sample is read the engine sets ``wanted_labels`` to
+    the label keys the recipe's tasks read, and ``__getitem__`` asks :meth:`wants`. A mask
+    defect then never costs a run that reads no mask.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    optional_labels: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: Any, image_size: int, seed: int) -> None:
         self.options = options
         self.image_size = image_size
         self.seed = seed
         self.label_spaces: dict[str, LabelSpace] = {}
+        self.wanted_labels: frozenset[str] | None = None  # None: every label (library use)
+
+    def wants(self, key: str) -> bool:
+        """Whether samples should carry label ``key``: always, unless it is optional and no
+        task reads it."""
+        wanted = self.wanted_labels
+        return wanted is None or key in wanted or key not in self.optional_labels
+
+    def skipped_labels(self) -> list[str]:
+        """The optional labels left out of the samples (part of the sample cache's key)."""
+        return sorted(k for k in self.optional_labels if not self.wants(k))
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -94,8 +111,9 @@ class SampleSource:
         as LFW's ``pairs.txt`` refer to samples. None when samples have no names."""
         return None
 
-    def report(self) -> dict[str, int]:
-        """Counts worth telling the user once per data set (e.g. off-palette mask pixels)."""
+    def report(self) -> dict[str, Any]:
+        """Counts worth telling the user once per data set (e.g. off-palette mask pixels): a
+        number, or a mapping of numbers (``masks_dropped: {wrong_size: 2}``) per key."""
         return {}
 
     def fingerprint(self) -> str:

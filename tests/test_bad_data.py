@@ -6,6 +6,7 @@ Each gives the documented error naming the file (data.on_error=fail) or a skip t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,8 +70,10 @@ ADAPTERS = {  # options, has masks, masks hold class indices
 }
 
 
-def recipe(name: str, root: Path, policy: str) -> mtkd.RecipeConfig:
+def recipe(name: str, root: Path, policy: str, **extra: Any) -> mtkd.RecipeConfig:
     options = ADAPTERS[name][0]
+    if ADAPTERS[name][1]:  # a bad mask fails its sample, as data.on_error says
+        options = {"bad_masks": "fail", **options, **extra}
     return mtkd.recipe_from_dict(
         {
             "data": {
@@ -104,6 +107,41 @@ def test_bad_files_stop_the_run_naming_the_file(name: str, tmp_path: Path) -> No
     message = str(caught.value)
     assert any(str(path) in message or path.name in message for path in faults.values())
     assert "data.on_error=skip" in message
+
+
+@pytest.mark.parametrize("name", ["palette_folder", "index_folder"])
+def test_a_bad_mask_costs_only_the_mask_by_default(name: str, tmp_path: Path) -> None:
+    """Issue 27, item 3: a mask of the wrong size or with far colours is dropped and counted;
+    its image and identity stay."""
+    faults = faulty_tree(tmp_path / "data", *ADAPTERS[name][1:])
+    data = mtkd.build_data(recipe(name, tmp_path / "data", "skip", bad_masks="drop"))
+    report = data.report
+    assert sum(report.skipped.values()) == len(faults) - 2  # only the two unreadable images
+    assert report.kept == 15  # the two photos with bad masks are kept
+    colours = "bad_classes" if name == "index_folder" else "far_colours"
+    assert report.source_counts["masks_dropped"] == {"wrong_size": 1, colours: 1}
+    assert int(data.cached.present["identity"].sum()) == 15
+    assert int(data.cached.present["mask"].sum()) == 13
+    assert any("masks_dropped: " in line and "wrong_size 1" in line for line in report.lines())
+
+
+def test_a_run_that_reads_no_mask_never_decodes_one(tmp_path: Path) -> None:
+    """Issue 27, item 3: an identification-only recipe is not stopped by a mask defect (even
+    with bad_masks=fail), and its cache is not the cache of a run that reads masks."""
+    faulty_tree(tmp_path / "data", with_masks=True)
+    identification_only = recipe("palette_folder", tmp_path / "data", "skip")
+    identification_only.tasks = {"identification": {}}
+    identification_only.data.cache = "disk"
+    identification_only.data.cache_dir = str(tmp_path / "cache")
+    data = mtkd.build_data(identification_only)
+    assert data.report.kept == 15 and "mask" not in data.cached.present  # no mask decoded
+    counts = data.report.source_counts
+    assert counts["masks_not_read"] == counts["samples_with_mask"] == 17  # 2 unreadable photos
+    with_masks = identification_only.copy()
+    with_masks.tasks = {"identification": {}, "segmentation": {"role": "teacher"}}
+    seg = mtkd.build_data(with_masks)
+    assert not seg.report.from_cache  # another cache key: this cache holds the masks
+    assert seg.report.kept == 13 and int(seg.cached.present["mask"].sum()) == 13
 
 
 # --- one line, never a traceback (issue 16) ---------------------------------------------------

@@ -299,30 +299,60 @@ def test_a_few_stray_pixels_are_snapped_and_counted_but_a_wrong_palette_still_fa
     counts = found.report()
     assert counts["masks_with_stray_pixels"] == 1 and counts["stray_pixels"] == 1
     with pytest.raises(mtkd.SampleError, match=r"stray_fraction=0 allows"):
-        source("palette_folder", root, palette=PALETTE, stray_fraction=0)[1]  # as before
+        strict = source("palette_folder", root, palette=PALETTE, stray_fraction=0, bad_masks="fail")
+        strict[1]  # as before, when asked to be strict
     swapped = {"background": [0, 0, 0], "skin": [128, 128, 128], "hair": [0, 255, 255]}
     with pytest.raises(mtkd.SampleError, match=r"palette match the files.*\(255, 255, 0\)"):
-        source("palette_folder", root, palette=swapped)[0]  # a third of the mask is far
+        source("palette_folder", root, palette=swapped, bad_masks="fail")[0]  # a third is far
     with pytest.raises(mtkd.RecipeError, match=r"data\.dataset\.stray_fraction"):
         source("palette_folder", root, palette=PALETTE, stray_fraction=1.5)
+
+
+def test_the_share_of_stray_pixels_per_mask_is_reported_once_and_a_bad_mask_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """Issue 27, item 3: whether the palette fits shows at a glance in the data report."""
+    root = people_tree(tmp_path / "data", people=("ann", "ben"), views=3, height=40)
+    one = banded_mask(40)
+    one[5, 7] = (0, 0, 255)  # 1 of 1,600 pixels: 0.06 %, tolerated
+    save_image(root / "masks" / "ann" / "1.png", one)
+    many = banded_mask(40)
+    many[:2, :5] = (0, 0, 255)  # 10 pixels: 0.6 %, beyond stray_fraction
+    save_image(root / "masks" / "ben" / "2.png", many)
+    data = build_folder_data(
+        "palette_folder", root, dataset={"palette": PALETTE}, split={"test": 0.0, "val": 0.0}
+    )
+    counts = data.report.source_counts
+    assert counts["masks_by_stray_share"] == {
+        "none": 4,
+        "<=0.010%": 0,
+        "<=0.10%": 1,
+        ">0.10%": 1,
+    }
+    assert counts["masks_dropped"] == {"far_colours": 1}
+    assert data.report.kept == 6 and int(data.cached.present["mask"].sum()) == 5
+    shown = [line for line in data.report.lines() if "masks_by_stray_share" in line]
+    assert shown == ["  masks_by_stray_share: none 4, <=0.010% 0, <=0.10% 1, >0.10% 1"]
 
 
 # --- 13. masks a few pixels off ---------------------------------------------------------------
 
 
-def test_a_mask_a_few_pixels_off_is_resized_by_default_and_far_off_fails(tmp_path: Path) -> None:
+def test_a_mask_a_few_pixels_off_is_resized_by_default_and_far_off_fails_when_strict(
+    tmp_path: Path,
+) -> None:
     root = people_tree(tmp_path / "data", people=("ann",), views=3, height=40)
     save_image(root / "masks" / "ann" / "1.png", banded_mask(40, 39))  # 2.5 % narrower
     save_image(root / "masks" / "ann" / "2.png", banded_mask(40, 30))  # 25 %: a wrong pairing
-    found = source("palette_folder", root, palette=PALETTE)
+    found = source("palette_folder", root, palette=PALETTE, bad_masks="fail")
     resized = found[1]["mask"]
     assert resized.shape == (40, 40) and set(np.unique(resized)) == {0, 1, 2}
     with pytest.raises(
-        mtkd.SampleError, match=r"not the size of its image \(30x40 pixels.*25\.0% off.*drop_mask"
+        mtkd.SampleError, match=r"not the size of its image \(30x40 pixels.*25\.0% off.*bad_masks"
     ):
         found[2]
     assert found.report()["masks_resized"] == 1
-    strict = source("palette_folder", root, palette=PALETTE, mask_size="fail")
+    strict = source("palette_folder", root, palette=PALETTE, mask_size="fail", bad_masks="fail")
     with pytest.raises(
         mtkd.SampleError,
         match=r"39x40 pixels, its image .* 40x40: 2\.5% off, data\.dataset\.mask_size=fail",
@@ -340,7 +370,7 @@ def test_drop_mask_keeps_the_image_for_identification_and_counts_it(tmp_path: Pa
         split={"test": 0.0, "val": 0.0},
     )
     assert data.report.kept == 6  # no sample lost
-    assert data.report.source_counts["masks_dropped_wrong_size"] == 1
+    assert data.report.source_counts["masks_dropped"] == {"wrong_size": 1}
     assert int(data.cached.present["mask"].sum()) == 5
     assert int(data.cached.present["identity"].sum()) == 6
     with pytest.raises(mtkd.RecipeError, match=r"data\.dataset\.mask_size: 'shrink'"):

@@ -266,26 +266,26 @@ def test_a_colour_far_from_the_palette_names_the_file_and_colour(tmp_path: Path)
     mask = colour_mask()
     mask[:2, :2] = (0, 0, 255)
     write(root / "masks" / "ann" / "0.png", mask)
-    source = build("palette_folder", root, palette=PALETTE)
+    source = build("palette_folder", root, palette=PALETTE, bad_masks="fail")
     with raises(mtkd.SampleError, str(root / "masks" / "ann" / "0.png"), "(0, 0, 255)"):
         source[0]
     mask[:2, :2] = (30, 0, 30)  # 42 from black: accepted with a larger tolerance
     write(root / "masks" / "ann" / "0.png", mask)
     with raises(mtkd.SampleError, "(30, 0, 30)", "tolerance"):
-        build("palette_folder", root, palette=PALETTE, tolerance=20)[0]
+        build("palette_folder", root, palette=PALETTE, tolerance=20, bad_masks="fail")[0]
     assert build("palette_folder", root, palette=PALETTE, tolerance=50)[0]["mask"][0, 0] == 0
     mask[:2, :2] = (64, 64, 64)  # a black/skin blend, 111 from both
     write(root / "masks" / "ann" / "0.png", mask)
     assert build("palette_folder", root, palette=PALETTE).report()["samples_with_mask"] == 1
     build("palette_folder", root, palette=PALETTE)[0]
     with raises(mtkd.SampleError, "(64, 64, 64)"):
-        build("palette_folder", root, palette=PALETTE, blends=False)[0]
+        build("palette_folder", root, palette=PALETTE, blends=False, bad_masks="fail")[0]
 
 
 def test_mask_errors_are_sample_errors_naming_the_mask(tmp_path: Path) -> None:
     root = palette_tree(tmp_path, people=("ann",), views=2)
     small = write(root / "masks" / "ann" / "1.png", colour_mask()[:4])
-    source = build("palette_folder", root, palette=PALETTE)
+    source = build("palette_folder", root, palette=PALETTE, bad_masks="fail")
     with raises(mtkd.SampleError, str(small), "8x4", "8x8"):
         source[1]
     rows = [["image", "mask"], ["images/ann/0.png", "masks/ann/gone.png"]]
@@ -391,7 +391,7 @@ def test_index_folder_errors_name_the_file_and_key(tmp_path: Path) -> None:
     ids[0, 0] = 7
     write(tmp_path / "images" / "ann" / "0.png", face(0))
     bad = write(tmp_path / "masks" / "ann" / "0.png", ids)
-    source = build("index_folder", tmp_path, classes=["bg", "skin", "hair"])
+    source = build("index_folder", tmp_path, classes=["bg", "skin", "hair"], bad_masks="fail")
     with raises(mtkd.SampleError, str(bad), "class index 7", "data.dataset.classes"):
         source[0]
     write(tmp_path / "masks" / "ann" / "0.png", colour_mask())

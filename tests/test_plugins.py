@@ -289,3 +289,28 @@ def test_every_task_method_a_plugin_may_override_is_in_the_guide() -> None:
     public = [n for n in vars(mtkd.Task) if not n.startswith("_") and n not in ("num_classes",)]
     for name in public:
         assert f"`{name}" in guide, f"Task.{name} is not described in docs/writing-plugins.md"
+
+
+def test_the_guides_first_task_head_runs_on_the_default_data(tmp_path: Path) -> None:
+    """The guide's first example (head_yaw.py and its recipe) trains as written on the
+    synthetic heads, with the vector target the guide describes (issue 27, item 2)."""
+    import re
+
+    from helpers import REPO
+
+    guide = (REPO / "docs" / "writing-plugins.md").read_text()
+    section = guide.split("## A new task head in one file", 1)[1].split("### What `target`", 1)[0]
+    code = re.search(r"```python\n(# head_yaw\.py.*?)```", section, re.S)
+    recipe = re.search(r"```yaml\n(# yaw_teacher\.yaml.*?)```", section, re.S)
+    assert code and recipe, "docs/writing-plugins.md: the head_yaw example is missing"
+    (tmp_path / "head_yaw.py").write_text(code.group(1))
+    (tmp_path / "yaw_teacher.yaml").write_text(recipe.group(1))
+    overrides = tiny_overrides(
+        tmp_path,
+        **{"data.dataset.name": "synthetic_heads", "data.dataset.views_spread": 0},
+        **{"encoder.name": "test_efficientnet", "evaluate.latency": False},
+    )
+    cfg = mtkd.load_recipe(tmp_path / "yaw_teacher.yaml", overrides)
+    result = mtkd.run(cfg, console=Console(quiet=True))
+    assert result.results["test"]["full"]["head_yaw/mae_deg"] >= 0
+    assert result.results["removed_tasks"] == ["head_yaw"]

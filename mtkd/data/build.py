@@ -100,6 +100,23 @@ def build_source(cfg: DictConfig, plugins: PluginSet | None = None) -> SampleSou
     return source
 
 
+def task_label_keys(cfg: DictConfig, plugins: PluginSet | None = None) -> frozenset[str]:
+    """The label keys the recipe's tasks read (``tasks.<key>=null`` removes one); an unknown
+    task name is reported here, before any sample is decoded."""
+    plugins = plugins_for(cfg, plugins)
+    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True) or {}
+    assert isinstance(raw_tasks, dict)
+    keys = set()
+    for raw_key, raw in raw_tasks.items():
+        key = str(raw_key)
+        if raw is None:
+            continue
+        kind, _ = named_block(raw, f"tasks.{key}", name_key="type", default=key)
+        where = f"tasks.{key}.type" if kind != key else f"tasks.{key}"
+        keys.add(plugins.tasks.get(kind, key=where).label_key)
+    return frozenset(keys)
+
+
 def build_preprocessors(cfg: DictConfig, plugins: PluginSet | None = None) -> list[Preprocessor]:
     """The steps of ``data.preprocess``, in order, each validated against its plugin."""
     plugins = plugins_for(cfg, plugins)
@@ -233,6 +250,10 @@ def build_data(
     """The recipe's data set: preprocessed and cached once, then split per group."""
     plugins = plugins_for(cfg, plugins)
     source = build_source(cfg, plugins)
+    # only the labels a task reads are decoded where decoding is optional (masks of an
+    # identification-only run): a defect in a label no task reads costs nothing. A recipe
+    # with no task (data built on its own) gets every label.
+    source.wanted_labels = task_label_keys(cfg, plugins) or None
     steps = build_preprocessors(cfg, plugins)
     teachers = build_teachers(cfg, plugins)
     data = cfg.data

@@ -52,7 +52,7 @@ class DataReport:
     skipped: dict[str, int] = field(default_factory=dict)  # load errors, by reason
     skipped_examples: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # by the preprocessor that dropped
-    source_counts: dict[str, int] = field(default_factory=dict)
+    source_counts: dict[str, Any] = field(default_factory=dict)  # numbers, or dicts of them
     preprocess_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     from_cache: bool = False
 
@@ -67,7 +67,8 @@ class DataReport:
         for name, n in sorted(self.dropped.items()):
             out.append(f"  dropped {n} by {name}")
         for key, n in sorted(self.source_counts.items()):
-            out.append(f"  {key}: {n}")
+            shown = ", ".join(f"{k} {v}" for k, v in n.items()) if isinstance(n, dict) else n
+            out.append(f"  {key}: {shown}")
         for name, counts in sorted(self.preprocess_counts.items()):
             shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             out.append(f"  {name}: {shown}")
@@ -138,6 +139,8 @@ def cache_key(
     }
     if resize != "squash":  # squash keeps the key (and so the caches) of before the option
         settings["resize"] = resize
+    if source.skipped_labels():  # a cache without masks serves no run that reads them
+        settings["skipped_labels"] = source.skipped_labels()
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from torch import nn
 
 from ..config import recipe_from_dict
+from ..console import make_console
 from ..errors import MtkdError
 from ..model.build import build_model
 from ..model.multitask import MultiTaskModel
@@ -399,7 +400,7 @@ def export_run(
             flat, path, {str(k): v for k, v in config.items()}, read_label_spaces(run_dir)
         )
     _record(path, fmt, run_dir, flat, diffs)
-    console = console if console is not None else Console()
+    console = console if console is not None else make_console()
     for name, diff in diffs.items():
         console.print(f"max abs diff {name}: {diff:.3g}", highlight=False)
     console.print(f"exported {fmt}: {path}", highlight=False)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
+from ..console import make_console
 from ..context import TrainContext
 from ..data.build import EpochSampler
 from ..errors import Interrupted, MtkdError
@@ -62,7 +63,7 @@ def fit(
     Under torchrun (see :mod:`mtkd.utils.distributed`) every rank calls this; rank 0 writes.
     """
     check_trainer(cfg.trainer)
-    console = console or Console(quiet=not distributed.is_main())
+    console = console or make_console(quiet=not distributed.is_main())
     ctx = _context(model, cfg, plugins, run_dir)
     hook = plugins.hook if plugins is not None else None
     enabled = cfg.trainer.progress and distributed.is_main()
@@ -280,6 +281,8 @@ class Loop:
             if not self.trainer.check_finite and not math.isfinite(value):
                 self.step.non_finite(where, losses, checked_late=True)
             self.progress.update(bar, completed=done, status=f"loss {value:.4f}")
+        else:  # the count costs no sync: the bar moves every step, the loss every log_every
+            self.progress.update(bar, completed=done)
         every, stopping = self.trainer.checkpoint_every, self.signals.received is not None
         if done < steps and ((every and done % every == 0) or stopping):
             self.state.tally = tally.snapshot()

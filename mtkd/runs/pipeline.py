@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
+from ..console import make_console
 from ..context import TrainContext
 from ..data.build import (
     DataBundle,
@@ -47,6 +48,16 @@ from .folder import (
 )
 from .resume import settle_resume
 from .tracking import Tracking, resolve_loggers
+
+
+def startup_lines(sizes: dict[str, int], encoder: str, described: dict[str, Any]) -> list[str]:
+    """``data: train 360, val 90, test 50`` and ``model: <encoder>; tasks: …``, as a person
+    reads them (not a dict's repr); empty splits other than train/val/test are left out."""
+    shown = [f"{k} {v}" for k, v in sizes.items() if v or k in ("train", "val", "test")]
+    tasks = "; ".join(str(t) for t in described["tasks"].values())
+    taps = described.get("taps") or []
+    encoder += f" with {len(taps)} taps" if taps else ""
+    return [f"data: {', '.join(shown)}", f"model: {encoder}; tasks: {tasks}"]
 
 
 def distill(model: MultiTaskModel, plugins: PluginSet | None = None) -> MultiTaskModel:
@@ -236,7 +247,7 @@ def run(
     """
     distributed.setup(cfg.trainer.device)
     main = distributed.is_main()
-    console = console if console is not None and main else Console(quiet=not main)
+    console = console if console is not None and main else make_console(quiet=not main)
     plugins = plugins_for(cfg, plugins)
     loggers = resolve_loggers(cfg, plugins)  # an unknown or uninstalled logger fails first
     _check_folder(cfg, resume_dir, force, main, console, plugins)
@@ -286,7 +297,8 @@ def _train_and_assess(
 ) -> RunResult:
     """Training, distillation and evaluation into ``run_dir`` (rank 0 writes results)."""
     main = distributed.is_main()
-    console.print(f"data: {data.sizes()}  model: {model.describe()['tasks']}")
+    for line in startup_lines(data.sizes(), cfg.encoder.name, model.describe()):
+        console.print(line, highlight=False, markup=False)
     started = time.perf_counter()
     resume = resume_dir is not None
     tracking = Tracking.start(

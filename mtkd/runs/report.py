@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from ..errors import MtkdError
@@ -181,3 +182,14 @@ def markdown_table(rows: Sequence[ComparisonRow]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def print_table(console: Console, rows: Sequence[ComparisonRow], title: str) -> None:
+    """The table as rich draws it in a terminal; in a log file or pipe, as the Markdown of
+    ``table.md``, whole, whatever the console's width (no ``pa…`` cells)."""
+    if console.is_terminal:
+        console.print(rich_table(rows, title))
+        return
+    console.print(title, highlight=False, markup=False, soft_wrap=True)
+    for line in markdown_table(rows).splitlines():
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

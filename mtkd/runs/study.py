@@ -3,7 +3,7 @@
 A study file has a top-level ``study:`` key::
 
     study:
-      members: [mobilenetv2_id, seg_distilled_id]   # recipe files beside this one
+      members: [mobilenetv2_id, seg_distilled_id]   # beside this file, or mtkd's shipped ones
       seeds: [0, 1, 2]
       overlays: [profiles/cpu_quick.yaml]            # applied to every member
       overrides: [trainer.max_epochs=20]             # applied to every member
@@ -39,11 +39,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..config import load_recipe
+from ..console import make_console
 from ..errors import Interrupted, MtkdError, RecipeError, did_you_mean
+from ..recipe_files import find_recipe
 from ..utils.checkpoint import write_json
 from .folder import RESULTS, completed
 from .pipeline import run
-from .report import comparison_rows, markdown_table, read_results, rich_table
+from .report import comparison_rows, markdown_table, print_table, read_results
 
 
 @dataclass
@@ -57,16 +59,17 @@ class StudyConfig:
 
 
 def is_study(path: str | Path) -> bool:
+    """Whether ``path`` (a file, or a recipe name: :func:`find_recipe`) is a study file."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(find_recipe(path).read_text())
+    except (OSError, yaml.YAMLError, RecipeError):
         return False
     return isinstance(data, dict) and "study" in data
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read a study file; ``study.*`` overrides apply to the study itself."""
-    path = Path(path)
+    path = find_recipe(path)
     data = yaml.safe_load(path.read_text())
     unknown = set(data) - {"study"}
     if unknown:
@@ -114,15 +117,11 @@ def _member(study_path: Path, index: int, entry: Any) -> Member:
         overrides = [str(o) for o in entry.get("overrides") or []]
     else:
         raise RecipeError(f"{where}: expected a recipe name or a mapping, got {entry!r}")
-    path = _member_path(study_path, recipe)
-    if not path.is_file():
-        raise RecipeError(f"{where}: recipe '{recipe}' not found")
+    try:  # beside the study file, then among mtkd's shipped recipes
+        path = find_recipe(recipe, study_path.parent)
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from exc
     return Member(name, path, overrides)
-
-
-def _member_path(study_path: Path, member: str) -> Path:
-    candidate = study_path.parent / member
-    return candidate if candidate.suffix in (".yaml", ".yml") else candidate.with_suffix(".yaml")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -196,12 +195,13 @@ def plan_study(
     Loading every recipe up front means a typo in the last member fails before the first
     one trains; nothing is written.
     """
-    path = Path(path)
+    path = find_recipe(path)
     study_overrides = [o for o in overrides if o.startswith("study.")]
     member_overrides = [o for o in overrides if not o.startswith("study.")]
     study = load_study(path, study_overrides)
     folder = Path(study.dir) if study.dir else Path(study.root) / path.stem
-    shared_overlays = [path.parent / o for o in study.overlays] + [Path(o) for o in overlays]
+    shared_overlays = [find_recipe(o, path.parent, profile=True) for o in study.overlays]
+    shared_overlays += [find_recipe(o, profile=True) for o in overlays]
     members = [_member(path, i, entry) for i, entry in enumerate(study.members)]
     planned = []
     # seed by seed: an interrupted study already holds whole tables for its first seeds
@@ -233,8 +233,8 @@ def run_study(
     console: Console | None = None,
 ) -> Path:
     """Run every member x seed not already finished; write ``table.md`` and ``study.json``."""
-    path = Path(path)
-    console = console or Console()
+    path = find_recipe(path)
+    console = console or make_console()
     folder, plan = plan_study(path, overrides, overlays)
     folder.mkdir(parents=True, exist_ok=True)
     # what to do with each member's folder is settled before anything trains, so a changed
@@ -257,8 +257,10 @@ def run_study(
     members = list(dict.fromkeys(p.member.name for p in plan))
     failures = Counter(p.member.name for p in plan if p.run_dir in failed)
     rows = comparison_rows(results, order=members, failed=failures)
-    console.print(rich_table(rows, f"study {path.stem}"))
-    (folder / "table.md").write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
+    table = folder / "table.md"
+    table.write_text(f"# Study {path.stem}\n\n" + markdown_table(rows))
+    print_table(console, rows, f"study {path.stem}")
+    console.print(f"table: {table}", highlight=False, soft_wrap=True)
     binned = [r for r in results if r.get("accuracy_by_bin")]
     for task in sorted({t for r in binned for t in r["accuracy_by_bin"]["tasks"]}):
         from ..viz.plots import plot_accuracy_by_bin

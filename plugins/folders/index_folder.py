@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+import mtkd
+
 from .images import read_index_label
 from .index import Entry
 from .masks import check_indices, parse_classes, resize_nearest
@@ -42,5 +44,9 @@ class IndexFolder(FolderSource):
         verdict = self.fit_mask(index, values, image, entry)
         if verdict == "drop":
             return None
-        ids = check_indices(values, self.classes, entry.mask)
+        try:
+            ids = check_indices(values, self.classes, entry.mask)
+        except mtkd.SampleError as exc:
+            self.bad_mask(index, exc, "bad_classes")
+            return None
         return resize_nearest(ids, image.shape) if verdict == "resize" else ids

@@ -49,14 +49,20 @@ class PaletteOptions:
 
 
 MASK_SIZE_POLICIES = ("resize", "fail", "drop_mask")
+BAD_MASK_POLICIES = ("drop", "fail")
 
 
 @dataclass
 class MaskSizeOptions:
-    """What a label image of another size than its image becomes."""
+    """What a label image of another size than its image becomes, and what a defective one
+    costs."""
 
     mask_size: str = "resize"  # resize (nearest, within mask_size_tolerance) | fail | drop_mask
     mask_size_tolerance: float = 0.05  # largest relative difference of a side that resize takes
+    # a mask that cannot be used (its size beyond what mask_size takes, too many far colours,
+    # a class index out of range): drop = drop the mask, keep the image and its identity, and
+    # count it; fail = the sample fails (data.on_error then stops or skips it)
+    bad_masks: str = "drop"
 
 
 def check_mask_options(options: object) -> None:
@@ -65,6 +71,11 @@ def check_mask_options(options: object) -> None:
     if policy not in MASK_SIZE_POLICIES:
         raise mtkd.RecipeError(
             f"{KEY}.mask_size: '{policy}' is not one of {', '.join(MASK_SIZE_POLICIES)}"
+        )
+    bad = getattr(options, "bad_masks", "fail")
+    if bad not in BAD_MASK_POLICIES:
+        raise mtkd.RecipeError(
+            f"{KEY}.bad_masks: '{bad}' is not one of {', '.join(BAD_MASK_POLICIES)}"
         )
     for key in ("mask_size_tolerance", "stray_fraction", "tolerance"):  # where the plugin has it
         value = getattr(options, key, 0.0)

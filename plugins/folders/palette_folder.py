@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+import mtkd
 
 from .images import read_colour_label
 from .index import Entry
@@ -32,6 +35,7 @@ class PaletteFolder(FolderSource):
         self.palette = self.make_palette(options)
         self._off_palette: dict[int, int] = {}  # per sample, so decoding twice counts once
         self._stray: dict[int, int] = {}
+        self._stray_share: dict[int, float] = {}  # per decoded mask: far pixels / all pixels
         super().__init__(options, image_size, seed)
 
     def make_palette(self, options: Any) -> Palette:
@@ -48,19 +52,45 @@ class PaletteFolder(FolderSource):
         if verdict == "drop":
             return None
         options = self.options
-        snapped = snap_to_palette(
-            rgb, self.palette, options.tolerance, options.blends, entry.mask, options.stray_fraction
-        )
+        try:
+            snapped = snap_to_palette(
+                rgb,
+                self.palette,
+                options.tolerance,
+                options.blends,
+                entry.mask,
+                options.stray_fraction,
+            )
+        except mtkd.SampleError as exc:
+            self._stray_share[index] = 1.0  # beyond stray_fraction: the top bin
+            self.bad_mask(index, exc, "far_colours")
+            return None
+        self._stray_share[index] = snapped.stray / max(1, rgb.shape[0] * rgb.shape[1])
         self._off_palette[index] = snapped.off_palette
         if snapped.stray:
             self._stray[index] = snapped.stray
         return resize_nearest(snapped.ids, image.shape) if verdict == "resize" else snapped.ids
 
-    def report(self) -> dict[str, int]:
+    def report(self) -> dict[str, Any]:
         out = super().report()
         out["masks_decoded"] = len(self._off_palette)
         out["off_palette_pixels"] = sum(self._off_palette.values())
         if self._stray:  # pixels beyond tolerance, within stray_fraction: snapped
             out["masks_with_stray_pixels"] = len(self._stray)
             out["stray_pixels"] = sum(self._stray.values())
+        if self._stray_share:
+            out["masks_by_stray_share"] = stray_share_bins(
+                self._stray_share.values(), self.options.stray_fraction
+            )
         return out
+
+
+def stray_share_bins(shares: Iterable[float], limit: float) -> dict[str, int]:
+    """How many masks have no stray pixel, up to a tenth of ``stray_fraction``, up to it, and
+    beyond it (dropped, or failed): whether the palette fits the files, at a glance."""
+    edges = [("none", 0.0), (f"<={limit / 10:.3%}", limit / 10), (f"<={limit:.2%}", limit)]
+    bins = dict.fromkeys([name for name, _ in edges] + [f">{limit:.2%}"], 0)
+    for share in shares:
+        name = next((n for n, edge in edges if share <= edge), f">{limit:.2%}")
+        bins[name] += 1
+    return bins

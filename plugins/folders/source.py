@@ -59,7 +59,7 @@ def mask_size_verdict(mask: np.ndarray, image: np.ndarray, entry: Entry, options
         entry.mask,
         "mask is not the size of its image",
         f"{mw}x{mh} pixels, its image {entry.image} {iw}x{ih}: {off:.1%} off, {limit}; "
-        f"{KEY}.mask_size=drop_mask keeps the image without its mask",
+        f"{KEY}.bad_masks=drop keeps the image without its mask",
     )
 
 
@@ -67,12 +67,14 @@ class FolderSource(mtkd.SampleSource):
     """Samples from image files: ``image``, ``identity``, and ``mask``/``pose`` where known."""
 
     has_masks: ClassVar[bool] = False
+    optional_labels = frozenset({"mask"})  # decoded only when a task reads masks
 
     def __init__(self, options: Any, image_size: int, seed: int) -> None:
         super().__init__(options, image_size, seed)
         check_mask_options(options)
         self.counts: Counter[str] = Counter()
         self._mask_sizes: dict[int, str] = {}  # per sample: resize or drop (decoded once)
+        self._masks_dropped: dict[int, str] = {}  # per sample: why its mask was dropped
         self.entries: list[Entry] = unique_files(self.index(), lambda e: e.image, self.counts)
         splits = [e.split for e in self.entries]
         if any(splits) and not all(splits):
@@ -130,10 +132,23 @@ class FolderSource(mtkd.SampleSource):
     def fit_mask(self, index: int, mask: np.ndarray, image: np.ndarray, entry: Entry) -> str:
         """Whether the decoded label ``mask`` is used as it is (``same``), resized to its image
         (``resize``) or dropped (``drop``), as ``mask_size`` says; counted once per sample."""
-        verdict = mask_size_verdict(mask, image, entry, self.options)
-        if verdict != "same":
+        try:
+            verdict = mask_size_verdict(mask, image, entry, self.options)
+        except mtkd.SampleError as exc:
+            self.bad_mask(index, exc, "wrong_size")
+            return "drop"
+        if verdict == "drop":
+            self._masks_dropped[index] = "wrong_size"
+        elif verdict == "resize":
             self._mask_sizes[index] = verdict
         return verdict
+
+    def bad_mask(self, index: int, error: mtkd.SampleError, why: str) -> None:
+        """A mask that cannot be used: with ``bad_masks: drop`` (the default) it is dropped
+        and counted, and the sample keeps its image and identity; with ``fail``, the error."""
+        if getattr(self.options, "bad_masks", "fail") != "drop":
+            raise error
+        self._masks_dropped[index] = why
 
     # --- the SampleSource contract ---------------------------------------------------------
 
@@ -150,7 +165,7 @@ class FolderSource(mtkd.SampleSource):
             sample["identity"] = self._identity_ids[entry.identity]
         if entry.pose is not None:
             sample["pose"] = np.asarray(entry.pose, dtype=np.float32)
-        if entry.mask is not None:
+        if entry.mask is not None and self.wants("mask"):
             mask = self.load_mask(index, entry, image)
             if mask is not None:
                 sample["mask"] = mask
@@ -169,19 +184,21 @@ class FolderSource(mtkd.SampleSource):
         splits = [e.split for e in self.entries]
         return [s for s in splits if s] if all(splits) else None
 
-    def report(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self._identity_ids:
             out["identities"] = len(self._identity_ids)
         if "mask" in self.label_spaces:
             out["samples_with_mask"] = sum(e.mask is not None for e in self.entries)
+            if not self.wants("mask"):
+                out["masks_not_read"] = out["samples_with_mask"]  # no task reads masks
         if "pose" in self.label_spaces:
             out["samples_with_pose"] = sum(e.pose is not None for e in self.entries)
         out.update({k: v for k, v in sorted(self.counts.items()) if v})
-        verdicts = Counter(self._mask_sizes.values())
-        for verdict, key in (("resize", "masks_resized"), ("drop", "masks_dropped_wrong_size")):
-            if verdicts[verdict]:
-                out[key] = verdicts[verdict]
+        if self._mask_sizes:
+            out["masks_resized"] = len(self._mask_sizes)
+        if self._masks_dropped:  # the images stay, with their identities
+            out["masks_dropped"] = dict(sorted(Counter(self._masks_dropped.values()).items()))
         return out
 
     def fingerprint(self) -> str:
