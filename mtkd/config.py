@@ -419,6 +419,38 @@ def named_block(
     return str(name), values
 
 
+@dataclass(frozen=True)
+class TaskEntry:
+    """One block of ``tasks:``: its key, its task type (the key unless ``type`` says
+    otherwise), ``role`` and ``weight`` as written (None and 1.0 when absent), the rest."""
+
+    key: str
+    kind: str
+    role: Any
+    weight: Any
+    options: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        """The recipe key that names the task type, for errors."""
+        return f"tasks.{self.key}.type" if self.kind != self.key else f"tasks.{self.key}"
+
+
+def task_entries(cfg: DictConfig) -> list[TaskEntry]:
+    """Every task block of the recipe, in order (``tasks.<key>=null`` removes one)."""
+    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True) or {}
+    assert isinstance(raw_tasks, dict)
+    entries = []
+    for raw_key, raw in raw_tasks.items():
+        key = str(raw_key)
+        if raw is None:
+            continue
+        kind, values = named_block(raw, f"tasks.{key}", name_key="type", default=key)
+        role, weight = values.pop("role", None), values.pop("weight", 1.0)
+        entries.append(TaskEntry(key, kind, role, weight, values))
+    return entries
+
+
 def parse_options(options_cls: type, values: Any, key: str) -> Any:
     """Validate plugin options (a mapping) against the plugin's ``Options`` dataclass.
 

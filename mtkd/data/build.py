@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ..config import named_block, parse_options
+from ..config import named_block, parse_options, task_entries
 from ..errors import DataError, RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..preprocess import Preprocessor
@@ -104,17 +104,10 @@ def task_label_keys(cfg: DictConfig, plugins: PluginSet | None = None) -> frozen
     """The label keys the recipe's tasks read (``tasks.<key>=null`` removes one); an unknown
     task name is reported here, before any sample is decoded."""
     plugins = plugins_for(cfg, plugins)
-    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True) or {}
-    assert isinstance(raw_tasks, dict)
-    keys = set()
-    for raw_key, raw in raw_tasks.items():
-        key = str(raw_key)
-        if raw is None:
-            continue
-        kind, _ = named_block(raw, f"tasks.{key}", name_key="type", default=key)
-        where = f"tasks.{key}.type" if kind != key else f"tasks.{key}"
-        keys.add(plugins.tasks.get(kind, key=where).label_key)
-    return frozenset(keys)
+    return frozenset(
+        plugins.tasks.get(entry.kind, key=entry.where).label_key_for(entry.key)
+        for entry in task_entries(cfg)
+    )
 
 
 def build_preprocessors(cfg: DictConfig, plugins: PluginSet | None = None) -> list[Preprocessor]:

@@ -17,13 +17,12 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ..config import named_block, parse_options
+from ..config import named_block, parse_options, task_entries
 from ..errors import DataError, MtkdError, PluginError, RecipeError
 from ..plugins import PluginSet
 from ..samples import PRESENT, Batch, Sample, SampleSource, collate_samples
@@ -34,16 +33,6 @@ TARGETS_FOLDER = "teacher-targets"
 ONLINE_KEY = "online"  # in a teacher block: run the teacher on every augmented training batch
 TARGETS_VERSION = 1
 Progress = Callable[[int, int], None]
-
-
-def _task_blocks(cfg: DictConfig) -> Iterator[tuple[str, str, Any]]:
-    """(task key, task type, teacher block or None) for every task of the recipe."""
-    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
-    assert isinstance(raw_tasks, dict)
-    for raw_key, raw in raw_tasks.items():
-        block = raw if isinstance(raw, dict) else {}
-        if raw is not None:
-            yield str(raw_key), str(block.get("type", raw_key)), block.get(TEACHER_KEY)
 
 
 @dataclass
@@ -60,11 +49,12 @@ def build_teachers(cfg: DictConfig, plugins: PluginSet) -> Teachers:
     teacher block (read here, for every teacher network) makes it see each augmented
     training batch instead of its cached targets."""
     teachers = Teachers()
-    for key, kind, block in _task_blocks(cfg):
+    for entry in task_entries(cfg):
+        key, kind, block = entry.key, entry.kind, entry.options.get(TEACHER_KEY)
         where = f"tasks.{key}.{TEACHER_KEY}"
-        if kind not in plugins.tasks:
-            continue  # reported with the other task errors when the model is built
-        learns = plugins.tasks.get(kind, key=where).label_key_for(key) == teacher_label_key(key)
+        learns = plugins.tasks.get(kind, key=entry.where).label_key_for(key) == teacher_label_key(
+            key
+        )
         if learns and block is None:
             raise RecipeError(f"{where}: task '{kind}' needs a teacher network ({{name: ...}})")
         if block is None:

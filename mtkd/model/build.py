@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import named_block, parse_options
+from ..config import parse_options, task_entries
 from ..errors import OptionError, PluginError, RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..samples import LabelSpace
@@ -20,26 +20,13 @@ from .zoo import load_encoder_weights, split_weights
 TASK_KEYS = ("type", "role", "weight")
 
 
-def _task_entry(key: str, raw: Any) -> tuple[str, Any, Any, dict[str, Any]]:
-    kind, values = named_block(raw, f"tasks.{key}", name_key="type", default=key)
-    return kind, values.pop("role", None), values.pop("weight", 1.0), values
-
-
 def check_model_names(cfg: DictConfig, plugins: PluginSet) -> None:
     """The encoder and every task (type and options) exist: checked before the data set is
     built, which can take minutes, rather than after it."""
     check_encoder_name(str(cfg.encoder.name))
-    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
-    assert isinstance(raw_tasks, dict)
-    for raw_key, raw in raw_tasks.items():
-        key = str(raw_key)
-        if raw is None:
-            continue
-        kind, _, _, values = _task_entry(key, raw)
-        task_cls = plugins.tasks.get(
-            kind, key=f"tasks.{key}.type" if kind != key else f"tasks.{key}"
-        )
-        parse_options(task_cls.Options, values, f"tasks.{key}")
+    for entry in task_entries(cfg):
+        task_cls = plugins.tasks.get(entry.kind, key=entry.where)
+        parse_options(task_cls.Options, entry.options, f"tasks.{entry.key}")
 
 
 def build_tasks(
@@ -49,25 +36,18 @@ def build_tasks(
 ) -> dict[str, Task]:
     """Instantiate every task of ``cfg.tasks``; options are checked against the task plugin."""
     plugins = plugins_for(cfg, plugins)
-    raw_tasks = OmegaConf.to_container(cfg.tasks, resolve=True)
-    assert isinstance(raw_tasks, dict)
     tasks: dict[str, Task] = {}
-    for raw_key, raw in raw_tasks.items():
-        key = str(raw_key)
-        if raw is None:  # `tasks.<key>=null` removes a task inherited from a base recipe
-            continue
-        kind, role, weight, values = _task_entry(key, raw)
-        task_cls = plugins.tasks.get(
-            kind, key=f"tasks.{key}.type" if kind != key else f"tasks.{key}"
-        )
-        role = role or task_cls.default_role
+    for entry in task_entries(cfg):
+        key, kind, weight = entry.key, entry.kind, entry.weight
+        task_cls = plugins.tasks.get(kind, key=entry.where)
+        role = entry.role or task_cls.default_role
         if role not in ROLES:
             raise RecipeError(f"tasks.{key}.role: '{role}' is not one of {', '.join(ROLES)}")
         try:
             weight = float(weight)
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"tasks.{key}.weight: expected a number, got {weight!r}") from exc
-        options = parse_options(task_cls.Options, values, f"tasks.{key}")
+        options = parse_options(task_cls.Options, entry.options, f"tasks.{key}")
         label_key = task_cls.label_key_for(key)
         space = label_spaces.get(label_key)
         if space is None:
