@@ -298,3 +298,25 @@ def test_sigkill_then_resume_with_a_teacher_network_matches_an_uninterrupted_run
     assert resumed.returncode == 0, resumed.stderr
     assert "from the target cache" in resumed.stdout + resumed.stderr
     assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_an_ensemble_of_runs_teaches_the_mean_of_their_logits(tmp_path: Path) -> None:
+    quiet = Console(quiet=True)
+    runs = []
+    for seed in (0, 1):
+        overrides = tiny_overrides(
+            tmp_path,
+            **{"encoder.name": "test_efficientnet", "output.plots": False, "trainer.seed": seed},
+        )
+        cfg = mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", overrides)
+        runs.append(mtkd.run(cfg, console=quiet).run_dir)
+    ensemble = f"{{name: mtkd_run, paths: ['{runs[0]}', '{runs[1]}']}}"
+    data = mtkd.build_data(_recipe(tmp_path, teacher=ensemble), console=quiet)
+    images = torch.from_numpy(np.array(data.cached.images[:3])).permute(0, 3, 1, 2) / 255.0
+    with torch.no_grad():
+        logits = [mtkd.load_run(r)(images)["identification"]["logits"] for r in runs]
+    key = mtkd.teacher_label_key("kd")
+    assert not torch.allclose(logits[0], logits[1], atol=1e-3)  # two different teachers
+    assert np.allclose(
+        data.cached.labels[key][:3], ((logits[0] + logits[1]) / 2).numpy(), atol=1e-5
+    )
