@@ -8,7 +8,6 @@ Every error names the file and the key at fault.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,19 +156,9 @@ class RecipeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-def _near_files(path: Path) -> str:
-    """' (did you mean ...?)' naming a YAML file beside ``path`` with a close name, if any."""
-    if not path.parent.is_dir():
-        return ""
-    names = sorted(p.name for p in path.parent.glob("*.y*ml"))
-    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
-    shown = " or ".join(f"'{path.parent / name}'" for name in close)
-    return f" (did you mean {shown}?)" if close else ""
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RecipeError(f"recipe file '{path}' not found" + _near_files(path))
+        raise RecipeError(f"recipe file '{path}' not found")  # find_recipe names close ones
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
