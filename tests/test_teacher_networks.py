@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,3 +321,19 @@ def test_an_ensemble_of_runs_teaches_the_mean_of_their_logits(tmp_path: Path) ->
     assert np.allclose(
         data.cached.labels[key][:3], ((logits[0] + logits[1]) / 2).numpy(), atol=1e-5
     )
+
+
+def test_damaged_cached_targets_are_computed_again(tmp_path: Path) -> None:
+    plugins, quiet = _plugins(), Console(quiet=True)
+    recipe = _recipe(tmp_path, teacher="{name: mean_colour, scale: 3.0}")  # no other test's
+    store = Path(os.environ["MTKD_CACHE_DIR"]) / "teacher-targets"
+    before = set(store.glob("mean_colour-*"))
+    first = mtkd.build_data(recipe, plugins, console=quiet)
+    (folder,) = set(store.glob("mean_colour-*")) - before
+    (folder / "values.npy").write_bytes(b"truncated")
+    MeanColour.calls = 0
+    again = mtkd.build_data(recipe, plugins, console=quiet)
+    assert MeanColour.calls == len(first.cached)
+    key = mtkd.teacher_label_key("kd")
+    assert np.array_equal(again.cached.labels[key], first.cached.labels[key])
+    assert np.load(folder / "values.npy").shape == np.asarray(first.cached.labels[key]).shape

@@ -52,9 +52,8 @@ def build_teachers(cfg: DictConfig, plugins: PluginSet) -> Teachers:
     for entry in task_entries(cfg):
         key, kind, block = entry.key, entry.kind, entry.options.get(TEACHER_KEY)
         where = f"tasks.{key}.{TEACHER_KEY}"
-        learns = plugins.tasks.get(kind, key=entry.where).label_key_for(key) == teacher_label_key(
-            key
-        )
+        task_cls = plugins.tasks.get(kind, key=entry.where)
+        learns = task_cls.label_key_for(key) == teacher_label_key(key)
         if learns and block is None:
             raise RecipeError(f"{where}: task '{kind}' needs a teacher network ({{name: ...}})")
         if block is None:
@@ -200,6 +199,7 @@ def teacher_targets(
     found = _load(folder, len(cached), len(teacher.names()))
     if found is not None:
         return found, True
+    shutil.rmtree(folder, ignore_errors=True)  # damaged or partial: computed again below
     store = compute_targets(cached, source, teacher, progress)
     _save(folder, store, teacher)
     return store, False
