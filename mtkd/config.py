@@ -63,6 +63,9 @@ class DataConfig:
     on_error: str = "fail"  # an unreadable sample: fail, or skip it and count it
     cache: str = "disk"  # decoded samples: disk (reused by later runs) or memory
     cache_dir: str | None = None  # default $MTKD_CACHE_DIR or ~/.cache/mtkd
+    # processes that build the sample cache: null = the cores available (small sets stay in
+    # one process), 1 = this process alone; the cache is the same byte for byte either way
+    cache_workers: int | None = None
 
 
 @dataclass

@@ -263,6 +263,7 @@ def build_data(
             progress=lambda i, _n: progress.update(bar, completed=i + 1) if i % 64 == 0 else None,
             resize=data.get("resize", "squash"),
             notify=lambda line: console.print(line, highlight=False, markup=False),
+            workers=data.get("cache_workers"),
         )
     if teachers.networks:
         key = cache_key(source, steps, data.image_size, data.on_error, data.get("resize", "squash"))

@@ -24,6 +24,7 @@ from ..errors import DataError, RecipeError, SampleError
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, Sample, SampleSource
 from ..utils.files import strict_json
+from .cache_parallel import MergedArrays, add_counts, build_parallel, cache_workers
 from .cache_store import (
     CacheDamaged,
     default_cache_dir,
@@ -193,7 +194,12 @@ def _build(
     folder: Path | None,
     progress: Any,
     resize: str = "squash",
+    workers: int = 1,
 ) -> tuple[CachedSamples, DataReport, list[int]]:
+    if workers > 1:
+        return _build_parallel(
+            source, preprocessors, (size, on_error, resize), folder, progress, workers
+        )
     n = len(source)
     writer = _Writer(n, size, folder, resize)
     report = DataReport(source=source.name, total=n)
@@ -209,9 +215,54 @@ def _build(
             kept.append(index)
     report.kept = len(kept)
     report.skipped, report.dropped = dict(skipped), dict(dropped)
-    report.source_counts = dict(source.report())
-    report.preprocess_counts = {p.name: dict(p.counts) for p in preprocessors if p.counts}
+    _finish_report(report, dict(source.report()), preprocessors)
     return _kept_samples(source, writer, kept), report, kept
+
+
+def _sorted_counts(counts: dict[str, Any]) -> dict[str, Any]:
+    """Counts in key order (inner dicts keep theirs, e.g. bins): a one-process build and a
+    sharded one, whose shards meet the keys in another order, write the same bytes."""
+    return dict(sorted(counts.items()))
+
+
+def _finish_report(
+    report: DataReport, source_counts: dict[str, Any], preprocessors: Sequence[Preprocessor]
+) -> None:
+    report.source_counts = _sorted_counts(source_counts)
+    report.preprocess_counts = {
+        p.name: _sorted_counts(dict(p.counts)) for p in preprocessors if p.counts
+    }
+
+
+def _build_parallel(
+    source: SampleSource,
+    preprocessors: Sequence[Preprocessor],
+    settings: tuple[int, str, str],
+    folder: Path | None,
+    progress: Any,
+    workers: int,
+) -> tuple[CachedSamples, DataReport, list[int]]:
+    """The serial build's result from ``workers`` processes (see :mod:`.cache_parallel`):
+    the shards' counts are added up in sample order, into the preprocessors' counts too."""
+    source_counts = dict(source.report())
+    merged, kept_rows, results = build_parallel(
+        source, preprocessors, settings, folder, progress, workers
+    )
+    report = DataReport(source=source.name, total=len(source), kept=int(kept_rows.size))
+    skipped: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    for result in results:
+        skipped.update(result.skipped)
+        dropped.update(result.dropped)
+        report.skipped_examples += result.examples[: 3 - len(report.skipped_examples)]
+        add_counts(source_counts, result.source_delta)
+        for step, delta in zip(preprocessors, result.preprocess_delta, strict=True):
+            for key, value in delta.items():
+                step.counts[key] += value
+    report.skipped, report.dropped = dict(skipped), dict(dropped)
+    _finish_report(report, source_counts, preprocessors)
+    kept = [int(i) for i in kept_rows]
+    return _kept_samples(source, merged, kept), report, kept
 
 
 def _read(
@@ -245,7 +296,9 @@ def _preprocess(
     return sample
 
 
-def _kept_samples(source: SampleSource, writer: _Writer, kept: list[int]) -> CachedSamples:
+def _kept_samples(
+    source: SampleSource, writer: _Writer | MergedArrays, kept: list[int]
+) -> CachedSamples:
     """The written rows, with the groups, fixed split and names of the samples kept."""
     k = len(kept)
     groups_all, split_all, names_all = source.groups(), source.fixed_split(), source.sample_names()
@@ -339,11 +392,14 @@ def _build_on_disk(
     settings: tuple[int, str, str],
     folder: Path,
     progress: Any,
+    workers: int = 1,
 ) -> None:
     """Build the cache of ``source`` into a locked partial folder and swap it in as ``folder``."""
     size, on_error, resize = settings
     with partial_folder(folder.parent, folder.name) as partial:
-        cached, report, _ = _build(source, preprocessors, size, on_error, partial, progress, resize)
+        cached, report, _ = _build(
+            source, preprocessors, size, on_error, partial, progress, resize, workers
+        )
         _save_meta(partial, cached, report)
         del cached
         if not (folder / "meta.json").is_file():  # else another process finished it first
@@ -365,18 +421,22 @@ def materialize(
     progress: Any = None,
     resize: str = "squash",
     notify: Callable[[str], None] | None = None,
+    workers: int | None = 1,
 ) -> tuple[CachedSamples, DataReport]:
     """Every sample of ``source``, preprocessed and resized to ``size``, as cached arrays.
 
-    ``notify`` hears what happened to the disk cache on the way (a damaged one rebuilt)."""
+    ``notify`` hears what happened to the disk cache on the way (a damaged one rebuilt).
+    ``workers`` processes build it (None: the cores available; 1: this process alone); the
+    arrays are the same whatever the number."""
     if on_error not in ON_ERROR:
         raise RecipeError(f"data.on_error: '{on_error}' is not one of {', '.join(ON_ERROR)}")
     if mode not in MODES:
         raise RecipeError(f"data.cache: '{mode}' is not one of {', '.join(MODES)}")
     check_resize_mode(resize)
     tick = progress or (lambda _i, _n: None)
+    procs = cache_workers(workers, len(source))
     if mode == "memory":
-        cached, report, _ = _build(source, preprocessors, size, on_error, None, tick, resize)
+        cached, report, _ = _build(source, preprocessors, size, on_error, None, tick, resize, procs)
         return cached, report
     tell = notify or (lambda _line: None)
     root = cache_dir or default_cache_dir()
@@ -387,7 +447,7 @@ def materialize(
     found = _open_or_discard(folder, size, tell)
     if found is not None:
         return found
-    _build_on_disk(source, preprocessors, (size, on_error, resize), folder, tick)
+    _build_on_disk(source, preprocessors, (size, on_error, resize), folder, tick, procs)
     try:
         cached, report = _load(folder, size)
     except CacheDamaged as exc:
