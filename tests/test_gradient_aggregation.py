@@ -164,7 +164,11 @@ def test_a_task_without_labels_in_the_batch_has_no_row() -> None:
     torch.testing.assert_close(update, expected)
     weighting.epoch_end({})
     assert set(weighting.current_weights()) == {"t0", "t2"}
-    assert set(weighting.epoch_metrics()) == {"grad_cos/t0__t2"}
+    assert set(weighting.epoch_metrics()) == {
+        "grad_cos/t0__t2",
+        "update_share/t0",
+        "update_share/t2",
+    }  # no row, no cosine and no share for t1, which had no label
 
 
 def test_the_grad_scaler_scales_the_update_and_not_what_the_method_sees() -> None:

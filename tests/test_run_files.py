@@ -22,6 +22,7 @@ from mtkd.cli import main
 from mtkd.engine.state import LoopState
 from mtkd.runs.page import write_report
 from mtkd.runs.pipeline import throughput
+from mtkd.utils.checkpoint import write_json
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +40,13 @@ def strict(text: str) -> Any:
 
 
 class NanWhenEvaluated(mtkd.Task):
-    """Trains like an identification head, and scores NaN on every evaluation."""
+    """Trains like an identification head, and scores NaN on every evaluation after
+    training (on_train_end): validation stays finite, so the run finishes, and the test
+    losses are NaN."""
 
     name = "nan_when_evaluated"
     label_key = "identity"
+    trained = False
 
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:
         return nn.Sequential(
@@ -51,7 +55,7 @@ class NanWhenEvaluated(mtkd.Task):
 
     def loss(self, output: Any, target: torch.Tensor, head: nn.Module) -> torch.Tensor:
         loss = F.cross_entropy(output, target)
-        return loss if head.training else loss * math.nan
+        return loss if head.training or not NanWhenEvaluated.trained else loss * math.nan
 
 
 class Plugin:
@@ -59,12 +63,17 @@ class Plugin:
     def register_tasks(self, register: Any) -> None:
         register(NanWhenEvaluated)
 
+    @mtkd.hookimpl
+    def on_train_end(self, context: Any) -> None:
+        NanWhenEvaluated.trained = True
+
 
 # -- strict JSON ------------------------------------------------------------------------------
 
 
 def test_every_json_file_of_a_run_with_a_nan_loss_is_strict_json(tmp_path: Path) -> None:
     plugins = mtkd.load_plugins(objects=[("nan_plugin", Plugin())])
+    NanWhenEvaluated.trained = False
     args = tiny_run_args(**{"tasks.nan_when_evaluated.weight": 1.0})
     cfg = mtkd.load_recipe(RECIPE, [*args, f"output.dir={tmp_path / 'run'}"])
     run = mtkd.run(cfg, plugins=plugins, console=Console(quiet=True)).run_dir
@@ -79,9 +88,12 @@ def test_every_json_file_of_a_run_with_a_nan_loss_is_strict_json(tmp_path: Path)
     results = strict((run / "results.json").read_text())
     assert results["test"]["full"]["loss"] is None  # NaN, written as null and listed
     assert "test.full.loss" in results["non_finite"]
-    state = strict((run / "checkpoints" / "last" / "state.json").read_text())
-    assert state["best_value"] is None and state["best_epoch"] == -1  # no finite epoch yet
-    # and the checkpoint still reads back as it was: +Inf, so any finite epoch is a best
+    # a checkpoint before any finite epoch holds best_value +Inf: written as null, and read
+    # back as +Inf, so any finite epoch is a best
+    fresh = tmp_path / "state.json"
+    write_json(fresh, LoopState().to_dict())
+    state = strict(fresh.read_text())
+    assert state["best_value"] is None and state["best_epoch"] == -1
     assert LoopState.from_dict(state).best_value == math.inf
 
 

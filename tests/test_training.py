@@ -157,7 +157,7 @@ def test_resume_cuts_the_metrics_log_back_atomically(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
     inode = path.stat().st_ino
-    assert MetricsLog(path).keep_first(2) == [{"epoch": 1}, {"epoch": 2}]
+    assert MetricsLog(path).keep_first(2) == ([{"epoch": 1}, {"epoch": 2}], None)
     assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
     assert path.stat().st_ino != inode and not (tmp_path / "metrics.jsonl.tmp").exists()
 
