@@ -21,9 +21,10 @@ from ..data.resize import resize_image
 from ..errors import MtkdError, SampleError
 from ..metrics.verification import embed_with_flip
 from ..plugins import PluginSet
-from ..runs.folder import CONFIG, load_run, require_run_folder
+from ..runs.folder import load_run, require_run_folder
 from ..runs.trust import run_folder_plugins
 from ..samples import Sample, sample_to_tensors
+from ..utils.layout import CONFIG
 
 # Grey files stay H x W, as data-set readers deliver them (the face crop accepts grey; the
 # cache's resize makes them RGB); 16-bit grey is scaled, since convert("L") would clip it.

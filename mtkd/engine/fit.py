@@ -23,6 +23,7 @@ from ..metrics.evaluate import evaluate_loader, prefixed
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
 from ..utils import distributed
+from ..utils.layout import METRICS, best_weights
 from ..weighting import FixedWeighting
 from . import hardware
 from .best import BestModel
@@ -123,8 +124,8 @@ class Loop:
         if self.val_loader is None:
             console.print("[yellow]no validation samples: early stopping watches the training loss")
         main = distributed.is_main()
-        self.log = MetricsLog(ctx.run_dir / "metrics.jsonl" if ctx.run_dir else None)
-        best_path = ctx.run_dir / "checkpoints" / "best.safetensors" if ctx.run_dir else None
+        self.log = MetricsLog(ctx.run_dir / METRICS if ctx.run_dir else None)
+        best_path = best_weights(ctx.run_dir) if ctx.run_dir else None
         monitor = "val/loss" if self.val_loader is not None else "train/loss"
         self.best = BestModel(monitor, self.trainer.min_delta, best_path if main else None)
         self.lost_best = False  # resumed without the best weights so far (see resume)

@@ -4,7 +4,7 @@ checkpoint's ``state.json`` — one list of fields, so save and restore cannot d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -47,8 +47,12 @@ class LoopState:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LoopState:
+        """The state a ``state.json`` holds; a key this version does not know (a checkpoint
+        of another mtkd version) is a ValueError naming it, never a TypeError."""
+        _check_known(raw, cls, "")
         values = dict(raw)
         tally = dict(values.get("tally", {}))
+        _check_known(tally, EpochTally, "tally.")
         # state.json is strict JSON: NaN and Inf were written as null
         tally["sums"] = {k: math.nan if v is None else v for k, v in tally.get("sums", {}).items()}
         if tally.get("total", 0.0) is None:
@@ -57,3 +61,14 @@ class LoopState:
         if values.get("best_value", math.inf) is None:  # no finite best yet: +Inf
             values["best_value"] = math.inf
         return cls(**values)
+
+
+# what a checkpoint's state.json must hold to be resumed: LoopState's fields, and only them
+RESUME_STATE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(LoopState))
+
+
+def _check_known(raw: dict[str, Any], kind: type, prefix: str) -> None:
+    unknown = sorted(set(raw) - {f.name for f in fields(kind)})
+    if unknown:
+        names = ", ".join(f"'{prefix}{key}'" for key in unknown)
+        raise ValueError(f"unknown key(s) {names} (written by another version of mtkd?)")

@@ -27,9 +27,8 @@ from ..errors import RecipeError
 from ..hookspecs import hookimpl
 from ..loggers import JsonlLogger, Logger, RunStart, Status
 from ..plugins import PluginSet
-from .folder import CONFIG, DISTILLED, LABELS, RESULTS
+from ..utils.layout import CONFIG, DISTILLED, LABELS, RESULTS, TRACKING
 
-STATE = "tracking.json"
 IMAGE_SAMPLES = 4
 
 
@@ -94,7 +93,7 @@ class Tracking:
         return tracking
 
     def _read_state(self) -> int:
-        path = self.run_dir / STATE
+        path = self.run_dir / TRACKING
         return int(json.loads(path.read_text())["logged_epoch"]) if path.is_file() else 0
 
     @contextmanager
@@ -129,7 +128,7 @@ class Tracking:
         if self.every and (epoch == 1 or epoch % self.every == 0):
             self._log_images(context, epoch)
         self.logged = epoch
-        (self.run_dir / STATE).write_text(json.dumps({"logged_epoch": epoch}) + "\n")
+        (self.run_dir / TRACKING).write_text(json.dumps({"logged_epoch": epoch}) + "\n")
 
     def _log_images(self, context: TrainContext, epoch: int) -> None:
         """Predicted masks of a few validation samples, for loggers that want images (the
