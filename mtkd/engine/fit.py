@@ -230,7 +230,7 @@ class Loop:
     def _end_epoch(self, record: dict[str, Any], tally: EpochTally) -> None:
         """Training figures of the epoch; the weighting strategy sees its task losses."""
         self.state.step, self.state.tally = 0, EpochTally()
-        record.update(prefixed(tally.results(), "train"))
+        record.update(prefixed(tally.results(self.ctx.model.tasks), "train"))
         weighting = self.step.weighting
         weighting.epoch_end(tally.task_losses())
         if not isinstance(weighting, FixedWeighting):

@@ -4,16 +4,21 @@ checkpoint's ``state.json`` — one list of fields, so save and restore cannot d
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..weighting import weighted_losses
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 
 @dataclass
 class EpochTally:
     """Running loss sums of the current epoch; saved mid-epoch so a resumed epoch logs exactly."""
 
-    total: float = 0.0
-    seen: int = 0
+    seen: int = 0  # samples trained on (for images/s)
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -21,9 +26,13 @@ class EpochTally:
         """Mean loss per task over its labelled samples (tasks with none are left out)."""
         return {k: self.sums[k] / n for k, n in self.counts.items() if n}
 
-    def results(self) -> dict[str, float]:
-        out = {"loss": self.total / max(self.seen, 1)}
-        out.update({f"{k}/loss": mean for k, mean in self.task_losses().items()})
+    def results(self, tasks: Mapping[str, Task]) -> dict[str, float]:
+        """``<task>/loss`` per task, and ``loss`` (``student_loss``) by the one rule applied to
+        the epoch's means (:func:`~mtkd.weighting.weighted_losses`), as validation and test
+        compute theirs."""
+        means = self.task_losses()
+        out = weighted_losses(means, tasks)
+        out.update({f"{k}/loss": mean for k, mean in means.items()})
         return out
 
 
@@ -51,18 +60,19 @@ class LoopState:
         of another mtkd version) is a ValueError naming it, never a TypeError."""
         _check_known(raw, cls, "")
         values = dict(raw)
-        tally = dict(values.get("tally", {}))
+        tally = {k: v for k, v in dict(values.get("tally", {})).items() if k not in RETIRED}
         _check_known(tally, EpochTally, "tally.")
         # state.json is strict JSON: NaN and Inf were written as null
         tally["sums"] = {k: math.nan if v is None else v for k, v in tally.get("sums", {}).items()}
-        if tally.get("total", 0.0) is None:
-            tally["total"] = math.nan
         values["tally"] = EpochTally(**tally)
         if values.get("best_value", math.inf) is None:  # no finite best yet: +Inf
             values["best_value"] = math.inf
         return cls(**values)
 
 
+# tally keys earlier versions wrote and this one ignores (``total``: the mean of the steps'
+# totals, which the one loss rule replaced), so their checkpoints still resume
+RETIRED = frozenset({"total"})
 # what a checkpoint's state.json must hold to be resumed: LoopState's fields, and only them
 RESUME_STATE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(LoopState))
 

@@ -17,7 +17,7 @@ from ..data.build import (
     DataBundle,
     build_data,
     check_train_batches,
-    make_loader,
+    make_eval_loader,
     make_train_loader,
     rank_share,
 )
@@ -76,9 +76,7 @@ def train(
         min_batch=smallest_train_batch(model, cfg.data.image_size),  # no batch of one for BN
         collate=data.train_collate,
     )
-    val_loader = make_loader(
-        rank_share(data.val), cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
-    )
+    val_loader = make_eval_loader(rank_share(data.val), cfg.data)
     return fit(
         model,
         train_loader,
