@@ -97,6 +97,7 @@ def test_training_and_validation_weigh_tasks_by_one_rule(
     from mtkd.engine.state import EpochTally
     from mtkd.engine.step import RunningTally
     from mtkd.metrics.evaluate import evaluate_loader
+    from mtkd.weighting import weighted_losses
 
     model = mtkd.build_model(tiny_recipe(), SPACES).eval()
     masks = [False] * 4 + [True, True, False, True]  # the first batch has no mask at all
@@ -109,7 +110,7 @@ def test_training_and_validation_weigh_tasks_by_one_rule(
         for batch in loader:
             losses, counts = task_losses(model(batch["image"]), batch, model.tasks, model.heads)
             tally.add(int(batch["image"].shape[0]), losses, counts)
-    trained = tally.snapshot().results(model.tasks)
+    trained = weighted_losses(tally.snapshot().task_losses(), model.tasks)  # as fit logs it
     weights = {key: task.weight for key, task in model.tasks.items()}
     assert evaluated["loss"] == pytest.approx(
         sum(w * evaluated[f"{key}/loss"] for key, w in weights.items())

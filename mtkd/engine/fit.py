@@ -24,7 +24,7 @@ from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
 from ..utils import distributed
 from ..utils.layout import METRICS, best_weights
-from ..weighting import FixedWeighting
+from ..weighting import FixedWeighting, weighted_losses
 from . import hardware
 from .best import BestModel
 from .finetune import FreezeSchedule
@@ -230,7 +230,9 @@ class Loop:
     def _end_epoch(self, record: dict[str, Any], tally: EpochTally) -> None:
         """Training figures of the epoch; the weighting strategy sees its task losses."""
         self.state.step, self.state.tally = 0, EpochTally()
-        record.update(prefixed(tally.results(self.ctx.model.tasks), "train"))
+        means = tally.task_losses()  # the loss by the one rule, as validation computes it
+        record.update(prefixed(weighted_losses(means, self.ctx.model.tasks), "train"))
+        record.update({f"train/{key}/loss": mean for key, mean in means.items()})
         weighting = self.step.weighting
         weighting.epoch_end(tally.task_losses())
         if not isinstance(weighting, FixedWeighting):

@@ -4,14 +4,8 @@ checkpoint's ``state.json`` — one list of fields, so save and restore cannot d
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
-
-from ..weighting import weighted_losses
-
-if TYPE_CHECKING:
-    from ..tasks import Task
+from typing import Any
 
 
 @dataclass
@@ -25,15 +19,6 @@ class EpochTally:
     def task_losses(self) -> dict[str, float]:
         """Mean loss per task over its labelled samples (tasks with none are left out)."""
         return {k: self.sums[k] / n for k, n in self.counts.items() if n}
-
-    def results(self, tasks: Mapping[str, Task]) -> dict[str, float]:
-        """``<task>/loss`` per task, and ``loss`` (``student_loss``) by the one rule applied to
-        the epoch's means (:func:`~mtkd.weighting.weighted_losses`), as validation and test
-        compute theirs."""
-        means = self.task_losses()
-        out = weighted_losses(means, tasks)
-        out.update({f"{k}/loss": mean for k, mean in means.items()})
-        return out
 
 
 @dataclass

@@ -13,8 +13,8 @@ from torch import nn
 
 from ..context import TrainContext
 from ..errors import MtkdError, RecipeError
-from ..metrics.evaluate import to_device
 from ..model.losses import task_losses
+from ..samples import to_device
 from ..utils import distributed
 from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
 from . import hardware

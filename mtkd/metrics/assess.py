@@ -26,16 +26,17 @@ from torch.utils.data import DataLoader
 from ..data.build import DataBundle, TensorView, make_eval_loader
 from ..data.where import describe, resolve_where, where_mask
 from ..errors import DataError
+from ..model.embedding import embed_with_flip
 from ..model.losses import labelled_outputs
 from ..model.multitask import MultiTaskModel
-from .evaluate import evaluate_loader, to_device
+from ..samples import to_device
+from .evaluate import evaluate_loader
 from .gallery import Bins, gallery_section
 from .latency import measure_latency
 from .pose import accuracy_by_bin
 from .verification import (
     Pair,
     PairList,
-    embed_with_flip,
     generate_pairs,
     index_pairs,
     pair_distances,

@@ -12,17 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.build import make_loader
 from ..model.losses import labelled_outputs
 from ..model.multitask import MultiTaskModel
-from ..samples import Batch
+from ..samples import to_device
 from ..utils import distributed
 from ..weighting import weighted_losses
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move tensors to the device; the ``present`` masks stay on the host (no syncs)."""
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
 
 
 def _plain(value: torch.Tensor) -> float | list[float]:

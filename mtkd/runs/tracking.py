@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,18 @@ from ..hookspecs import hookimpl
 from ..loggers import JsonlLogger, Logger, RunStart, Status
 from ..plugins import PluginSet
 from ..utils.layout import CONFIG, DISTILLED, LABELS, RESULTS, TRACKING
+from .mlflow_logger import MlflowLogger
+from .tensorboard_logger import TensorBoardLogger
 
 IMAGE_SAMPLES = 4
+
+
+@hookimpl
+def register_loggers(register: Callable[[type[Logger]], None]) -> None:
+    """metrics.jsonl (always on), and TensorBoard and MLflow when their extras are installed
+    (their packages are imported only when a run asks for them)."""
+    for logger in (JsonlLogger, TensorBoardLogger, MlflowLogger):
+        register(logger)
 
 
 def resolve_loggers(cfg: DictConfig, plugins: PluginSet) -> list[type[Logger]]:

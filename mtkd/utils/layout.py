@@ -63,7 +63,6 @@ RUN_ENTRIES = (
 )
 
 RunStatus = Literal["finished", "crashed", "interrupted", "started"]
-RESUMABLE: tuple[RunStatus, ...] = ("interrupted", "crashed")  # what `mtkd resume` continues
 WITH_RESULTS: tuple[RunStatus, ...] = ("finished", "crashed")  # results.json to read
 
 
