@@ -124,8 +124,6 @@ EXEMPT = {
     ("mtkd.config", "mtkd.data.augment"): "data schema pieces in config",
     ("mtkd.config", "mtkd.data.resize"): "data schema pieces in config",
     ("mtkd.config", "mtkd.data.where"): "data schema pieces in config",
-    # TrainContext holds the loop's LoopState, which still lives in engine/state.py
-    ("mtkd.context", "mtkd.engine.state"): "LoopState not yet beside TrainContext",
     # type-only (under TYPE_CHECKING): the contract names the model class in signatures
     ("mtkd.context", "mtkd.model.multitask"): "type annotation only",
     ("mtkd.hookspecs", "mtkd.model.multitask"): "type annotation only",

@@ -93,8 +93,8 @@ def test_training_and_validation_weigh_tasks_by_one_rule(
     """The epoch's training loss once averaged the steps' totals, where a batch without masks
     counts segmentation as 0, while validation weighted each task's mean over its labelled
     samples: on the same batches the two disagreed."""
+    from mtkd.context import EpochTally
     from mtkd.data.build import make_loader
-    from mtkd.engine.state import EpochTally
     from mtkd.engine.step import RunningTally
     from mtkd.metrics.evaluate import evaluate_loader
     from mtkd.weighting import weighted_losses

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mtkd
-from mtkd.engine.state import RESUME_STATE_KEYS, EpochTally, LoopState
+from mtkd.context import RESUME_STATE_KEYS, EpochTally, LoopState
 from mtkd.utils import layout
 
 CORE = Path(mtkd.__file__).parent

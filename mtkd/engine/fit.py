@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch.utils.data import DataLoader
 
-from ..context import TrainContext
+from ..context import EpochTally, TrainContext
 from ..data.build import EpochSampler
 from ..errors import Interrupted, MtkdError
 from ..metrics.evaluate import evaluate_loader, prefixed
@@ -40,7 +40,6 @@ from .setup import (
     prepare_model,
 )
 from .signals import StopRequested, StopSignals
-from .state import EpochTally
 from .step import RunningTally, TrainStep, halve_learning_rate
 
 

@@ -9,13 +9,12 @@ from typing import Any
 
 from rich.console import Console
 
-from ..context import TrainContext
+from ..context import RESUME_STATE_KEYS, EpochTally, LoopState, TrainContext
 from ..errors import MtkdError
 from ..utils import distributed, rng
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.layout import STATE, last_checkpoint
 from .metrics_log import json_line
-from .state import RESUME_STATE_KEYS, EpochTally, LoopState
 from .step import TrainStep
 
 

@@ -11,14 +11,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from ..context import TrainContext
+from ..context import EpochTally, LoopState, TrainContext
 from ..errors import MtkdError, RecipeError
 from ..model.losses import task_losses
 from ..samples import to_device
 from ..utils import distributed
 from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
 from . import hardware
-from .state import EpochTally, LoopState
 
 Losses = dict[str, torch.Tensor]
 
