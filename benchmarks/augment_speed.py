@@ -33,8 +33,7 @@ from rich.console import Console
 
 import mtkd
 from mtkd.data.augment import AugmentConfig, augment
-from mtkd.metrics.evaluate import to_device
-from mtkd.samples import Batch, LabelSpace, Sample, collate_samples
+from mtkd.samples import Batch, LabelSpace, Sample, collate_samples, to_device
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SETTINGS = {  # the augmented rows of loader_vs_training.py, and every option on

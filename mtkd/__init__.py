@@ -11,40 +11,102 @@ The library in ten lines::
     print(mtkd.evaluate(student, data.test))
 
 ``mtkd.run(cfg)`` does all of that and writes a run folder.
+
+Every name below is imported on first use (module ``__getattr__``), so ``import mtkd`` costs
+next to nothing and never loads torch, timm, matplotlib, MLflow, TensorBoard or onnx; the
+``TYPE_CHECKING`` block gives type checkers and editors the same names.
 """
 
-from .commands import Command
-from .config import RecipeConfig, load_recipe, recipe_from_dict
-from .context import TrainContext
-from .data.build import DataBundle, build_data, build_source, make_loader
-from .deploy.export import export_run, load_exported
-from .deploy.inference import Predictor
-from .errors import (
-    DataError,
-    Interrupted,
-    MtkdError,
-    OptionError,
-    PluginError,
-    RecipeError,
-    SampleError,
-    check_options,
-)
-from .hookspecs import hookimpl
-from .loggers import Logger
-from .metrics.evaluate import evaluate
-from .model.build import build_model, build_tasks
-from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
-from .plugins import PluginSet, load_plugins
-from .preprocess import Preprocessor
-from .pretrained import PretrainedEntry
-from .runs.folder import load_run
-from .runs.pipeline import RunResult, distill, run, train
-from .samples import LabelSpace, NoOptions, Sample, SampleSource
-from .tasks import FeatureInfo, Task
-from .teachers import TeacherNetwork, teacher_label_key
-from .weighting import LossWeighting
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .commands import Command
+    from .config import RecipeConfig, load_recipe, recipe_from_dict
+    from .context import TrainContext
+    from .data.build import DataBundle, build_data, build_source, make_loader
+    from .deploy.export import export_run, load_exported
+    from .deploy.inference import Predictor
+    from .errors import (
+        DataError,
+        Interrupted,
+        MtkdError,
+        OptionError,
+        PluginError,
+        RecipeError,
+        SampleError,
+        check_options,
+    )
+    from .hookspecs import hookimpl
+    from .loggers import Logger
+    from .metrics.evaluate import evaluate
+    from .model.build import build_model, build_tasks
+    from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
+    from .plugins import PluginSet, load_plugins
+    from .preprocess import Preprocessor
+    from .pretrained import PretrainedEntry
+    from .runs.folder import load_run
+    from .runs.pipeline import RunResult, distill, run, train
+    from .samples import LabelSpace, NoOptions, Sample, SampleSource
+    from .tasks import FeatureInfo, Task
+    from .teachers import TeacherNetwork, teacher_label_key
+    from .weighting import LossWeighting
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (tests/test_import_cost.py keeps this table, the
+# TYPE_CHECKING block above and __all__ in step)
+_HOMES: dict[str, str] = {
+    "Command": ".commands",
+    "DataBundle": ".data.build",
+    "DataError": ".errors",
+    "FeatureInfo": ".tasks",
+    "Interrupted": ".errors",
+    "LabelSpace": ".samples",
+    "Logger": ".loggers",
+    "LossWeighting": ".weighting",
+    "MtkdError": ".errors",
+    "MultiTaskModel": ".model.multitask",
+    "NoOptions": ".samples",
+    "OptionError": ".errors",
+    "ParameterCounts": ".model.multitask",
+    "PluginError": ".errors",
+    "PluginSet": ".plugins",
+    "Predictor": ".deploy.inference",
+    "Preprocessor": ".preprocess",
+    "PretrainedEntry": ".pretrained",
+    "RecipeConfig": ".config",
+    "RecipeError": ".errors",
+    "RunResult": ".runs.pipeline",
+    "Sample": ".samples",
+    "SampleError": ".errors",
+    "SampleSource": ".samples",
+    "Task": ".tasks",
+    "TeacherNetwork": ".teachers",
+    "TrainContext": ".context",
+    "build_data": ".data.build",
+    "build_model": ".model.build",
+    "build_source": ".data.build",
+    "build_tasks": ".model.build",
+    "check_options": ".errors",
+    "count_parameters": ".model.multitask",
+    "distill": ".runs.pipeline",
+    "evaluate": ".metrics.evaluate",
+    "export_run": ".deploy.export",
+    "hookimpl": ".hookspecs",
+    "load_exported": ".deploy.export",
+    "load_plugins": ".plugins",
+    "load_recipe": ".config",
+    "load_run": ".runs.folder",
+    "make_loader": ".data.build",
+    "recipe_from_dict": ".config",
+    "run": ".runs.pipeline",
+    "teacher_label_key": ".teachers",
+    "train": ".runs.pipeline",
+}
 
 __all__ = [
     "Command",
@@ -94,3 +156,20 @@ __all__ = [
     "teacher_label_key",
     "train",
 ]
+
+if not TYPE_CHECKING:  # hidden from type checkers, so that ``mtkd.typo`` stays an error there
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name's module on first use (then keep the name here); a submodule
+        (``mtkd.config``) imports as it would have after the eager ``import mtkd`` of old."""
+        home = _HOMES.get(name)
+        if home is not None:
+            value = getattr(importlib.import_module(home, __name__), name)
+            globals()[name] = value
+            return value
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -1,20 +1,84 @@
 """What lifecycle hooks see of a training run (``on_train_start``, ``on_step_end``,
-``on_epoch_end``, ``on_train_end``): part of the plugin author's contract."""
+``on_epoch_end``, ``on_train_end``): part of the plugin author's contract.
+
+``TrainContext.state`` is a :class:`LoopState`, the training loop's resumable state: one
+dataclass saved in, and restored from, every checkpoint's ``state.json`` — one list of
+fields, so save and restore cannot drift apart."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
 
-from .engine.state import LoopState
-
 if TYPE_CHECKING:
     from .model.multitask import MultiTaskModel
     from .weighting import LossWeighting
+
+
+@dataclass
+class EpochTally:
+    """Running loss sums of the current epoch; saved mid-epoch so a resumed epoch logs exactly."""
+
+    seen: int = 0  # samples trained on (for images/s)
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def task_losses(self) -> dict[str, float]:
+        """Mean loss per task over its labelled samples (tasks with none are left out)."""
+        return {k: self.sums[k] / n for k, n in self.counts.items() if n}
+
+
+@dataclass
+class LoopState:
+    """Where training stands. ``epoch``/``step`` say where to continue: a checkpoint taken at
+    an epoch's end holds the next epoch and step 0."""
+
+    epoch: int = 0  # 0-based epoch to run (or running)
+    step: int = 0  # steps of that epoch already done
+    global_step: int = 0  # optimizer steps over the whole run, skipped ones included
+    history_len: int = 0  # epochs logged to metrics.jsonl
+    best_epoch: int = -1  # 1-based epoch of the best monitored value; -1: none yet
+    best_value: float = math.inf
+    stale: int = 0  # epochs since the monitored value last improved
+    skipped_steps: int = 0  # steps skipped for a non-finite loss
+    tally: EpochTally = field(default_factory=EpochTally)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LoopState:
+        """The state a ``state.json`` holds; a key this version does not know (a checkpoint
+        of another mtkd version) is a ValueError naming it, never a TypeError."""
+        _check_known(raw, cls, "")
+        values = dict(raw)
+        tally = {k: v for k, v in dict(values.get("tally", {})).items() if k not in RETIRED}
+        _check_known(tally, EpochTally, "tally.")
+        # state.json is strict JSON: NaN and Inf were written as null
+        tally["sums"] = {k: math.nan if v is None else v for k, v in tally.get("sums", {}).items()}
+        values["tally"] = EpochTally(**tally)
+        if values.get("best_value", math.inf) is None:  # no finite best yet: +Inf
+            values["best_value"] = math.inf
+        return cls(**values)
+
+
+# tally keys earlier versions wrote and this one ignores (``total``: the mean of the steps'
+# totals, which the one loss rule replaced), so their checkpoints still resume
+RETIRED = frozenset({"total"})
+# what a checkpoint's state.json must hold to be resumed: LoopState's fields, and only them
+RESUME_STATE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(LoopState))
+
+
+def _check_known(raw: dict[str, Any], kind: type, prefix: str) -> None:
+    unknown = sorted(set(raw) - {f.name for f in fields(kind)})
+    if unknown:
+        names = ", ".join(f"'{prefix}{key}'" for key in unknown)
+        raise ValueError(f"unknown key(s) {names} (written by another version of mtkd?)")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar, cast
 import pluggy
 from omegaconf import DictConfig
 
-from . import _default_hooks, hookspecs
+from . import hookspecs
 from .commands import Command
 from .errors import PluginError, did_you_mean
 from .loggers import Logger
@@ -35,7 +35,12 @@ from .weighting import LossWeighting
 
 ENTRY_POINT_GROUP = "mtkd"
 ENV_VAR = "MTKD_PLUGINS"
-CORE_PLUGIN = "mtkd.core"
+# The core's own defaults, each registered by the stage it belongs to and loaded by module
+# name, as entry points are (so the plugin manager imports no stage above it): the `fixed`
+# loss weighting, the built-in loggers (jsonl, TensorBoard, MLflow) and the default
+# `distill` (at trylast: any plugin's own replaces it).
+CORE_PLUGINS = ("mtkd.engine.setup", "mtkd.runs.tracking", "mtkd.model.distill")
+CORE_ORIGIN = "mtkd core"
 
 T = TypeVar("T")
 
@@ -198,7 +203,8 @@ def load_plugins(
     that does not exist, a task or data set registered twice.
     """
     manager = _Manager()
-    manager.add(_default_hooks, CORE_PLUGIN, "mtkd core")
+    for name in CORE_PLUGINS:
+        manager.add(importlib.import_module(name), name, CORE_ORIGIN)
     for ep in _entry_points(_allowed_from_env()):
         manager.add_new(_load_entry_point(ep), ep.name, f"entry point {ep.value}")
     for ref in extra:

@@ -153,3 +153,11 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
         present[key] = mask
     batch[PRESENT] = present
     return batch
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move tensors to the device; the ``present`` masks stay on the host (no syncs)."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }

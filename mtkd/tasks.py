@@ -11,13 +11,17 @@ batch that carry ``label_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
-import torchmetrics
 from torch import nn
 
 from .samples import LabelSpace, NoOptions
+
+if TYPE_CHECKING:
+    # torchmetrics imports matplotlib (and torchvision, scipy) when it loads: only a task
+    # that has metrics needs it, not ``import mtkd``
+    import torchmetrics
 
 Role = Literal["student", "teacher"]
 ROLES: tuple[str, ...] = ("student", "teacher")
@@ -113,7 +117,9 @@ class Task(Generic[OptionsT]):
 
     def metrics(self) -> torchmetrics.MetricCollection:
         """Fresh metric objects; their names become ``<task>/<metric>`` in results."""
-        return torchmetrics.MetricCollection({})
+        from torchmetrics import MetricCollection
+
+        return MetricCollection({})
 
     def predictions(self, output: Output) -> torch.Tensor:
         """What the metrics consume (logits by default)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -139,7 +139,30 @@ def weighted_sum(
     return total
 
 
-def fixed_total(losses: Mapping[str, torch.Tensor], tasks: Mapping[str, Task]) -> torch.Tensor:
-    """The paper's static weighting, sum of each task's recipe ``weight`` x its loss: what the
-    engine logs as ``loss`` whatever the strategy."""
-    return weighted_sum(losses, {key: task.weight for key, task in tasks.items()})
+LossT = TypeVar("LossT", float, torch.Tensor)
+
+
+def fixed_total(losses: Mapping[str, LossT], tasks: Mapping[str, Task]) -> LossT:
+    """The one rule for every ``loss`` mtkd logs or reports (docs/evaluation.md): the sum over
+    the tasks in ``losses`` of the recipe's ``weight`` x the task's mean loss over the samples
+    that carry its label, whatever strategy the run trains with. A step gives it the batch's
+    means (a task without a labelled sample contributes its zero); an epoch, a validation or
+    a test set the means over all their labelled samples (such a task is left out)."""
+    if not losses:
+        raise ValueError("no task loss to weight")
+    terms = [tasks[key].weight * loss for key, loss in losses.items()]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def weighted_losses(means: Mapping[str, float], tasks: Mapping[str, Task]) -> dict[str, float]:
+    """What every training epoch, validation and test reports: ``loss``, the rule over every
+    task with a mean, and, when some task is a teacher, ``student_loss``, the rule over the
+    students alone (what the distilled model's ``loss`` is comparable to)."""
+    out = {"loss": fixed_total(means, tasks)} if means else {}
+    students = {k: m for k, m in means.items() if tasks[k].role == "student"}
+    if students and any(task.role == "teacher" for task in tasks.values()):
+        out["student_loss"] = fixed_total(students, tasks)
+    return out

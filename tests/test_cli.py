@@ -46,5 +46,5 @@ def test_errors_are_reported_without_a_traceback(capsys: pytest.CaptureFixture[s
 def test_plugins_lists_what_each_plugin_registered(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for name in ("identification", "segmentation", "random_images", "distill", "mtkd.core"):
+    for name in ("identification", "segmentation", "random_images", "distill", "mtkd.engine.setup"):
         assert name in out

@@ -22,7 +22,7 @@ import mtkd.deploy.export
 from mtkd.cli import main
 from mtkd.deploy.export import TOLERANCE, FlatOutputs, export_run, load_exported
 from mtkd.deploy.inference import Predictor
-from mtkd.metrics.verification import embed_with_flip
+from mtkd.model.embedding import embed_with_flip
 
 QUIET = rich.console.Console(quiet=True)
 IDENTITIES = 6  # the tiny profile's people

@@ -85,3 +85,40 @@ def test_mixed_masked_and_unmasked_data_trains_and_scores_only_masked(
     full = result.results["test"]["full"]
     assert full["segmentation/count"] == masked < full["identification/count"]
     assert masked > 0
+
+
+def test_training_and_validation_weigh_tasks_by_one_rule(
+    tiny_recipe: Callable[..., DictConfig],
+) -> None:
+    """The epoch's training loss once averaged the steps' totals, where a batch without masks
+    counts segmentation as 0, while validation weighted each task's mean over its labelled
+    samples: on the same batches the two disagreed."""
+    from mtkd.context import EpochTally
+    from mtkd.data.build import make_loader
+    from mtkd.engine.step import RunningTally
+    from mtkd.metrics.evaluate import evaluate_loader
+    from mtkd.weighting import weighted_losses
+
+    model = mtkd.build_model(tiny_recipe(), SPACES).eval()
+    masks = [False] * 4 + [True, True, False, True]  # the first batch has no mask at all
+    loader = make_loader(
+        [sample_to_tensors(s, SPACES) for s in make_samples(masks)], 4, shuffle=False
+    )
+    evaluated = evaluate_loader(model, loader)
+    tally = RunningTally(list(model.tasks), EpochTally(), torch.device("cpu"))
+    with torch.no_grad():
+        for batch in loader:
+            losses, counts = task_losses(model(batch["image"]), batch, model.tasks, model.heads)
+            tally.add(int(batch["image"].shape[0]), losses, counts)
+    trained = weighted_losses(tally.snapshot().task_losses(), model.tasks)  # as fit logs it
+    weights = {key: task.weight for key, task in model.tasks.items()}
+    assert evaluated["loss"] == pytest.approx(
+        sum(w * evaluated[f"{key}/loss"] for key, w in weights.items())
+    )
+    assert trained["loss"] == pytest.approx(evaluated["loss"], rel=1e-5)
+    # the teacher (segmentation) is gone from the distilled model: its loss compares with this
+    assert model.tasks["segmentation"].role == "teacher"
+    assert evaluated["student_loss"] == pytest.approx(
+        weights["identification"] * evaluated["identification/loss"]
+    )
+    assert trained["student_loss"] == pytest.approx(evaluated["student_loss"], rel=1e-5)

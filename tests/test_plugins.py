@@ -11,6 +11,7 @@ from helpers import RECIPES, tiny_overrides
 from rich.console import Console
 
 import mtkd
+from mtkd.plugins import CORE_PLUGINS
 
 THIRD_PARTY = '''
 """A third-party plugin: a data set with a brightness label and a task that regresses it."""
@@ -114,9 +115,11 @@ def test_builtins_load_through_the_entry_point_group() -> None:
     assert {"identification", "segmentation", "random_images"} <= set(plugins.origins)
     assert plugins.origins["identification"].startswith("entry point mtkd_plugins.")
     assert plugins.tasks.by_plugin("segmentation") == ["segmentation"]
-    assert plugins.hooks_of("mtkd.core") == ["distill", "register_loggers", "register_weightings"]
-    assert plugins.loggers.by_plugin("mtkd.core") == ["jsonl", "mlflow", "tensorboard"]
-    assert plugins.weightings.by_plugin("mtkd.core") == ["fixed"]
+    # the core's defaults come from the stages they belong to
+    assert plugins.hooks_of("mtkd.model.distill") == ["distill"]
+    assert plugins.loggers.by_plugin("mtkd.runs.tracking") == ["jsonl", "mlflow", "tensorboard"]
+    assert plugins.weightings.by_plugin("mtkd.engine.setup") == ["fixed"]
+    assert {plugins.origins[name] for name in CORE_PLUGINS} == {"mtkd core"}
     assert plugins.weightings.by_plugin("loss_weighting") == ["dwa", "gradnorm", "uncertainty"]
 
 

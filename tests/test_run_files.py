@@ -19,7 +19,7 @@ from torch import nn
 
 import mtkd
 from mtkd.cli import main
-from mtkd.engine.state import LoopState
+from mtkd.context import LoopState
 from mtkd.runs.page import write_report
 from mtkd.runs.pipeline import throughput
 from mtkd.utils.checkpoint import write_json

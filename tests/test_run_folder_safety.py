@@ -90,6 +90,19 @@ def test_force_starts_the_folder_afresh_and_never_appends_to_the_old_metrics(
     assert (interrupted / "notes.txt").read_text() == "mine"
 
 
+def test_an_unknown_key_in_a_checkpoints_state_is_one_line(
+    interrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state.json from another mtkd version once stopped the resume with a TypeError."""
+    path = interrupted / "checkpoints" / "last" / "state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "warmup_left": 3}))
+    code, err = run_cli(capsys, "resume", interrupted)
+    assert code != 0
+    assert "unknown key(s) 'warmup_left'" in err and str(path.parent) in err
+    assert "TypeError" not in err
+
+
 # -- item 3: a resume applies safe overrides, refuses the rest, and config.yaml says so -------
 
 

@@ -14,9 +14,9 @@ from rich.console import Console
 import mtkd
 import mtkd.runs.tracking
 from mtkd.cli import main
-from mtkd.runs.folder import completed
 from mtkd.runs.page import write_report
 from mtkd.runs.study import is_study, plan_study, run_study
+from mtkd.utils.layout import run_status
 
 
 def write_study(tmp_path: Path, seeds: str = "[0, 1]") -> Path:
@@ -294,6 +294,6 @@ def test_a_member_that_crashed_after_writing_results_is_finished_not_skipped(
 
 def test_results_from_before_the_completed_key_count_as_finished(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text('{"recipe": "old"}')
-    assert completed(tmp_path)
+    assert run_status(tmp_path) == "finished"
     (tmp_path / "results.json").write_text('{"recipe": "new", "completed": false}')
-    assert not completed(tmp_path)
+    assert run_status(tmp_path) == "crashed"

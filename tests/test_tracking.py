@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import mtkd
 from mtkd.cli import main
 from mtkd.loggers import Logger, RunStart
-from mtkd.runs.mlflow_logger import RUN_FILE
+from mtkd.utils.layout import MLFLOW_RUN
 
 EVERYTHING = {"scalars": 0, "images": 0, "tensors": 0}
 
@@ -36,7 +36,7 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 def mlflow_run(run_dir: Path) -> tuple[MlflowClient, Any]:
-    saved = json.loads((run_dir / RUN_FILE).read_text())
+    saved = json.loads((run_dir / MLFLOW_RUN).read_text())
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
     return client, client.get_run(saved["run_id"])
 

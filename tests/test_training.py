@@ -186,3 +186,14 @@ def test_a_last_training_batch_of_one_sample_is_left_out_instead_of_crashing_bat
     result = mtkd.run(cfg, console=Console(quiet=True))
     assert result.results["data"]["train"] == 42
     assert result.results["epochs_run"] == 2
+
+
+def test_every_evaluation_loader_takes_eval_batch_size_else_batch_size() -> None:
+    from mtkd.data.build import make_eval_loader
+
+    cfg = mtkd.recipe_from_dict({"data": {"batch_size": 16}})
+    assert make_eval_loader(list(range(40)), cfg.data).batch_size == 16
+    cfg.data.eval_batch_size = 64
+    loader = make_eval_loader(list(range(40)), cfg.data)
+    assert loader.batch_size == 64
+    assert not isinstance(loader.sampler, torch.utils.data.RandomSampler)  # in order

@@ -23,6 +23,7 @@ from mtkd.engine.finetune import FreezeSchedule, param_groups, set_train_mode
 from mtkd.model import transfer
 from mtkd.model.transfer import SHAPE, init_from
 from mtkd.utils.checkpoint import save_weights
+from mtkd.utils.layout import INIT_FROM
 
 STAND_IN = "mobilenetv2_035"
 
@@ -90,7 +91,7 @@ def test_a_recipe_run_with_init_from_writes_the_report_into_its_run_folder(
     assert cfg.init_from.source == str(source_run) and cfg.init_from.heads
     console = Console(record=True, width=200)
     result = mtkd.run(cfg, console=console)
-    report = json.loads((result.run_dir / transfer.REPORT).read_text())
+    report = json.loads((result.run_dir / INIT_FROM).read_text())
     assert report["counts"]["loaded_encoder"] == len(encoder_keys(result.model))
     skipped = {s["key"]: s["reason"] for s in report["skipped"]}
     assert skipped["heads.identification.classify.weight"] == SHAPE

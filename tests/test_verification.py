@@ -15,7 +15,6 @@ from mtkd.metrics.verification import (
     Pair,
     best_threshold,
     candidate_thresholds,
-    embed_with_flip,
     generate_pairs,
     index_pairs,
     pair_distances,
@@ -23,6 +22,7 @@ from mtkd.metrics.verification import (
     read_lfw_pairs,
     verification_accuracy,
 )
+from mtkd.model.embedding import embed_with_flip
 
 # --------------------------------------------------------------------------- the protocol
 

@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 import mtkd
 from mtkd.cli import main
-from mtkd.model.transfer import REPORT, SHAPE, check_init_from, init_from
+from mtkd.model.transfer import SHAPE, check_init_from, init_from
 from mtkd.model.zoo import ImageSizeWarning
 from mtkd.pretrained import PretrainedEntry, read_cards, sha256_of
 from mtkd.runs.release import MB, ReleaseOptions, release_run, stored_bytes, to_fp16
+from mtkd.utils.layout import INIT_FROM
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ENCODER = "mobilenetv2_035"  # MobileNetV2's module names (the U-Net taps resolve), 0.4M params
@@ -429,5 +430,5 @@ def test_mtkd_run_starts_from_a_zoo_entry_end_to_end(zoo: Path, tmp_path: Path, 
         trained["encoder.trunk.conv_stem.weight"],
     )
     if key == "init_from":
-        report = json.loads((out / REPORT).read_text())
+        report = json.loads((out / INIT_FROM).read_text())
         assert report["source"] == "zoo:tiny" and report["counts"]["loaded_heads"] > 0

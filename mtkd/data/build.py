@@ -409,3 +409,9 @@ def make_loader(
         generator=generator,
         persistent_workers=num_workers > 0,
     )
+
+
+def make_eval_loader(dataset: Dataset, data_cfg: Any) -> DataLoader:
+    """A loader for evaluation (validation, test, verification, gallery): in order, in
+    batches of ``data.eval_batch_size``, or ``data.batch_size`` when that is unset."""
+    return make_loader(dataset, data_cfg.eval_batch_size or data_cfg.batch_size, shuffle=False)

@@ -31,10 +31,11 @@ from ..errors import MtkdError
 from ..model.build import build_model
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
-from ..runs.folder import CONFIG, load_run, read_label_spaces, require_run_folder
+from ..runs.folder import load_run, read_label_spaces, require_run_folder
 from ..samples import LabelSpace
 from ..utils import checksums
 from ..utils.checkpoint import load_weights, save_weights, write_json
+from ..utils.layout import CONFIG, EXPORT
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4  # max abs difference allowed between an artefact and PyTorch
@@ -315,7 +316,7 @@ def load_exported(
 
 
 def default_export_path(run_dir: Path, fmt: str) -> Path:
-    return run_dir / "export" / f"model{FORMATS[fmt]}"
+    return run_dir / EXPORT / f"model{FORMATS[fmt]}"
 
 
 def _record(

@@ -19,11 +19,12 @@ from ..config import load_recipe
 from ..data.build import build_preprocessors
 from ..data.resize import resize_image
 from ..errors import MtkdError, SampleError
-from ..metrics.verification import embed_with_flip
+from ..model.embedding import embed_with_flip
 from ..plugins import PluginSet
-from ..runs.folder import CONFIG, load_run, require_run_folder
+from ..runs.folder import load_run, require_run_folder
 from ..runs.trust import run_folder_plugins
 from ..samples import Sample, sample_to_tensors
+from ..utils.layout import CONFIG
 
 # Grey files stay H x W, as data-set readers deliver them (the face crop accepts grey; the
 # cache's resize makes them RGB); 16-bit grey is scaled, since convert("L") would clip it.
@@ -134,7 +135,7 @@ class Predictor:
 
     def embed(self, paths: Sequence[str | Path], *, flip: bool = True) -> np.ndarray:
         """L2-normalised embeddings (N, D) float32, by the rule verification scores with
-        (:func:`~mtkd.metrics.verification.embed_with_flip`): with ``flip``, the image's and
+        (:func:`~mtkd.model.embedding.embed_with_flip`): with ``flip``, the image's and
         its mirror's raw embeddings summed, then normalised, which steadies them against pose."""
         rows = [
             embed_with_flip(lambda x: self._outputs(x)["embedding"], images, flip=flip)

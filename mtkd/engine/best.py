@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..context import LoopState
 from ..utils.checkpoint import load_best_state, save_weights
-from .state import LoopState
 
 
 class BestModel:

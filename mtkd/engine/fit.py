@@ -17,14 +17,15 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 from ..console import make_console
-from ..context import TrainContext
+from ..context import EpochTally, TrainContext
 from ..data.build import EpochSampler
 from ..errors import Interrupted, MtkdError
 from ..metrics.evaluate import evaluate_loader, prefixed
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
 from ..utils import distributed
-from ..weighting import FixedWeighting
+from ..utils.layout import METRICS, best_weights
+from ..weighting import FixedWeighting, weighted_losses
 from . import hardware
 from .best import BestModel
 from .finetune import FreezeSchedule
@@ -40,7 +41,6 @@ from .setup import (
     prepare_model,
 )
 from .signals import StopRequested, StopSignals
-from .state import EpochTally
 from .step import RunningTally, TrainStep, halve_learning_rate
 
 
@@ -124,8 +124,8 @@ class Loop:
         if self.val_loader is None:
             console.print("[yellow]no validation samples: early stopping watches the training loss")
         main = distributed.is_main()
-        self.log = MetricsLog(ctx.run_dir / "metrics.jsonl" if ctx.run_dir else None)
-        best_path = ctx.run_dir / "checkpoints" / "best.safetensors" if ctx.run_dir else None
+        self.log = MetricsLog(ctx.run_dir / METRICS if ctx.run_dir else None)
+        best_path = best_weights(ctx.run_dir) if ctx.run_dir else None
         monitor = "val/loss" if self.val_loader is not None else "train/loss"
         self.best = BestModel(monitor, self.trainer.min_delta, best_path if main else None)
         self.lost_best = False  # resumed without the best weights so far (see resume)
@@ -231,7 +231,9 @@ class Loop:
     def _end_epoch(self, record: dict[str, Any], tally: EpochTally) -> None:
         """Training figures of the epoch; the weighting strategy sees its task losses."""
         self.state.step, self.state.tally = 0, EpochTally()
-        record.update(prefixed(tally.results(), "train"))
+        means = tally.task_losses()  # the loss by the one rule, as validation computes it
+        record.update(prefixed(weighted_losses(means, self.ctx.model.tasks), "train"))
+        record.update({f"train/{key}/loss": mean for key, mean in means.items()})
         weighting = self.step.weighting
         weighting.epoch_end(tally.task_losses())
         if not isinstance(weighting, FixedWeighting):

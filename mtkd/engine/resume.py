@@ -9,14 +9,13 @@ from typing import Any
 
 from rich.console import Console
 
-from ..context import TrainContext
+from ..context import RESUME_STATE_KEYS, EpochTally, LoopState, TrainContext
+from ..errors import MtkdError
 from ..utils import distributed, rng
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.layout import STATE, last_checkpoint
 from .metrics_log import json_line
-from .state import EpochTally, LoopState
 from .step import TrainStep
-
-LAST = Path("checkpoints") / "last"
 
 
 class LoopCheckpoint:
@@ -43,7 +42,12 @@ class LoopCheckpoint:
         }
         ctx = self.ctx
         save_checkpoint(
-            run_dir / LAST, ctx.model, ctx.optimizer, state.to_dict(), extra, rng.capture()
+            last_checkpoint(run_dir),
+            ctx.model,
+            ctx.optimizer,
+            state.to_dict(),
+            extra,
+            rng.capture(),
         )
 
     def save_epoch_end(self, state: LoopState) -> None:
@@ -53,7 +57,10 @@ class LoopCheckpoint:
     def restore(self, run_dir: Path, console: Console) -> LoopState:
         """Load the last checkpoint; returns the state to continue from (RNG restored last)."""
         ctx = self.ctx
-        raw, extra, rng_state, notes = load_checkpoint(run_dir / LAST, ctx.model, ctx.optimizer)
+        last = last_checkpoint(run_dir)
+        raw, extra, rng_state, notes = load_checkpoint(
+            last, ctx.model, ctx.optimizer, required=RESUME_STATE_KEYS
+        )
         for note in notes:
             console.print(f"[yellow]{note}: resuming from the checkpoint before it")
         if self.scheduler is not None and extra.get("scheduler") is not None:
@@ -64,7 +71,13 @@ class LoopCheckpoint:
             self.step.scaler.load_state_dict(extra["scaler"])
         history = extra.get("history")
         self.saved_history = list(history) if isinstance(history, list) else None
-        state = LoopState.from_dict(raw)
+        try:
+            state = LoopState.from_dict(raw)
+        except ValueError as exc:
+            raise MtkdError(
+                f"cannot resume from '{last}': its {STATE} holds {exc}; resume it with the "
+                "mtkd version that wrote it, or start the run afresh with --force"
+            ) from exc
         if not distributed.is_main():  # the saved tally is already summed over ranks
             state.tally = EpochTally()
         rng.restore(rng_state)

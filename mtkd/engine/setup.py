@@ -3,6 +3,7 @@ optimizer and schedule (timm), and the loss-weighting strategy (a plugin)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from timm.scheduler import create_scheduler_v2
 
 from ..config import check_choices, named_block
 from ..errors import RecipeError, did_you_mean
+from ..hookspecs import hookimpl
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet, plugins_for
 from ..weighting import FixedWeighting, LossWeighting
@@ -19,6 +21,13 @@ from . import hardware
 from .finetune import param_groups
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")
+
+
+@hookimpl
+def register_weightings(register: Callable[[type[LossWeighting]], None]) -> None:
+    """The paper's static weights, always available: the strategy a recipe without
+    ``trainer.weighting`` trains with."""
+    register(FixedWeighting)
 
 
 def check_trainer(trainer: DictConfig) -> None:

@@ -11,14 +11,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from ..context import TrainContext
+from ..context import EpochTally, LoopState, TrainContext
 from ..errors import MtkdError, RecipeError
-from ..metrics.evaluate import to_device
 from ..model.losses import task_losses
+from ..samples import to_device
 from ..utils import distributed
 from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
 from . import hardware
-from .state import EpochTally, LoopState
 
 Losses = dict[str, torch.Tensor]
 
@@ -28,15 +27,11 @@ class RunningTally:
 
     def __init__(self, keys: list[str], start: EpochTally, device: torch.device) -> None:
         self.keys, self.device = keys, device
-        self.total = torch.tensor(start.total, device=device)
         self.seen = start.seen
         self.sums = {k: torch.tensor(start.sums.get(k, 0.0), device=device) for k in keys}
         self.counts = {k: start.counts.get(k, 0) for k in keys}
 
-    def add(
-        self, total: torch.Tensor, size: int, losses: Losses, counts: Mapping[str, int]
-    ) -> None:
-        self.total += total.detach() * size
+    def add(self, size: int, losses: Losses, counts: Mapping[str, int]) -> None:
         self.seen += size
         for key in self.keys:
             if counts[key]:
@@ -45,16 +40,15 @@ class RunningTally:
 
     def snapshot(self) -> EpochTally:
         """The tally so far, summed over ranks (a collective under DDP: every rank calls it)."""
-        packed: list[torch.Tensor | float] = [self.total.float(), float(self.seen)]
+        packed: list[torch.Tensor | float] = [float(self.seen)]
         packed += [self.sums[k].float() for k in self.keys]
         packed += [float(self.counts[k]) for k in self.keys]
         values = distributed.sum_over_ranks(packed, self.device)
         n = len(self.keys)
         return EpochTally(
-            values[0],
-            int(values[1]),
-            dict(zip(self.keys, values[2 : 2 + n], strict=True)),
-            {k: int(v) for k, v in zip(self.keys, values[2 + n :], strict=True)},
+            int(values[0]),
+            dict(zip(self.keys, values[1 : 1 + n], strict=True)),
+            {k: int(v) for k, v in zip(self.keys, values[1 + n :], strict=True)},
         )
 
 
@@ -97,7 +91,7 @@ class TrainStep:
             self.non_finite(where, losses)
         else:
             self._backward_and_step(losses, counts, features)
-            tally.add(total, int(batch["image"].shape[0]), losses, counts)
+            tally.add(int(batch["image"].shape[0]), losses, counts)
         return total, losses
 
     def _backward_and_step(

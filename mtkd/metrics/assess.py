@@ -23,19 +23,20 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from ..data.build import DataBundle, TensorView, make_loader
+from ..data.build import DataBundle, TensorView, make_eval_loader
 from ..data.where import describe, resolve_where, where_mask
 from ..errors import DataError
+from ..model.embedding import embed_with_flip
 from ..model.losses import labelled_outputs
 from ..model.multitask import MultiTaskModel
-from .evaluate import evaluate_loader, to_device
+from ..samples import to_device
+from .evaluate import evaluate_loader
 from .gallery import Bins, gallery_section
 from .latency import measure_latency
 from .pose import accuracy_by_bin
 from .verification import (
     Pair,
     PairList,
-    embed_with_flip,
     generate_pairs,
     index_pairs,
     pair_distances,
@@ -137,7 +138,7 @@ def _verification(
         on, view = "test", data.test
     if len(view) == 0:
         return {}
-    loader = make_loader(view, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    loader = make_eval_loader(view, cfg.data)
     out: dict[str, Any] = {}
     model.eval()
     with torch.no_grad():
@@ -211,7 +212,7 @@ def _closed_set(
     device: torch.device,
 ) -> dict[str, Any]:
     evaluation = cfg.evaluate
-    loader = make_loader(data.test, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    loader = make_eval_loader(data.test, cfg.data)
     results: dict[str, Any] = {
         "test": {
             "full": evaluate_loader(model, loader, device),
@@ -278,7 +279,7 @@ def _gallery(
     evaluation = cfg.evaluate
     raw = evaluation.gallery_where
     ranges = resolve_where(raw, "evaluate.gallery_where", data.label_spaces)
-    loader = make_loader(data.test, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False)
+    loader = make_eval_loader(data.test, cfg.data)
     bins = Bins(evaluation.bin_width, evaluation.bin_low, evaluation.bin_high)
     tasks: dict[str, Any] = {}
     embedded = _embedding_keys(model, data.test, device) if len(data.test) else set()

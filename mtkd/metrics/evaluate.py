@@ -12,16 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.build import make_loader
 from ..model.losses import labelled_outputs
 from ..model.multitask import MultiTaskModel
-from ..samples import Batch
+from ..samples import to_device
 from ..utils import distributed
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move tensors to the device; the ``present`` masks stay on the host (no syncs)."""
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
+from ..weighting import weighted_losses
 
 
 def _plain(value: torch.Tensor) -> float | list[float]:
@@ -33,7 +26,10 @@ def _plain(value: torch.Tensor) -> float | list[float]:
 def evaluate_loader(
     model: MultiTaskModel, loader: DataLoader, device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
-    """``loss`` (weighted), ``<task>/loss``, ``<task>/<metric>`` and ``<task>/count``."""
+    """``<task>/loss``, ``<task>/<metric>``, ``<task>/count``, and ``loss`` by the one rule
+    (:func:`~mtkd.weighting.fixed_total` of the tasks' means over their labelled samples);
+    a model with teachers also gets ``student_loss``, the same over its student tasks: what
+    its distilled model's ``loss`` is comparable to."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -61,18 +57,15 @@ def evaluate_loader(
         sums = {k: torch.tensor(values[i]) for i, k in enumerate(keys)}
         counts = {k: int(values[len(keys) + i]) for i, k in enumerate(keys)}
     results: dict[str, Any] = {}
-    total = 0.0
+    means: dict[str, float] = {}
     for key, task in model.tasks.items():  # torchmetrics syncs its states over ranks itself
         results[f"{key}/count"] = counts[key]
         if counts[key] == 0:
             continue
-        mean = float(sums[key]) / counts[key]
-        results[f"{key}/loss"] = mean
-        total += task.weight * mean
+        means[key] = results[f"{key}/loss"] = float(sums[key]) / counts[key]
         for name, value in task.summarize(metrics[key]).items():
             results[f"{key}/{name}"] = _plain(value) if isinstance(value, torch.Tensor) else value
-    if any(counts.values()):
-        results["loss"] = total
+    results.update(weighted_losses(means, model.tasks))
     return results
 
 

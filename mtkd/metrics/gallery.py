@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ..model.embedding import l2_normalize
 from .pose import accuracy_by_bin
-from .verification import l2_normalize, verification_accuracy
+from .verification import verification_accuracy
 
 
 @dataclass(frozen=True)

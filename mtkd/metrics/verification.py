@@ -12,7 +12,8 @@ The pieces, in the order a caller uses them:
 - pairs: :func:`read_lfw_pairs` (an LFW-format ``pairs.txt``) or :func:`generate_pairs`
   (deterministic pairs from per-sample group ids, for data sets without a pairs file);
   :func:`index_pairs` maps keys to sample indices, :func:`pair_labels` gives the arrays;
-- embeddings: :func:`embed_with_flip` (image + horizontal flip, summed, L2-normalised);
+- embeddings: :func:`mtkd.model.embedding.embed_with_flip` (image + horizontal flip, summed,
+  L2-normalised);
 - :func:`pair_distances`, then :func:`verification_accuracy`.
 
 Nothing here knows what the samples are: groups are any integer ids, keys any hashable.
@@ -21,15 +22,15 @@ Nothing here knows what the samples are: groups are any integer ids, keys any ha
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
-import torch
 
 from ..errors import DataError
+from ..model.embedding import l2_normalize
 
 K = TypeVar("K", bound=Hashable)
 
@@ -382,50 +383,6 @@ def _shared_group_pairs(
 
 
 # --------------------------------------------------------------------------- embeddings
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm; an all-zero row stays zero (as ``F.normalize`` does)."""
-    x = np.asarray(x)
-    x = x.astype(np.result_type(x.dtype, np.float32), copy=False)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, eps)
-
-
-def embed_with_flip(
-    model_fn: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor | np.ndarray,
-    batch_size: int | None = None,
-    *,
-    flip: bool = True,
-) -> np.ndarray:
-    """Embeddings of ``images`` (N, C, H, W), each summed with its horizontal flip's, L2-normalised.
-
-    InsightFace's verification (``arcface_torch/eval/verification.py``) does exactly this:
-    ``normalize(f(x) + f(flip(x)))`` — the raw embeddings are summed, then normalised once.
-    ``model_fn`` maps a batch to (N, D) embeddings; it runs under ``torch.inference_mode``
-    in chunks of ``batch_size`` (all at once when ``None``). Returns float32 (N, D).
-    The one embedding rule of mtkd: verification, ``mtkd embed`` and ``Predictor.embed`` all
-    call it, so the vectors a user gets are the ones verification scored (``flip=False``:
-    the image alone, normalised).
-    """
-    batch = torch.as_tensor(images)
-    if batch.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(batch.shape)}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    step = batch_size or max(batch.shape[0], 1)
-    chunks: list[torch.Tensor] = []
-    with torch.inference_mode():
-        for start in range(0, batch.shape[0], step):
-            x = batch[start : start + step]
-            summed = model_fn(x)
-            if flip:
-                summed = summed + model_fn(torch.flip(x, dims=(-1,)))
-            chunks.append(summed.detach().float().cpu().reshape(x.shape[0], -1))
-    if not chunks:
-        return np.zeros((0, 0), dtype=np.float32)
-    return l2_normalize(torch.cat(chunks).numpy().astype(np.float32))
 
 
 def pair_distances(

@@ -30,21 +30,21 @@ from torch import nn
 from ..errors import RecipeError
 from ..plugins import PluginSet, plugins_for
 from ..utils.checkpoint import load_safetensors, write_json
+from ..utils.layout import BEST, CHECKPOINTS, DISTILLED, INIT_FROM, LAST, WEIGHTS
 from .encoder import create_timm_trunk
 from .zoo import check_refs, entry_state, zoo_name
 
 TIMM = "timm"  # source: the encoder's own timm hub weights
-REPORT = "init_from.json"
 ENCODER = "encoder."
 HEADS = "heads."
 TRUNK = "encoder.trunk."
 # In a run folder, the first of these that exists is the source (all hold the encoder; the
 # first and the last also the teacher heads).
 RUN_FILES = (
-    "checkpoints/best.safetensors",
-    "distilled/model.safetensors",
-    "checkpoints/last/model.safetensors",
-    "model.safetensors",  # a checkpoints/last folder itself
+    f"{CHECKPOINTS}/{BEST}",
+    f"{DISTILLED}/{WEIGHTS}",
+    f"{CHECKPOINTS}/{LAST}/{WEIGHTS}",
+    WEIGHTS,  # a checkpoints/last folder itself
 )
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
@@ -115,7 +115,7 @@ class TransferReport:
         }
 
     def save(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / REPORT
+        path = Path(run_dir) / INIT_FROM
         write_json(path, self.to_dict())
         return path
 
@@ -133,7 +133,7 @@ class TransferReport:
             for item in items[:limit]:
                 console.print(f"    {escape(item.describe())}", highlight=False)
             if len(items) > limit:
-                console.print(f"    ... and {len(items) - limit} more (see {REPORT})")
+                console.print(f"    ... and {len(items) - limit} more (see {INIT_FROM})")
 
 
 def resolve_source(source: str | Path) -> Path:

@@ -1,12 +1,5 @@
-"""The run folder: what a run writes, and how a saved run becomes a model again.
-
-<run>/config.yaml          the merged recipe (rerun it with ``mtkd run <run>/config.yaml``)
-<run>/labels.json          the label spaces (class names) the heads were built for
-<run>/metrics.jsonl        one line per epoch
-<run>/checkpoints/         last/ (weights, optimizer, counters) and best.safetensors
-<run>/distilled/           model.safetensors + tasks.json: the inference model
-<run>/results.json         parameter counts, test metrics before and after distillation
-SHA256SUMS                 beside every weights file: its checksum, checked when it is loaded
+"""The run folder: taking a folder for a new run, and how a saved run becomes a model again
+(the names of what a run writes, and :func:`run_status`, are in :mod:`mtkd.utils.layout`).
 
 A folder holds one run: a new run into a folder holding another is refused (``--force``
 deletes the old run's files first), so no checkpoint is overwritten and no metrics mixed.
@@ -33,34 +26,19 @@ from ..plugins import PluginSet
 from ..samples import LabelSpace
 from ..utils.checkpoint import load_weights, save_weights, write_json
 from ..utils.files import write_text_atomic
-from .trust import run_folder_plugins
-
-CONFIG = "config.yaml"
-LABELS = "labels.json"
-RESULTS = "results.json"
-COMPLETED = "completed"  # in results.json: false until the figures and loggers are done too
-METRICS = "metrics.jsonl"
-DISTILLED = "distilled"
-CHECKPOINTS = "checkpoints"
-# what a run writes at its top level: what --force removes before a new run takes the folder
-RUN_ENTRIES = (
+from ..utils.layout import (
     CONFIG,
+    DISTILLED,
     LABELS,
     METRICS,
-    RESULTS,
-    CHECKPOINTS,
-    DISTILLED,
-    "export",
-    "init_from.json",
-    "curves.png",
-    "predictions-*.png",
-    "confusion-*.png",
-    "accuracy_by_bin-*.png",
-    "eval-*.json",
-    "tensorboard",  # a new run's event files must not continue the old run's
-    "tracking.json",
-    "mlflow.json",  # its MLflow run is tagged replaced first
+    RUN_ENTRIES,
+    TASKS,
+    RunStatus,
+    best_weights,
+    distilled_weights,
+    run_status,
 )
+from .trust import run_folder_plugins
 
 
 def require_run_folder(run_dir: str | Path) -> Path:
@@ -72,40 +50,7 @@ def require_run_folder(run_dir: str | Path) -> Path:
     return path
 
 
-def completed(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` completed: its ``results.json`` exists and does not say
-    ``"completed": false`` (written so until the figures and loggers are done; a run that
-    crashed after evaluating keeps it). Results from before the key count as complete."""
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        return False
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return True  # a damaged results file is the reader's to report, not a crash marker
-    return not (isinstance(data, dict) and data.get(COMPLETED) is False)
-
-
-def _held_run(path: Path) -> str | None:
-    """'finished', 'crashed' (after writing results.json), 'interrupted' or 'started' when
-    ``path`` holds (part of) a run, else None."""
-    if (path / RESULTS).exists():
-        return "finished" if completed(path) else "crashed"
-    last = path / CHECKPOINTS
-    if any((last / n / "state.json").is_file() for n in ("last", "last.previous")):
-        return "interrupted"
-    if (path / METRICS).exists() or last.exists() or (path / CONFIG).exists():
-        return "started"
-    return None
-
-
-def run_state(path: str | Path) -> str | None:
-    """'finished', 'interrupted' (resumable), 'started' (stopped before its first checkpoint)
-    or None (no run) for the folder ``path``."""
-    return _held_run(Path(path))
-
-
-def _refuse_held_run(path: Path, held: str) -> None:
+def _refuse_held_run(path: Path, held: RunStatus) -> None:
     fresh = "or pass --force to start it afresh (this deletes the run's files)"
     if held in ("interrupted", "crashed"):
         what = "an interrupted run" if held == "interrupted" else "a run that crashed at its end"
@@ -141,7 +86,7 @@ def check_output_dir(cfg: DictConfig, force: bool = False) -> None:
     key = "output.dir" if cfg.output.dir else "output.root"
     target = Path(cfg.output.dir or cfg.output.root)
     _check_writable(target, key)
-    held = _held_run(target) if cfg.output.dir else None
+    held = run_status(target) if cfg.output.dir else None
     if held and not force:
         _refuse_held_run(target, held)
 
@@ -164,7 +109,7 @@ def new_run_dir(cfg: DictConfig, force: bool = False, console: Any = None) -> Pa
     check_output_dir(cfg, force)
     if cfg.output.dir:
         path = Path(cfg.output.dir)
-        if force and _held_run(path):
+        if force and run_status(path):
             from .mlflow_logger import mark_replaced
 
             line = mark_replaced(path)
@@ -198,9 +143,9 @@ def write_run_header(run_dir: Path, cfg: DictConfig, label_spaces: dict[str, Lab
 
 
 def save_distilled(run_dir: Path, model: MultiTaskModel) -> None:
-    save_weights(model, run_dir / DISTILLED / "model.safetensors")
+    save_weights(model, distilled_weights(run_dir))
     write_json(
-        run_dir / DISTILLED / "tasks.json",
+        run_dir / DISTILLED / TASKS,
         {"tasks": list(model.tasks), "taps": list(model.encoder.tap_names)},
     )
 
@@ -249,14 +194,14 @@ def load_run(
         plugins = _folder_plugins(run_dir, cfg, trust_plugins)
     model = build_model(cfg, read_label_spaces(run_dir), plugins)
     if distilled:
-        info_path = run_dir / DISTILLED / "tasks.json"
+        info_path = run_dir / DISTILLED / TASKS
         if not info_path.is_file():
             raise MtkdError(f"'{run_dir}' has no distilled model (the run did not finish)")
         info: dict[str, Any] = json.loads(info_path.read_text())
         model = model.without_tasks([k for k in model.tasks if k not in info["tasks"]])
-        load_weights(model, run_dir / DISTILLED / "model.safetensors")
+        load_weights(model, distilled_weights(run_dir))
     else:
-        load_weights(model, run_dir / CHECKPOINTS / "best.safetensors")
+        load_weights(model, best_weights(run_dir))
     model.eval()
     return model
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from ..errors import MtkdError
 from ..loggers import Logger, RunStart, Status, final_metrics, flat_recipe, numeric_items
+from ..utils.layout import MLFLOW_RUN
 
-RUN_FILE = "mlflow.json"
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 BATCH = 100  # MLflow's limit of params per log_batch call
 REACH_TIMEOUT_S = 5.0  # how long start-up waits for a tracking server's first answer
@@ -54,7 +54,7 @@ def mark_replaced(run_dir: Path) -> str | None:
     points at a folder that holds it. Returns a line for the console (None: no MLflow run).
     Never raises: an unreachable store or a missing ``mlflow`` is said, and the new run goes
     on."""
-    saved = Path(run_dir) / RUN_FILE
+    saved = Path(run_dir) / MLFLOW_RUN
     if not saved.is_file():
         return None
     try:
@@ -115,7 +115,7 @@ class MlflowLogger(Logger):
     def start(self, run: RunStart) -> None:
         from mlflow.tracking import MlflowClient
 
-        saved = run.run_dir / RUN_FILE
+        saved = run.run_dir / MLFLOW_RUN
         if run.resumed and saved.is_file():  # the store the run began in, whatever is set now
             info = json.loads(saved.read_text())
             self.uri, self.run_id = info["tracking_uri"], info["run_id"]

@@ -23,7 +23,7 @@ from ..data.cache import DataReport
 from ..engine.metrics_log import damage_note, read_metrics
 from ..errors import MtkdError
 from ..loggers import numeric_items
-from .folder import CONFIG, METRICS, RESULTS, completed, run_state
+from ..utils.layout import CONFIG, METRICS, RESULTS, WITH_RESULTS, run_status
 from .report import comparison_rows, read_results, table_cells
 
 PAGE = "report.html"
@@ -225,9 +225,9 @@ def study_runs(folder: Path) -> tuple[str, list[Path]]:
         data = json.loads(summary.read_text())
         runs = [folder / Path(r).name for r in data.get("runs", [])]
         return str(data.get("study", folder.name)), runs
-    runs = sorted(p for p in folder.iterdir() if p.is_dir() and run_state(p))
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and run_status(p))
     if not runs:
-        state = run_state(folder)
+        state = run_status(folder)
         if state in ("interrupted", "started"):
             how = (
                 f"continue it with `mtkd resume {folder}`"
@@ -246,7 +246,7 @@ def study_runs(folder: Path) -> tuple[str, list[Path]]:
 
 def unfinished_note(run_dir: Path) -> str:
     """Why a study member has no results yet, and what to do about it."""
-    state = run_state(run_dir)
+    state = run_status(run_dir)
     if state == "interrupted":
         return f"unfinished: interrupted, no {RESULTS} (continue it with `mtkd resume {run_dir}`)"
     if state == "started":
@@ -272,10 +272,11 @@ def failures(folder: Path) -> dict[str, str]:
 
 
 def member_section(run_dir: Path, failure: str | None = None) -> Section:
-    if not (run_dir / RESULTS).is_file():
+    status = run_status(run_dir)
+    if status not in WITH_RESULTS:
         note = f"failed: {failure}" if failure else unfinished_note(run_dir)
         return Section(run_dir.name, str(run_dir), note=note)
-    if not completed(run_dir):
+    if status == "crashed":
         why = f" ({failure})" if failure else " (its figures or loggers did not finish)"
         crashed = f"crashed after writing results.json{why}; run the study again to finish it"
         return Section(run_dir.name, str(run_dir), note=crashed)
@@ -305,7 +306,7 @@ def run_page(run_dir: Path) -> str:
 
 def study_page(folder: Path) -> str:
     name, runs = study_runs(folder)
-    finished = [r for r in runs if completed(r)]
+    finished = [r for r in runs if run_status(r) == "finished"]
     results = [read_results(r) for r in finished]
     members = list(dict.fromkeys(str(r.get("recipe")) for r in results))
     overview = Section(
@@ -324,13 +325,13 @@ def study_page(folder: Path) -> str:
 def unfinished_members(folder: str | Path) -> list[tuple[Path, str]]:
     """(run folder, note) of each study member without results (none for a run folder)."""
     folder = Path(folder)
-    if (folder / RESULTS).is_file():
+    if run_status(folder) in WITH_RESULTS:
         return []
     failed = failures(folder)
     return [
         (r, f"failed: {failed[r.name]}" if r.name in failed else unfinished_note(r))
         for r in study_runs(folder)[1]
-        if not (r / RESULTS).is_file()
+        if run_status(r) not in WITH_RESULTS
     ]
 
 
@@ -339,7 +340,7 @@ def write_report(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise MtkdError(f"'{folder}' is not a folder (give a run folder or a study folder)")
-    page = run_page(folder) if (folder / RESULTS).is_file() else study_page(folder)
+    page = run_page(folder) if run_status(folder) in WITH_RESULTS else study_page(folder)
     out = folder / PAGE
     out.write_text(page, encoding="utf-8")
     return out

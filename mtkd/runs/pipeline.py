@@ -18,7 +18,7 @@ from ..data.build import (
     DataBundle,
     build_data,
     check_train_batches,
-    make_loader,
+    make_eval_loader,
     make_train_loader,
     rank_share,
 )
@@ -34,18 +34,9 @@ from ..model.transfer import check_init_from, init_from_recipe
 from ..plugins import PluginSet, plugins_for
 from ..utils import distributed
 from ..utils.checkpoint import write_json
+from ..utils.layout import COMPLETED, RESULTS, run_status
 from ..utils.rng import seed_everything
-from .folder import (
-    COMPLETED,
-    RESULTS,
-    check_output_dir,
-    clear_run,
-    completed,
-    new_run_dir,
-    run_state,
-    save_distilled,
-    write_run_header,
-)
+from .folder import check_output_dir, clear_run, new_run_dir, save_distilled, write_run_header
 from .resume import settle_resume
 from .tracking import Tracking, resolve_loggers
 
@@ -96,9 +87,7 @@ def train(
         min_batch=smallest_train_batch(model, cfg.data.image_size),  # no batch of one for BN
         collate=data.train_collate,
     )
-    val_loader = make_loader(
-        rank_share(data.val), cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False
-    )
+    val_loader = make_eval_loader(rank_share(data.val), cfg.data)
     return fit(
         model,
         train_loader,
@@ -171,7 +160,7 @@ def _check_folder(
         if main:  # so does a run folder that cannot be written or holds another run
             check_output_dir(cfg, force)
         return
-    if completed(Path(resume_dir)):  # one that crashed after its results is resumed to finish
+    if run_status(resume_dir) == "finished":  # a crashed one is resumed to finish
         raise MtkdError(f"'{resume_dir}' is a finished run (it has {RESULTS}): nothing to resume")
     for key, (old, new) in settle_resume(resume_dir, cfg, write=main).items():
         console.print(f"resume: {key}: {old!r} → {new!r} (recorded in config.yaml)")
@@ -277,7 +266,7 @@ def run(
 def _discard_unstarted(run_dir: Path, remove: bool, console: Console) -> None:
     """A new run that failed before its first checkpoint leaves no folder that blocks the
     corrected rerun (``remove``: the folder too, when this run created it and it is empty)."""
-    if run_state(run_dir) != "started":
+    if run_status(run_dir) != "started":
         return  # a checkpoint exists: resumable; or a results.json: finished
     clear_run(run_dir)
     if remove and run_dir.is_dir() and not any(run_dir.iterdir()):

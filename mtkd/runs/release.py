@@ -26,9 +26,9 @@ from safetensors.torch import load_file
 from ..errors import MtkdError
 from ..pretrained import CARD_FORMAT, CARD_SUFFIX, WEIGHTS_SUFFIX, PretrainedEntry, sha256_of
 from ..utils.checkpoint import safetensors_bytes, write_json
+from ..utils.layout import CONFIG, RESULTS, best_weights
 
 MB = 1_000_000
-BEST = Path("checkpoints") / "best.safetensors"
 ENCODER = "encoder"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -136,7 +136,7 @@ def trained_on(
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """(config.yaml, results.json, best checkpoint) of a finished run."""
-    paths = [run_dir / "config.yaml", run_dir / "results.json", run_dir / BEST]
+    paths = [run_dir / CONFIG, run_dir / RESULTS, best_weights(run_dir)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise MtkdError(f"'{run_dir}' is not a finished run folder (missing {', '.join(missing)})")

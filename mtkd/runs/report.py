@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ..errors import MtkdError
 from ..utils.files import read_json_object
-from .folder import RESULTS
+from ..utils.layout import RESULTS
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import load_recipe
 from ..errors import RecipeError
 from ..utils.files import write_text_atomic
-from .folder import CONFIG, require_run_folder
+from ..utils.layout import CONFIG
+from .folder import require_run_folder
 
 # keys a resumed run may change: when to stop, how to report and evaluate, where it runs
 SAFE_ON_RESUME = (

@@ -43,7 +43,7 @@ from ..console import make_console
 from ..errors import Interrupted, MtkdError, RecipeError, did_you_mean
 from ..recipe_files import find_recipe
 from ..utils.checkpoint import write_json
-from .folder import RESULTS, completed
+from ..utils.layout import CONFIG, has_checkpoint, run_status
 from .pipeline import run
 from .report import comparison_rows, markdown_table, print_table, read_results
 
@@ -152,7 +152,7 @@ def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None
     Keys only one side has are ignored (a newer mtkd adds keys with defaults); a changed value
     means the study's settings changed since that run, and reusing it would mix profiles.
     """
-    saved_path = run_dir / "config.yaml"
+    saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         return
     saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
@@ -172,8 +172,7 @@ def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None
 def _resumable(run_dir: Path, cfg: Any) -> Path | None:
     """An interrupted member continues from its last checkpoint: hours of training survive a
     killed session. Its settings must be the ones planned now (else the error says which)."""
-    checkpoints = run_dir / "checkpoints"
-    if not any((checkpoints / name / "state.json").is_file() for name in ("last", "last.previous")):
+    if not has_checkpoint(run_dir):
         return None
     _check_same_settings(run_dir, cfg, finished=False)
     return run_dir
@@ -239,7 +238,7 @@ def run_study(
     folder.mkdir(parents=True, exist_ok=True)
     # what to do with each member's folder is settled before anything trains, so a changed
     # setting is reported at once rather than after hours of other members
-    finished = {p.run_dir for p in plan if completed(p.run_dir)}
+    finished = {p.run_dir for p in plan if run_status(p.run_dir) == "finished"}
     for planned in plan:
         if planned.run_dir in finished:
             _check_same_settings(planned.run_dir, planned.cfg)
@@ -293,7 +292,7 @@ def _run_member(
         shutil.rmtree(planned.run_dir)
     how = ""
     if resume_dir is not None:
-        crashed = (resume_dir / RESULTS).is_file()  # but not completed
+        crashed = run_status(resume_dir) == "crashed"
         how = " crashed at its end, resumed to finish" if crashed else " resumed"
         how += " from its checkpoint"
     console.print(f"[bold]{title}[/bold]{how}")

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..loggers import Logger, RunStart, Status, final_metrics, flat_recipe, numeric_items
-
-FOLDER = "tensorboard"
+from ..utils.layout import TENSORBOARD
 
 
 class TensorBoardLogger(Logger):
@@ -28,7 +27,7 @@ class TensorBoardLogger(Logger):
     wants_images = True
 
     def start(self, run: RunStart) -> None:
-        self.folder = run.run_dir / FOLDER
+        self.folder = run.run_dir / TENSORBOARD
         self.run = run
         self.continued = self.folder.is_dir()  # a resumed run that logged here before
         self._writer: Any = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,19 @@ from ..errors import RecipeError
 from ..hookspecs import hookimpl
 from ..loggers import JsonlLogger, Logger, RunStart, Status
 from ..plugins import PluginSet
-from .folder import CONFIG, DISTILLED, LABELS, RESULTS
+from ..utils.layout import CONFIG, DISTILLED, LABELS, RESULTS, TRACKING
+from .mlflow_logger import MlflowLogger
+from .tensorboard_logger import TensorBoardLogger
 
-STATE = "tracking.json"
 IMAGE_SAMPLES = 4
+
+
+@hookimpl
+def register_loggers(register: Callable[[type[Logger]], None]) -> None:
+    """metrics.jsonl (always on), and TensorBoard and MLflow when their extras are installed
+    (their packages are imported only when a run asks for them)."""
+    for logger in (JsonlLogger, TensorBoardLogger, MlflowLogger):
+        register(logger)
 
 
 def resolve_loggers(cfg: DictConfig, plugins: PluginSet) -> list[type[Logger]]:
@@ -94,7 +103,7 @@ class Tracking:
         return tracking
 
     def _read_state(self) -> int:
-        path = self.run_dir / STATE
+        path = self.run_dir / TRACKING
         return int(json.loads(path.read_text())["logged_epoch"]) if path.is_file() else 0
 
     @contextmanager
@@ -129,7 +138,7 @@ class Tracking:
         if self.every and (epoch == 1 or epoch % self.every == 0):
             self._log_images(context, epoch)
         self.logged = epoch
-        (self.run_dir / STATE).write_text(json.dumps({"logged_epoch": epoch}) + "\n")
+        (self.run_dir / TRACKING).write_text(json.dumps({"logged_epoch": epoch}) + "\n")
 
     def _log_images(self, context: TrainContext, epoch: int) -> None:
         """Predicted masks of a few validation samples, for loggers that want images (the

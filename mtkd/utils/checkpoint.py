@@ -29,21 +29,9 @@ from .files import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from .layout import OPTIMIZER, RNG, STATE, WEIGHTS, best_weights, previous_of
 
 NON_FINITE = "non_finite"  # the key listing values that were NaN or Inf, written as null
-BEST = "best.safetensors"  # in <run>/checkpoints/: the best weights so far
-# what the training loop writes into state.json; a checkpoint without them cannot be resumed
-RESUME_STATE_KEYS = (
-    "epoch",
-    "step",
-    "global_step",
-    "history_len",
-    "best_epoch",
-    "best_value",
-    "stale",
-    "skipped_steps",
-    "tally",
-)
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -156,7 +144,7 @@ def load_best_state(
     None when the run has none yet. A corrupt file (checksum, NaN/Inf, unreadable) stops the
     resume with one line: continuing would end the run with weights that are not its best.
     """
-    path = Path(run_dir) / "checkpoints" / BEST
+    path = best_weights(run_dir)
     if not path.is_file():
         checksums.forget(path)  # deleted (as the message below advises): its line goes too
         return None
@@ -180,11 +168,6 @@ def write_json(path: Path, data: Any, *, list_non_finite: bool = False) -> None:
         clean[NON_FINITE] = bad
     text = json.dumps(clean, indent=2, sort_keys=False, default=str, allow_nan=False)
     write_text_atomic(Path(path), text + "\n")
-
-
-def previous_of(directory: Path) -> Path:
-    """Where the checkpoint before ``directory``'s current one is kept."""
-    return directory.with_name(directory.name + ".previous")
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -231,10 +214,10 @@ def save_checkpoint(
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        save_weights(model, staging / "model.safetensors")
-        save_tensors(optimizer_state, staging / "optimizer.pt")
-        save_tensors(rng_state or {}, staging / "rng.pt")
-        write_json(staging / "state.json", state)
+        save_weights(model, staging / WEIGHTS)
+        save_tensors(optimizer_state, staging / OPTIMIZER)
+        save_tensors(rng_state or {}, staging / RNG)
+        write_json(staging / STATE, state)
     except (OSError, RuntimeError, WriteError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, RuntimeError) and not is_disk_full(exc):
@@ -263,7 +246,7 @@ def load_checkpoint(
     directory: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    required: Sequence[str] = RESUME_STATE_KEYS,
+    required: Sequence[str] = (),
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
     """(state, extra, rng state, notes) of the newest readable checkpoint.
 
@@ -274,16 +257,16 @@ def load_checkpoint(
     """
     notes: list[str] = []
     for candidate in (directory, previous_of(directory)):
-        if not (candidate / "state.json").is_file():
+        if not (candidate / STATE).is_file():
             notes.append(f"'{candidate}': no checkpoint there")
             continue
         try:
-            state = _read_state(candidate / "state.json", required)
-            load_weights(model, candidate / "model.safetensors")
-            saved = _load_tensors(candidate / "optimizer.pt")
+            state = _read_state(candidate / STATE, required)
+            load_weights(model, candidate / WEIGHTS)
+            saved = _load_tensors(candidate / OPTIMIZER)
             if optimizer is not None:
                 optimizer.load_state_dict(saved.pop("optimizer"))
-            return state, saved, _load_tensors(candidate / "rng.pt"), notes
+            return state, saved, _load_tensors(candidate / RNG), notes
         except (MtkdError, ValueError, OSError, KeyError) as exc:
             notes.append(f"'{candidate}' is unreadable: {exc}")
     raise MtkdError("no usable checkpoint: " + "; ".join(notes))

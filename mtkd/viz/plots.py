@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike
 
 from ..engine.metrics_log import read_metrics
 from ..errors import MtkdError
+from ..utils.layout import METRICS
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -187,7 +188,7 @@ def plot_training_curves(run_dir: str | Path) -> Path:
     (the weights the run kept) is marked so over-fitting after it is visible at a glance.
     """
     run_dir = Path(run_dir)
-    rows = _read_metrics(run_dir / "metrics.jsonl")
+    rows = _read_metrics(run_dir / METRICS)
     panels: list[str | None] = [None, *_tasks(rows)]
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
