@@ -13,14 +13,14 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from ..errors import DataError, RecipeError, SampleError
+from ..errors import DataError, RecipeError
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, Sample, SampleSource
 from ..utils.files import strict_json
@@ -34,46 +34,14 @@ from .cache_store import (
     read_meta,
     remove_abandoned_partials,
 )
-from .resize import check_resize_mode, resize_image, resize_label
+from .resize import check_resize_mode, resize_image
+from .sample_steps import DataReport, label_array, preprocess_sample, read_sample
 
 __all__ = ["CachedSamples", "DataReport", "default_cache_dir", "materialize", "resize_image"]
 
 CACHE_VERSION = 3  # 2: sample names are cached; 3: the source index of each row
 ON_ERROR = ("fail", "skip")
 MODES = ("memory", "disk")
-
-
-@dataclass
-class DataReport:
-    """What happened to the samples of one data set on the way into the cache."""
-
-    source: str
-    total: int
-    kept: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)  # load errors, by reason
-    skipped_examples: list[str] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)  # by the preprocessor that dropped
-    source_counts: dict[str, Any] = field(default_factory=dict)  # numbers, or dicts of them
-    preprocess_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    from_cache: bool = False
-
-    def lines(self) -> list[str]:
-        out = [f"data set '{self.source}': {self.kept} of {self.total} samples kept"]
-        if self.from_cache:
-            out[0] += " (from the cache)"
-        for reason, n in sorted(self.skipped.items()):
-            out.append(f"  skipped {n} unreadable: {reason}")
-        for example in self.skipped_examples:
-            out.append(f"    e.g. {example}")
-        for name, n in sorted(self.dropped.items()):
-            out.append(f"  dropped {n} by {name}")
-        for key, n in sorted(self.source_counts.items()):
-            shown = ", ".join(f"{k} {v}" for k, v in n.items()) if isinstance(n, dict) else n
-            out.append(f"  {key}: {shown}")
-        for name, counts in sorted(self.preprocess_counts.items()):
-            shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            out.append(f"  {name}: {shown}")
-        return out
 
 
 class CachedSamples:
@@ -109,15 +77,6 @@ class CachedSamples:
             if self.present[key][index]:
                 out[key] = values[index]
         return out
-
-
-def _label_array(
-    value: Any, image_shape: tuple[int, ...], size: int, resize: str = "squash"
-) -> np.ndarray:
-    array = np.asarray(value)
-    if array.ndim == 2 and array.shape == image_shape[:2]:
-        return resize_label(array, size, resize)
-    return array
 
 
 def cache_key(
@@ -166,7 +125,7 @@ class _Writer:
         for key, value in sample.items():
             if key == "image" or value is None:
                 continue
-            array = _label_array(value, image.shape, self.size, self.resize)
+            array = label_array(value, image.shape, self.size, self.resize)
             if key not in self.labels:
                 dtype: np.dtype[Any]
                 if array.ndim == 2:
@@ -208,8 +167,8 @@ def _build(
     kept: list[int] = []
     for index in range(n):
         progress(index, n)
-        sample = _read(source, index, on_error, skipped, report)
-        sample = _preprocess(sample, preprocessors, dropped)
+        sample = read_sample(source, index, on_error, skipped, report)
+        sample = preprocess_sample(sample, preprocessors, dropped)
         if sample is not None:
             writer.put(len(kept), sample)
             kept.append(index)
@@ -263,37 +222,6 @@ def _build_parallel(
     _finish_report(report, source_counts, preprocessors)
     kept = [int(i) for i in kept_rows]
     return _kept_samples(source, merged, kept), report, kept
-
-
-def _read(
-    source: SampleSource, index: int, on_error: str, skipped: Counter[str], report: DataReport
-) -> Sample | None:
-    """Sample ``index``, or None when it is unreadable and ``on_error`` says skip (counted)."""
-    try:
-        sample: Sample | None = source[index]
-    except SampleError as exc:
-        if on_error == "fail":
-            raise DataError(
-                f"data set '{source.name}': {exc} (set data.on_error=skip to skip such samples)"
-            ) from exc
-        skipped[exc.reason] += 1
-        if len(report.skipped_examples) < 3:
-            report.skipped_examples.append(str(exc))
-        return None
-    return sample
-
-
-def _preprocess(
-    sample: Sample | None, steps: Sequence[Preprocessor], dropped: Counter[str]
-) -> Sample | None:
-    """The sample through every step; None (counted by step) when one drops it."""
-    for step in steps:
-        if sample is None:
-            return None
-        sample = step(sample)
-        if sample is None:
-            dropped[step.name] += 1
-    return sample
 
 
 def _kept_samples(

@@ -35,6 +35,7 @@ from ..errors import DataError, RecipeError
 from ..preprocess import Preprocessor
 from ..samples import SampleSource
 from .resize import resize_image
+from .sample_steps import DataReport, label_array, preprocess_sample, read_sample
 
 MIN_AUTO_SHARD = 64  # with data.cache_workers: null, a worker gets at least this many samples
 SHARDS_PER_WORKER = 4  # more shards than workers: a slow shard does not hold up the others
@@ -151,8 +152,6 @@ def _shard_dir(folder: Path, shard: int) -> Path:
 
 
 def _run_shard(job: _Job, shard: int) -> ShardResult:
-    from .cache import DataReport, _label_array, _preprocess, _read
-
     lo, hi = job.bounds[shard]
     local = _shard_dir(job.folder, shard)
     local.mkdir()
@@ -169,8 +168,8 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
             os._exit(1)  # the parent is gone (where the kernel cannot tell us)
         if job.failed.value < shard:
             break  # an earlier shard failed: the build is lost anyway
-        sample = _read(job.source, index, job.on_error, result.skipped, report)
-        sample = _preprocess(sample, job.steps, result.dropped)
+        sample = read_sample(job.source, index, job.on_error, result.skipped, report)
+        sample = preprocess_sample(sample, job.steps, result.dropped)
         job.done[shard] = index - lo + 1
         if sample is None:
             continue
@@ -179,7 +178,7 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
         for position, (key, value) in enumerate(sample.items()):
             if key == "image" or value is None:
                 continue
-            array = _label_array(value, image.shape, job.size, job.resize)
+            array = label_array(value, image.shape, job.size, job.resize)
             if key not in values:
                 result.labels[key] = _FirstLabel(
                     index, position, tuple(array.shape), _label_dtype(array).str
