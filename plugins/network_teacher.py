@@ -161,6 +161,8 @@ class NetworkTeacher(mtkd.Task[NetworkTeacherOptions]):
                 num_classes=self.num_classes, average="micro"
             )
             return torchmetrics.MetricCollection({"agreement": accuracy})
+        if self.loss_name == "rkd":  # the head's space is its own: only relations compare
+            return torchmetrics.MetricCollection({})
         return torchmetrics.MetricCollection({"cosine": CosineAgreement()})
 
     def update_metrics(
@@ -168,7 +170,7 @@ class NetworkTeacher(mtkd.Task[NetworkTeacherOptions]):
     ) -> None:
         if self.loss_name == "kl":
             metrics.update(output, target.argmax(dim=1))
-        else:
+        elif len(metrics):
             metrics.update(output, target)
 
     def describe(self) -> str:
