@@ -70,12 +70,15 @@ class TeacherNetwork:
         return ""
 
     def fingerprint(self) -> str:
-        """The target cache's key part for this teacher: name, options and weights."""
-        options = self.options
-        shown = (
-            asdict(options) if is_dataclass(options) and not isinstance(options, type) else options
-        )
-        return f"{self.name}:{shown!r}:{self.weights_fingerprint()}"
+        """The target cache's key part for this teacher: name, options and weights (hashed
+        once per instance: a weights file can be large)."""
+        found: str | None = getattr(self, "_fingerprint", None)
+        if found is None:
+            options = self.options
+            is_instance = is_dataclass(options) and not isinstance(options, type)
+            shown = asdict(options) if is_instance else options
+            found = self._fingerprint = f"{self.name}:{shown!r}:{self.weights_fingerprint()}"
+        return found
 
     def label_space(self) -> LabelSpace:
         """The meaning of the targets: kind ``logits`` or ``vector`` (an embedding)."""
