@@ -115,7 +115,7 @@ def compute_targets(
     cached: CachedSamples, source: SampleSource, teacher: TeacherNetwork, progress: Progress
 ) -> TargetStore:
     """Run ``teacher`` over every cached sample, ``teacher.batch_size`` images at a time."""
-    n, width = len(cached), len(teacher.names())
+    n, width = len(cached), len(teacher.names())  # all-zero rows where it abstains
     values = np.zeros((n, width), dtype=np.float32)
     present = np.zeros(n, dtype=bool)
     batch: list[np.ndarray] = []
@@ -123,11 +123,9 @@ def compute_targets(
 
     def flush() -> None:
         nonlocal done
-        for offset, target in enumerate(teacher.targets(batch)):
-            if target is not None:
-                values[done + offset] = _checked(teacher, target, width)
-                present[done + offset] = True
-        done += len(batch)
+        end = done + len(batch)
+        values[done:end], present[done:end] = run_teacher(teacher, batch)
+        done = end
         batch.clear()
         progress(done, n)
 
@@ -138,6 +136,20 @@ def compute_targets(
     if batch:
         flush()
     return TargetStore(values, present, dict(teacher.counts))
+
+
+def run_teacher(
+    teacher: TeacherNetwork, images: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One call of ``teacher``: its checked vectors (zeros where it abstained) and which
+    images it answered for."""
+    width = len(teacher.names())
+    values = np.zeros((len(images), width), dtype=np.float32)
+    present = np.zeros(len(images), dtype=bool)
+    for i, target in enumerate(teacher.targets(images)):
+        if target is not None:
+            values[i], present[i] = _checked(teacher, target, width), True
+    return values, present
 
 
 def _checked(teacher: TeacherNetwork, target: np.ndarray, width: int) -> np.ndarray:
@@ -232,15 +244,10 @@ class OnlineTargets:
         pixels = batch["image"].clamp(0, 1).mul(255).round().to(torch.uint8)
         images = list(pixels.permute(0, 2, 3, 1).numpy())
         for key, teacher in self.teachers.items():
-            label, width = teacher_label_key(key), len(teacher.names())
-            values = torch.zeros(len(images), width)
-            present = torch.zeros(len(images), dtype=torch.bool)
-            for i, target in enumerate(teacher.targets(images)):
-                if target is not None:
-                    values[i] = torch.from_numpy(_checked(teacher, target, width))
-                    present[i] = True
-            batch[label] = values
-            batch[PRESENT][label] = present
+            values, present = run_teacher(teacher, images)
+            label = teacher_label_key(key)
+            batch[label] = torch.from_numpy(values)
+            batch[PRESENT][label] = torch.from_numpy(present)
         return batch
 
 
