@@ -20,7 +20,6 @@ restrictive licence and is not used. The files are located with importlib (the p
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 import mtkd
+from mtkd.utils import checksums
 
 EXTRA = "pip install 'mtkd[dlib-teacher]'"
 PACKAGE = "face_recognition_models"
@@ -71,10 +71,8 @@ def _models(folder: str) -> tuple[Any, Any, Any, Any]:
 
 @functools.cache
 def _weights_sha256(folder: str) -> str:
-    digest = hashlib.sha256()
-    for name in (RECOGNISER, LANDMARKS, CNN_DETECTOR):
-        digest.update((Path(folder) / name).read_bytes())
-    return digest.hexdigest()
+    files = (RECOGNISER, LANDMARKS, CNN_DETECTOR)
+    return ",".join(checksums.sha256_file(Path(folder) / name) for name in files)
 
 
 @dataclass

@@ -9,7 +9,6 @@ is a protobuf read by onnxruntime; neither ever enters the student's model or it
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,16 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import mtkd
+from mtkd.utils import checksums
 
 OUTPUTS = ("logits", "embedding")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def as_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
@@ -122,8 +114,9 @@ class RunTeacher(mtkd.TeacherNetwork):
         return list(self._forward(images).numpy())
 
     def weights_fingerprint(self) -> str:
+        """The digests SHA256SUMS records (``load_run`` checked the files against them)."""
         files = [f / "distilled" / "model.safetensors" for f in self.folders]
-        return ",".join(file_sha256(f) for f in files)
+        return ",".join(checksums.expected(f) or checksums.sha256_file(f) for f in files)
 
 
 @dataclass
@@ -217,7 +210,7 @@ class OnnxTeacher(mtkd.TeacherNetwork):
         return list(self._run(images))
 
     def weights_fingerprint(self) -> str:
-        return file_sha256(self.path)
+        return checksums.sha256_file(self.path)
 
 
 @mtkd.hookimpl
