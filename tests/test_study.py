@@ -297,3 +297,23 @@ def test_results_from_before_the_completed_key_count_as_finished(tmp_path: Path)
     assert run_status(tmp_path) == "finished"
     (tmp_path / "results.json").write_text('{"recipe": "new", "completed": false}')
     assert run_status(tmp_path) == "crashed"
+
+
+def test_a_finished_member_with_an_interpolated_override_is_reused(tmp_path: Path) -> None:
+    # kd_table1_cpu's members name their teacher as runs/...-seed${data.split.seed}; config.yaml
+    # keeps the interpolation as written, and a rerun of the study must compare it resolved
+    study = tmp_path / "interpolated.yaml"
+    study.write_text(
+        "study:\n"
+        "  members:\n"
+        f"    - name: tagged\n      recipe: {RECIPES / 'mobilenetv2_id'}\n"
+        "      overrides: ['trainer.patience=\\${trainer.max_epochs}']\n"
+        "  overrides: [encoder.name=mobilenetv2_035]\n"
+        "  seeds: [0]\n"
+        f"  dir: {tmp_path / 'study'}\n"
+    )
+    quiet = Console(quiet=True)
+    run_study(study, tiny_overrides(tmp_path), console=quiet)
+    saved = (tmp_path / "study" / "tagged-seed0" / "config.yaml").read_text()
+    assert "${trainer.max_epochs}" in saved
+    run_study(study, tiny_overrides(tmp_path), console=quiet)  # reused, not an error

@@ -146,6 +146,17 @@ UNSCORED = frozenset(
 )
 
 
+def _resolved(saved_path: Path) -> dict[str, Any]:
+    """A saved config.yaml as the run saw it: a member override like
+    ``path=runs/x-seed${data.split.seed}`` is saved as written and compared resolved."""
+    raw = yaml.safe_load(saved_path.read_text()) or {}
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    except OmegaConfBaseException:
+        return raw  # an interpolation that no longer resolves: compare it as written
+    return resolved if isinstance(resolved, dict) else raw
+
+
 def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None:
     """A finished (or interrupted) member is reused only if it ran with the settings planned now.
 
@@ -155,7 +166,7 @@ def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None
     saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         return
-    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    saved = _flat(_resolved(saved_path))
     planned = _flat(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(
         k for k in saved.keys() & planned.keys() if saved[k] != planned[k] and k not in UNSCORED
