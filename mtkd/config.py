@@ -322,6 +322,11 @@ def load_recipe(
             dotlist = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as exc:
             raise RecipeError(f"override '{item}': {exc}") from exc
+        except yaml.YAMLError as exc:  # the value is parsed as YAML: an unbalanced [ or {
+            first = str(exc).splitlines()[0]
+            raise RecipeError(
+                f"override '{item}': its value is not valid YAML ({first}); quote it"
+            ) from exc
         cfg = _merge(cfg, dotlist, f"override '{item}'")
     if OmegaConf.is_missing(cfg, "name"):
         cfg.name = path.stem

@@ -85,6 +85,11 @@ def test_malformed_override_is_explained() -> None:
         mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", ["trainer.max_epochs"])
 
 
+def test_an_override_whose_value_is_not_yaml_is_named_not_a_traceback() -> None:
+    with pytest.raises(mtkd.RecipeError, match=r"override 'output.loggers=\[a, b\}'.*quote it"):
+        mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", ["output.loggers=[a, b}"])
+
+
 def test_missing_plugin_file_is_named() -> None:
     with pytest.raises(mtkd.RecipeError, match=r"plugins\[0\].*my_plugin\.py' not found"):
         mtkd.load_recipe(RECIPES / "mobilenetv2_id.yaml", ["plugins=[my_plugin.py]"])

@@ -163,6 +163,13 @@ def test_bad_member_variants_are_named(tmp_path: Path, members: str, message: st
         run_study(study, console=Console(quiet=True))
 
 
+def test_a_study_file_that_is_not_yaml_is_named(tmp_path: Path) -> None:
+    study = tmp_path / "broken.yaml"
+    study.write_text('study:\n  overrides:\n    - "data.root=\\$x"\n')
+    with pytest.raises(mtkd.RecipeError, match=r"broken\.yaml: not valid YAML"):
+        run_study(study, console=Console(quiet=True))
+
+
 def test_the_shipped_ablation_and_verification_studies_load() -> None:
     from mtkd.runs.study import load_study
 

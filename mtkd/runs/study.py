@@ -70,7 +70,12 @@ def is_study(path: str | Path) -> bool:
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read a study file; ``study.*`` overrides apply to the study itself."""
     path = find_recipe(path)
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a study file is a mapping with 'study:'")
     unknown = set(data) - {"study"}
     if unknown:
         raise RecipeError(f"{path}: a study file holds only 'study:', found {sorted(unknown)}")
