@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from ..utils import distributed
 from ..utils.checkpoint import write_json
 from ..utils.layout import COMPLETED, RESULTS, run_status
 from ..utils.rng import seed_everything
+from ..utils.run_lock import claim_run_folder
 from .folder import check_output_dir, clear_run, new_run_dir, save_distilled, write_run_header
 from .resume import settle_resume
 from .tracking import Tracking, resolve_loggers
@@ -239,6 +241,23 @@ def run(
     console = console if console is not None and main else make_console(quiet=not main)
     plugins = plugins_for(cfg, plugins)
     loggers = resolve_loggers(cfg, plugins)  # an unknown or uninstalled logger fails first
+    # the folder is claimed before it is checked or cleared: a second process aiming at the
+    # same folder fails at once instead of writing between this run's checkpoints
+    target = resume_dir if resume_dir is not None else (cfg.output.dir or None)
+    with claim_run_folder(target) if main and target else nullcontext():
+        return _run_in_folder(cfg, plugins, console, loggers, resume_dir, force)
+
+
+def _run_in_folder(
+    cfg: DictConfig,
+    plugins: PluginSet,
+    console: Console,
+    loggers: list[Any],
+    resume_dir: Path | None,
+    force: bool,
+) -> RunResult:
+    """:func:`run` once its folder is claimed."""
+    main = distributed.is_main()
     _check_folder(cfg, resume_dir, force, main, console, plugins)
     seed_everything(cfg.trainer.seed)
     with distributed.main_first():  # rank 0 fills the disk cache, the others then read it

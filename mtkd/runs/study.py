@@ -44,6 +44,7 @@ from ..errors import Interrupted, MtkdError, RecipeError, did_you_mean
 from ..recipe_files import find_recipe
 from ..utils.checkpoint import write_json
 from ..utils.layout import CONFIG, has_checkpoint, run_status
+from ..utils.run_lock import RunFolderBusy, claim_run_folder
 from .pipeline import run
 from .report import comparison_rows, markdown_table, print_table, read_results
 
@@ -154,12 +155,12 @@ UNSCORED = frozenset(
 def _resolved(saved_path: Path) -> dict[str, Any]:
     """A saved config.yaml as the run saw it: a member override like
     ``path=runs/x-seed${data.split.seed}`` is saved as written and compared resolved."""
-    raw = yaml.safe_load(saved_path.read_text()) or {}
+    raw: dict[str, Any] = yaml.safe_load(saved_path.read_text()) or {}
     try:
         resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     except OmegaConfBaseException:
         return raw  # an interpolation that no longer resolves: compare it as written
-    return resolved if isinstance(resolved, dict) else raw
+    return {str(k): v for k, v in resolved.items()} if isinstance(resolved, dict) else raw
 
 
 def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None:
@@ -258,17 +259,31 @@ def run_study(
     for planned in plan:
         if planned.run_dir in finished:
             _check_same_settings(planned.run_dir, planned.cfg)
-    resumable = {p.run_dir: _resumable(p.run_dir, p.cfg) for p in plan if p.run_dir not in finished}
+    for planned in plan:
+        if planned.run_dir not in finished:
+            _resumable(planned.run_dir, planned.cfg)
     failed: dict[Path, str] = {}
     for index, planned in enumerate(plan, 1):
         title = f"[{index}/{len(plan)}] {planned.member.name} seed {planned.seed}"
         if planned.run_dir in finished:
             console.print(f"{title}: done before, skipped")
             continue
-        message = _run_member(planned, title, resumable[planned.run_dir], console)
+        message = _claim_and_run(planned, title, console)
         if message is not None:
             failed[planned.run_dir] = message
-    results = [read_results(p.run_dir) for p in plan if p.run_dir not in failed]
+    _write_outcome(path, folder, plan, failed, console)
+    return folder
+
+
+def _write_outcome(
+    path: Path, folder: Path, plan: list[PlannedRun], failed: dict[Path, str], console: Console
+) -> None:
+    """table.md, study.json and the plots of every finished member; an error if any failed."""
+    # members another process trains (the same study started twice) join the table of the
+    # process that finishes last
+    done = [p for p in plan if p.run_dir not in failed and run_status(p.run_dir) == "finished"]
+    pending = [p for p in plan if p.run_dir not in failed and p not in done]
+    results = [read_results(p.run_dir) for p in done]
     members = list(dict.fromkeys(p.member.name for p in plan))
     failures = Counter(p.member.name for p in plan if p.run_dir in failed)
     rows = comparison_rows(results, order=members, failed=failures)
@@ -290,6 +305,13 @@ def run_study(
     }
     write_json(folder / "study.json", summary)
     console.print(f"study folder: {folder}")
+    if pending:
+        names = ", ".join(p.run_dir.name for p in pending)
+        console.print(
+            f"[yellow]{len(pending)} run(s) still train in another process ({names}); the "
+            "table is written again when that process finishes",
+            highlight=False,
+        )
     if failed:
         named = "; ".join(f"{d.name}: {m}" for d, m in failed.items())
         raise MtkdError(
@@ -297,7 +319,21 @@ def run_study(
             f"others finished and are in {folder / 'table.md'}; fix it and run the study again "
             "(finished members are not rerun)"
         )
-    return folder
+
+
+def _claim_and_run(planned: PlannedRun, title: str, console: Console) -> str | None:
+    """Train one member x seed unless another process holds its folder; what to do with
+    the folder is decided only once it is claimed (the other process may have finished it)."""
+    try:
+        with claim_run_folder(planned.run_dir):
+            if run_status(planned.run_dir) == "finished":
+                console.print(f"{title}: finished by another process, skipped")
+                return None
+            resume_dir = _resumable(planned.run_dir, planned.cfg)
+            return _run_member(planned, title, resume_dir, console)
+    except RunFolderBusy as busy:
+        console.print(f"{title}: being trained by another process ({busy.holder}), skipped")
+        return None
 
 
 def _run_member(
