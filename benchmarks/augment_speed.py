@@ -1,15 +1,20 @@
-"""mtkd's per-sample augmentation against batched augmentation with kornia (issue 19, item 4).
+"""mtkd's per-sample augmentation against batched augmentation (issue 19 item 4, issue 26 item 1).
 
 mtkd augments each training sample in the loader (``mtkd.data.augment``: label-aware flip,
 affine with masks moved by nearest interpolation, colour jitter), on the CPU. The candidate
 kept here, ``KorniaAugment``, does the same to a whole collated batch on the training device:
 kornia's ``RandomAffine`` and ``ColorJitter`` with a random draw per sample, masks moved by
-the same affine (nearest), the flip and its label swaps per sample. ``TorchAugment`` does it
-batched in plain torch (one sampling grid shared by images and masks), to tell the cost of
-batching from the cost of kornia. The same batches of generated heads (image, mask, pose,
-identity) go through each; collating costs the same either way and is left out. Blocks
-alternate in one process; the medians and the ratios to today's code are printed (above 1:
-faster than today). mtkd switches only if kornia is at least as fast (docs/benchmarks.md).
+the same affine (nearest), the flip and its label swaps per sample. ``data.augment_on: device``
+(``mtkd.data.batch_augment``) does it batched in plain torch (one sampling grid shared by images
+and masks), exactly as the per-sample code would with the same parameters. The same batches of
+generated heads (image, mask, pose, identity) go through each; collating costs the same either
+way and is left out. Blocks alternate in one process; the medians and the ratios to today's code
+are printed (above 1: faster than today).
+
+A second table times the whole training loader as ``data.augment_on`` sets it up, per image:
+``host`` (cached uint8 -> float tensors, augmented per sample, collated) against ``device``
+(uint8 tensors collated, then converted and augmented per batch by ``DeviceAugment`` on the
+``--device``, included in the time). On the CPU device this decides ``auto`` there.
 
     OMP_NUM_THREADS=1 python benchmarks/augment_speed.py [--sizes 64 128] [--batch 32]
     python benchmarks/augment_speed.py --device cuda   # batched on the GPU, per-sample on CPU
@@ -18,7 +23,6 @@ faster than today). mtkd switches only if kornia is at least as fast (docs/bench
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -27,12 +31,13 @@ from typing import Any
 
 import kornia.augmentation as K
 import torch
-import torch.nn.functional as F
 from kornia.geometry.transform import warp_affine
 from rich.console import Console
 
 import mtkd
 from mtkd.data.augment import AugmentConfig, augment
+from mtkd.data.batch_augment import DeviceAugment
+from mtkd.data.build import TensorView
 from mtkd.samples import Batch, LabelSpace, Sample, collate_samples, to_device
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -95,53 +100,7 @@ class KorniaAugment:
         return out
 
 
-class TorchAugment:
-    """The same batched, in plain torch: one sampling grid for the images and the masks."""
-
-    def __init__(self, cfg: AugmentConfig, spaces: Mapping[str, LabelSpace]) -> None:
-        self.cfg, self.spaces = cfg, spaces
-
-    def _spread(self, n: int, spread: float) -> torch.Tensor:
-        return torch.empty(n).uniform_(-spread, spread)
-
-    def _grid(self, image: torch.Tensor) -> torch.Tensor:
-        n, cfg = image.shape[0], self.cfg
-        angle = self._spread(n, math.radians(cfg.rotate))
-        zoom = 1 + self._spread(n, cfg.scale)
-        cos, sin = angle.cos() / zoom, angle.sin() / zoom
-        shift = self._spread(2 * n, cfg.translate).view(n, 2) * 2
-        theta = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1).view(n, 2, 3)
-        return F.affine_grid(theta.to(image.device), list(image.shape), align_corners=False)
-
-    def _colour(self, image: torch.Tensor) -> torch.Tensor:
-        n, cfg, device = image.shape[0], self.cfg, image.device
-        image = image * (1 + self._spread(n, cfg.brightness)).view(n, 1, 1, 1).to(device)
-        mean = image.mean((1, 2, 3), keepdim=True)
-        factor = (1 + self._spread(n, cfg.contrast)).view(n, 1, 1, 1).to(device)
-        image = (image - mean) * factor + mean
-        weights = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
-        grey = (image * weights).sum(1, keepdim=True)
-        factor = (1 + self._spread(n, cfg.saturation)).view(n, 1, 1, 1).to(device)
-        return ((image - grey) * factor + grey).clamp_(0.0, 1.0)
-
-    def __call__(self, batch: Batch) -> Batch:
-        out = dict(batch)
-        if self.cfg.hflip > 0:
-            flip_batch(out, self.cfg.hflip, self.spaces)
-        grid = self._grid(out["image"])
-        out["image"] = F.grid_sample(out["image"], grid, "bilinear", align_corners=False)
-        for key in _pixel_keys(batch):
-            labels = out[key][:, None].float()
-            moved = F.grid_sample(labels, grid, "nearest", align_corners=False)
-            out[key] = moved[:, 0].to(out[key].dtype)
-        out["image"] = self._colour(out["image"])
-        return out
-
-
-def batches(
-    size: int, batch: int, count: int
-) -> tuple[list[list[Sample]], Mapping[str, LabelSpace]]:
-    """``count`` batches of unaugmented training samples (tensors), as the loader hands them."""
+def training_data(size: int) -> mtkd.DataBundle:
     cfg = mtkd.load_recipe(
         RECIPES / "seg_distilled_id.yaml",
         [
@@ -150,7 +109,14 @@ def batches(
             "data.split.val=0",
         ],
     )
-    data = mtkd.build_data(cfg, console=Console(quiet=True))
+    return mtkd.build_data(cfg, console=Console(quiet=True))
+
+
+def batches(
+    size: int, batch: int, count: int
+) -> tuple[list[list[Sample]], Mapping[str, LabelSpace]]:
+    """``count`` batches of unaugmented training samples (tensors), as the loader hands them."""
+    data = training_data(size)
     samples = [data.train[i] for i in range(batch * count)]
     return [samples[i : i + batch] for i in range(0, len(samples), batch)], data.label_spaces
 
@@ -173,7 +139,7 @@ def timed(work: Callable[[], object], device: torch.device) -> float:
 
 
 def compare(size: int, batch: int, name: str, rounds: int, device: torch.device) -> list[float]:
-    """Median images/s: today's per-sample code (CPU), then kornia and torch batched."""
+    """Median images/s: today's per-sample code (CPU), then kornia and mtkd's batched."""
     groups, spaces = batches(size, batch, count=4)
     check_flip_matches(groups, spaces)
     collated = [to_device(collate_samples(group), device) for group in groups]
@@ -181,13 +147,40 @@ def compare(size: int, batch: int, name: str, rounds: int, device: torch.device)
     runs: list[Callable[[], object]] = [
         lambda: [[augment(sample, cfg, spaces) for sample in group] for group in groups]
     ]
-    for candidate in (KorniaAugment(cfg, spaces), TorchAugment(cfg, spaces)):
+    for candidate in (KorniaAugment(cfg, spaces), DeviceAugment(cfg, spaces)):
         runs.append(lambda c=candidate: [c(one) for one in collated])  # type: ignore[misc]
     seconds: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds + 1):  # the first round warms up allocators and kernels
         for times, run in zip(seconds, runs, strict=True):
             times.append(timed(run, device))
     return [batch * len(groups) / statistics.median(times[1:]) for times in seconds]
+
+
+def compare_loaders(
+    size: int, batch: int, name: str, rounds: int, device: torch.device
+) -> tuple[float, float]:
+    """Median images/s of the training loader's work per batch: ``host`` against ``device``
+    (uint8 batch moved, converted and augmented on ``device``), the same four batches."""
+    data, cfg = training_data(size), SETTINGS[name]
+    host = TensorView(data.cached, data.train.indices, cfg)
+    raw = data.train.for_device()
+    step = DeviceAugment(cfg, data.label_spaces)
+    index = [list(range(i * batch, (i + 1) * batch)) for i in range(4)]
+
+    def on_host() -> None:
+        for group in index:
+            collate_samples([host[i] for i in group])
+
+    def on_device() -> None:
+        for group in index:
+            step(to_device(collate_samples([raw[i] for i in group]), device))
+
+    seconds: list[list[float]] = [[], []]
+    for _ in range(rounds + 1):
+        for times, run in zip(seconds, (on_host, on_device), strict=True):
+            times.append(timed(run, device))
+    host_rate, device_rate = (batch * 4 / statistics.median(t[1:]) for t in seconds)
+    return host_rate, device_rate
 
 
 def main() -> None:
@@ -205,7 +198,15 @@ def main() -> None:
             old, kornia, plain = compare(size, args.batch, name, args.rounds, device)
             console.print(
                 f"{size:4d} px {name:18s} images/s: per-sample {old:7.1f}  kornia {kornia:7.1f}"
-                f" ({kornia / old:4.2f}x)  torch batched {plain:7.1f} ({plain / old:4.2f}x)"
+                f" ({kornia / old:4.2f}x)  mtkd batched {plain:7.1f} ({plain / old:4.2f}x)"
+            )
+    console.print("the training loader with data.augment_on=host against =device:")
+    for size in args.sizes:
+        for name in SETTINGS:
+            host, device_rate = compare_loaders(size, args.batch, name, args.rounds, device)
+            console.print(
+                f"{size:4d} px {name:18s} images/s: host {host:7.1f}  device {device_rate:7.1f}"
+                f" ({device_rate / host:4.2f}x of host)"
             )
 
 

@@ -60,6 +60,9 @@ class DataConfig:
     num_workers: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training split only
+    # where `augment` runs: host (per sample, in the loader), device (per batch, in the
+    # training step; the loader hands uint8 images), auto (device on a GPU, else host)
+    augment_on: str = "auto"
     on_error: str = "fail"  # an unreadable sample: fail, or skip it and count it
     cache: str = "disk"  # decoded samples: disk (reused by later runs) or memory
     cache_dir: str | None = None  # default $MTKD_CACHE_DIR or ~/.cache/mtkd
@@ -370,9 +373,19 @@ def check_data(data: Any) -> None:
     if getattr(data, "num_workers", 0) < 0:
         raise RecipeError(f"data.num_workers: must be 0 or more, got {data.num_workers}")
     check_resize_mode(getattr(data, "resize", "squash"))
+    check_augment_on(getattr(data, "augment_on", "auto"))
     split = getattr(data, "split", None)
     for key in ("train_where", "val_where"):
         check_where(getattr(split, key, None), f"data.split.{key}")
+
+
+AUGMENT_PLACES = ("auto", "host", "device")  # data.augment_on (mtkd.data.batch_augment)
+
+
+def check_augment_on(value: object) -> None:
+    """``data.augment_on`` is one of :data:`AUGMENT_PLACES` (one line naming the key)."""
+    if value not in AUGMENT_PLACES:
+        raise RecipeError(f"data.augment_on: '{value}' is not one of {', '.join(AUGMENT_PLACES)}")
 
 
 # string options with a fixed set of values, checked when the recipe loads

@@ -122,10 +122,13 @@ class SampleSource:
         return ""
 
 
-def sample_to_tensors(sample: Sample, label_spaces: Mapping[str, LabelSpace]) -> Sample:
-    """A cached sample (uint8 image at the model's size, labels) as tensors; image in [0, 1]."""
+def sample_to_tensors(
+    sample: Sample, label_spaces: Mapping[str, LabelSpace], *, uint8: bool = False
+) -> Sample:
+    """A cached sample (uint8 image at the model's size, labels) as tensors; image in [0, 1]
+    (or, with ``uint8``, C x H x W uint8 for the training device to convert)."""
     image = torch.tensor(np.asarray(sample["image"])).permute(2, 0, 1)  # a copy: caches are r/o
-    out: Sample = {"image": image.float().div_(255.0)}
+    out: Sample = {"image": image if uint8 else image.float().div_(255.0)}
     for key, value in sample.items():
         if key == "image" or value is None:
             continue

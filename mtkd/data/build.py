@@ -43,21 +43,34 @@ from .where import describe, resolve_where, where_mask
 
 
 class TensorView(Dataset):
-    """A subset of the cached samples, delivered as tensors (augmented when ``augment`` is on)."""
+    """A subset of the cached samples, delivered as tensors (augmented when ``augment`` is on;
+    with ``uint8``, images stay uint8 and unaugmented: see :meth:`for_device`)."""
 
     def __init__(
-        self, cached: CachedSamples, indices: np.ndarray, augment: AugmentConfig | None = None
+        self,
+        cached: CachedSamples,
+        indices: np.ndarray,
+        augment: AugmentConfig | None = None,
+        uint8: bool = False,
     ) -> None:
         self.cached = cached
         self.indices = indices
         self.augment = augment if augment is not None and augment.enabled else None
+        self.uint8 = uint8
+
+    def for_device(self) -> TensorView:
+        """The same samples with uint8 images and no augmentation: ``data.augment_on:
+        device`` converts and augments whole batches on the training device instead."""
+        return TensorView(self.cached, self.indices, uint8=True)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         spaces = self.cached.label_spaces
-        sample = sample_to_tensors(self.cached.sample(int(self.indices[i])), spaces)
+        sample = sample_to_tensors(
+            self.cached.sample(int(self.indices[i])), spaces, uint8=self.uint8
+        )
         if self.augment is not None:
             sample = augment(sample, self.augment, spaces)
         return sample
@@ -363,6 +376,7 @@ def make_train_loader(
     num_workers: int = 0,
     min_batch: int = 1,
     collate: Callable[[Sequence[Any]], Any] = collate_samples,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """The training loader: shuffled by an :class:`EpochSampler` (resumable), partial labels.
 
@@ -371,7 +385,7 @@ def make_train_loader(
     global RNG (which augmentation uses, and a checkpoint restores mid-epoch). ``min_batch``
     is the smallest batch the model trains on (2 for one whose BatchNorm sees a single value
     per channel: see :func:`mtkd.model.probe.smallest_train_batch`); a shorter last batch is
-    left out of each epoch.
+    left out of each epoch. ``pin_memory`` (for a CUDA device) lets the step's copy overlap.
     """
     n = len(dataset)  # type: ignore[arg-type]
     sampler = check_train_batches(n, batch_size, min_batch, seed)
@@ -383,6 +397,7 @@ def make_train_loader(
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..errors import Interrupted, MtkdError
 from ..metrics.evaluate import evaluate_loader, prefixed
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
+from ..samples import Batch
 from ..utils import distributed
 from ..utils.layout import METRICS, best_weights
 from ..weighting import FixedWeighting, weighted_losses
@@ -54,6 +56,7 @@ def fit(
     run_dir: Path | None = None,
     console: Console | None = None,
     resume: bool = False,
+    on_device: Callable[[Batch], Batch] | None = None,
 ) -> TrainContext:
     """Train until ``max_epochs`` or early stopping; the model ends with its best weights.
 
@@ -61,6 +64,8 @@ def fit(
     (mid-epoch included): weights, optimizer, scheduler, early stopping, RNG and data order.
     Ctrl-C or SIGTERM checkpoints at the next step boundary and raises :class:`Interrupted`.
     Under torchrun (see :mod:`mtkd.utils.distributed`) every rank calls this; rank 0 writes.
+    ``on_device`` runs on each training batch once it is on the device, before the forward
+    pass (``data.augment_on: device``: :class:`mtkd.data.batch_augment.DeviceAugment`).
     """
     check_trainer(cfg.trainer)
     console = console or make_console(quiet=not distributed.is_main())
@@ -68,7 +73,7 @@ def fit(
     hook = plugins.hook if plugins is not None else None
     enabled = cfg.trainer.progress and distributed.is_main()
     with epoch_progress(console, enabled) as progress, StopSignals() as signals:
-        loop = Loop(ctx, train_loader, val_loader, hook, console, progress, signals)
+        loop = Loop(ctx, train_loader, val_loader, hook, console, progress, signals, on_device)
         if resume:
             assert run_dir is not None
             loop.resume(run_dir)
@@ -111,13 +116,14 @@ class Loop:
         console: Console,
         progress: Progress,
         signals: StopSignals,
+        on_device: Callable[[Batch], Batch] | None = None,
     ) -> None:
         self.ctx, self.loader, self.hook, self.console = ctx, loader, hook, console
         self.progress, self.signals = progress, signals
         self.trainer = ctx.cfg.trainer
         self.state = ctx.state
         self.scheduler = make_scheduler(ctx.optimizer, self.trainer)
-        self.step = TrainStep(ctx, self.state, self.scheduler, console)
+        self.step = TrainStep(ctx, self.state, self.scheduler, console, on_device)
         self.checkpoint = LoopCheckpoint(ctx, self.step, self.scheduler)
         self.freeze = FreezeSchedule.from_trainer(self.trainer)
         self.val_loader = val_loader if _has_samples(val_loader) else None

@@ -3,7 +3,7 @@ each label, the weighting strategy's backward, AMP scaling, and the NaN policy."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch import nn
 from ..context import EpochTally, LoopState, TrainContext
 from ..errors import MtkdError, RecipeError
 from ..model.losses import task_losses
-from ..samples import to_device
+from ..samples import Batch, to_device
 from ..utils import distributed
 from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
 from . import hardware
@@ -55,8 +55,16 @@ class RunningTally:
 class TrainStep:
     """Runs optimizer steps for one training run; owns the AMP scaler and the forward module."""
 
-    def __init__(self, ctx: TrainContext, state: LoopState, scheduler: Any, console: Console):
+    def __init__(
+        self,
+        ctx: TrainContext,
+        state: LoopState,
+        scheduler: Any,
+        console: Console,
+        on_device: Callable[[Batch], Batch] | None = None,
+    ):
         self.ctx, self.state, self.scheduler, self.console = ctx, state, scheduler, console
+        self.on_device = on_device  # e.g. augmentation of the moved batch
         self.trainer = ctx.cfg.trainer
         self.weighting: LossWeighting = ctx.weighting or FixedWeighting(ctx.model.tasks, None, [])
         self.aggregates = self.weighting.aggregates_gradients
@@ -80,6 +88,8 @@ class TrainStep:
         ctx, model, runner = self.ctx, self.ctx.model, self._runner
         assert runner is not None, "start_epoch() first"
         batch = to_device(raw, ctx.device)
+        if self.on_device is not None:
+            batch = self.on_device(batch)
         images = hardware.prepare_images(batch["image"], self.trainer)
         with hardware.autocast(self.trainer, ctx.device):
             with encoder_outputs(model.encoder, self.aggregates) as features:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.batch_augment import images_to_float
 from ..data.build import make_loader
 from ..model.losses import labelled_outputs
 from ..model.multitask import MultiTaskModel
@@ -38,7 +39,7 @@ def evaluate_loader(
     counts = dict.fromkeys(model.tasks, 0)
     try:
         for raw in loader:
-            batch = to_device(raw, device)
+            batch = images_to_float(to_device(raw, device))  # uint8 images: data.augment_on
             outputs = model(batch["image"])
             for key, task, output, target in labelled_outputs(outputs, batch, model.tasks):
                 if target is None:

@@ -15,6 +15,8 @@ from rich.console import Console
 
 from ..console import make_console
 from ..context import TrainContext
+from ..data.augment import AugmentConfig
+from ..data.batch_augment import DeviceAugment, augment_place
 from ..data.build import (
     DataBundle,
     build_data,
@@ -23,6 +25,7 @@ from ..data.build import (
     make_train_loader,
     rank_share,
 )
+from ..data.targets import OnlineTargets
 from ..engine.fit import fit
 from ..engine.hardware import resolve_device
 from ..engine.setup import check_setup
@@ -81,15 +84,23 @@ def train(
     ``resume`` continues from ``run_dir``'s last checkpoint."""
     distributed.setup(cfg.trainer.device)  # joins torchrun's process group, if launched so
     seed_everything(cfg.trainer.seed)
+    device = resolve_device(cfg.trainer.device)
+    online = isinstance(data.train_collate, OnlineTargets)
+    on_device = augment_place(cfg.data.get("augment_on", "host"), device, online_teachers=online)
+    train_view, val_view, augment_step = data.train, data.val, None
+    if on_device == "device":  # uint8 batches; the step (and validation) convert them
+        train_view, val_view = data.train.for_device(), data.val.for_device()
+        augment_step = DeviceAugment(data.train.augment or AugmentConfig(), data.label_spaces)
     train_loader = make_train_loader(
-        data.train,
+        train_view,
         cfg.data.batch_size,
         seed=cfg.trainer.seed,
         num_workers=cfg.data.num_workers,
         min_batch=smallest_train_batch(model, cfg.data.image_size),  # no batch of one for BN
         collate=data.train_collate,
+        pin_memory=augment_step is not None and device.type == "cuda",
     )
-    val_loader = make_eval_loader(rank_share(data.val), cfg.data)
+    val_loader = make_eval_loader(rank_share(val_view), cfg.data)
     return fit(
         model,
         train_loader,
@@ -99,6 +110,7 @@ def train(
         run_dir=run_dir,
         console=console,
         resume=resume,
+        on_device=augment_step,
     )
 
 
