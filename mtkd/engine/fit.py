@@ -54,7 +54,7 @@ def fit(
     run_dir: Path | None = None,
     console: Console | None = None,
     resume: bool = False,
-) -> TrainContext:
+) -> TrainContext[MultiTaskModel]:
     """Train until ``max_epochs`` or early stopping; the model ends with its best weights.
 
     With ``resume``, continue from ``run_dir``'s last checkpoint exactly where it was taken
@@ -81,7 +81,7 @@ def fit(
 
 def _context(
     model: MultiTaskModel, cfg: DictConfig, plugins: PluginSet | None, run_dir: Path | None
-) -> TrainContext:
+) -> TrainContext[MultiTaskModel]:
     device = hardware.resolve_device(cfg.trainer.device)
     prepare_model(model, cfg.trainer, device)
     optimizer = make_optimizer(model, cfg.trainer)
@@ -104,7 +104,7 @@ class Loop:
 
     def __init__(
         self,
-        ctx: TrainContext,
+        ctx: TrainContext[MultiTaskModel],
         loader: DataLoader,
         val_loader: DataLoader | None,
         hook: Any,

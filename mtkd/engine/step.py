@@ -14,6 +14,7 @@ from torch import nn
 from ..context import EpochTally, LoopState, TrainContext
 from ..errors import MtkdError, RecipeError
 from ..model.losses import task_losses
+from ..model.multitask import MultiTaskModel
 from ..samples import to_device
 from ..utils import distributed
 from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
@@ -55,7 +56,9 @@ class RunningTally:
 class TrainStep:
     """Runs optimizer steps for one training run; owns the AMP scaler and the forward module."""
 
-    def __init__(self, ctx: TrainContext, state: LoopState, scheduler: Any, console: Console):
+    def __init__(
+        self, ctx: TrainContext[MultiTaskModel], state: LoopState, scheduler: Any, console: Console
+    ):
         self.ctx, self.state, self.scheduler, self.console = ctx, state, scheduler, console
         self.trainer = ctx.cfg.trainer
         self.weighting: LossWeighting = ctx.weighting or FixedWeighting(ctx.model.tasks, None, [])
