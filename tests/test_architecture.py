@@ -8,8 +8,9 @@ import ast
 import graphlib
 from pathlib import Path
 
-import mtkd
 import mtkd_plugins
+
+import mtkd
 
 CORE = Path(mtkd.__file__).parent
 BUILT_IN_PLUGINS = Path(mtkd_plugins.__file__).parent  # the folder plugins/
