@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .runs.report import comparison_rows, markdown_table, print_table, read_results
+    from .runs.compare import comparison_rows, markdown_table, print_table, read_results
 
     rows = comparison_rows([read_results(d) for d in args.run_dirs])
     print_table(console, rows, "comparison")
@@ -193,7 +193,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .runs.page import log_note, unfinished_members, write_report
+    from .runs.report import log_note, unfinished_members, write_report
 
     page = write_report(args.folder)
     for run_dir, note in unfinished_members(args.folder):

@@ -44,8 +44,8 @@ from ..errors import Interrupted, MtkdError, RecipeError, did_you_mean
 from ..recipe_files import find_recipe
 from ..utils.checkpoint import write_json
 from ..utils.layout import CONFIG, has_checkpoint, run_status
+from .compare import comparison_rows, markdown_table, print_table, read_results
 from .pipeline import run
-from .report import comparison_rows, markdown_table, print_table, read_results
 
 
 @dataclass
