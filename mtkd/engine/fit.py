@@ -29,9 +29,9 @@ from ..weighting import FixedWeighting, weighted_losses
 from . import hardware
 from .best import BestModel
 from .finetune import FreezeSchedule
+from .loop_checkpoint import LoopCheckpoint
 from .metrics_log import MetricsLog
 from .progress import COMPACT_LEGEND, compact_epoch_line, epoch_line, epoch_progress
-from .resume import LoopCheckpoint
 from .setup import (
     add_weighting_parameters,
     check_trainer,
