@@ -1,6 +1,6 @@
 """The training loop. ``fit`` builds a run's parts and :class:`Loop` runs its epochs; each
 concern lives in its own module: setup (optimizer, schedule, weighting), step (forward,
-backward, AMP, NaN policy), state (what a checkpoint holds), resume (the checkpoint),
+backward, AMP, NaN policy), state (what a checkpoint holds), loop_checkpoint (the checkpoint),
 best (early stopping's best weights), signals (Ctrl-C and SIGTERM), metrics_log, progress."""
 
 from __future__ import annotations
