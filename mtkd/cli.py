@@ -167,7 +167,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .runs.folder import evaluate_run
+    from .runs.eval_run import evaluate_run
 
     overlays, overrides = _split_run_args(args.overrides)
     results = evaluate_run(

@@ -99,7 +99,7 @@ def test_eval_command_rescores_a_saved_run(
 
 
 def test_eval_on_data_with_other_classes_scores_verification_only(assessed: dict) -> None:
-    from mtkd.runs.folder import evaluate_run
+    from mtkd.runs.eval_run import evaluate_run
 
     other = evaluate_run(
         assessed["run_dir"],
