@@ -16,9 +16,9 @@ from rich.table import Table
 from .config import load_recipe
 from .console import make_console, one_line_warnings
 from .errors import Interrupted, MtkdError, PluginError
+from .model.zoo.cli import add_zoo_parser
 from .plugins import PluginSet, load_plugins
 from .recipe_files import find_recipe, shipped_dir, shipped_recipes
-from .runs.zoo_cli import add_zoo_parser
 
 if TYPE_CHECKING:
     from .runs.pipeline import RunResult
