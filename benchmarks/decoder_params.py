@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from mtkd_plugins.segmentation import DECODERS
-from mtkd_plugins.synthetic_heads.dataset import CLASS_NAMES, SyntheticHeadsOptions
+from mtkd_plugins.synthetic_heads.source import CLASS_NAMES, SyntheticHeadsOptions
 from rich.console import Console
 from rich.table import Table
 

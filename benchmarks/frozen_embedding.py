@@ -29,13 +29,10 @@ import torch
 from rich.console import Console
 
 import mtkd
-from mtkd.metrics.verification import (
-    embed_with_flip,
-    generate_pairs,
-    pair_distances,
-    pair_labels,
-    verification_accuracy,
-)
+from mtkd.metrics.pair_generation import generate_pairs
+from mtkd.metrics.pairs import pair_labels
+from mtkd.metrics.verification import pair_distances, verification_accuracy
+from mtkd.model.embedding import embed_with_flip
 from mtkd.model.transfer import init_from
 
 QUIET = Console(quiet=True)

@@ -1,6 +1,6 @@
 """The tables and figures of docs/results.md, regenerated from study folders.
 
-Every number comes from the runs' ``results.json`` (through ``mtkd.runs.report``, as ``mtkd
+Every number comes from the runs' ``results.json`` (through ``mtkd.runs.compare``, as ``mtkd
 compare`` prints them); nothing is typed by hand. For each study folder it prints a markdown
 section (the table; with several seeds, each seed's test accuracy; for studies with
 loss-weighting variants, the learned weights of the last epoch) and copies the study's
@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from mtkd.runs.report import comparison_rows, markdown_table, read_results
+from mtkd.runs.compare import comparison_rows, markdown_table, read_results
 from mtkd.viz.plots import run_bins
 
 # The paper's Table 1 (ImageNet-pretrained encoders, 67 people, 128 px): test accuracy and

@@ -16,9 +16,9 @@ from rich.table import Table
 from .config import load_recipe
 from .console import make_console, one_line_warnings
 from .errors import Interrupted, MtkdError, PluginError
+from .model.zoo.cli import add_zoo_parser
 from .plugins import PluginSet, load_plugins
 from .recipe_files import find_recipe, shipped_dir, shipped_recipes
-from .runs.zoo_cli import add_zoo_parser
 
 if TYPE_CHECKING:
     from .runs.pipeline import RunResult
@@ -167,7 +167,7 @@ def cmd_resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .runs.folder import evaluate_run
+    from .runs.eval_run import evaluate_run
 
     overlays, overrides = _split_run_args(args.overrides)
     results = evaluate_run(
@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .runs.report import comparison_rows, markdown_table, print_table, read_results
+    from .runs.compare import comparison_rows, markdown_table, print_table, read_results
 
     rows = comparison_rows([read_results(d) for d in args.run_dirs])
     print_table(console, rows, "comparison")
@@ -193,7 +193,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .runs.page import log_note, unfinished_members, write_report
+    from .runs.report import log_note, unfinished_members, write_report
 
     page = write_report(args.folder)
     for run_dir, note in unfinished_members(args.folder):

@@ -17,9 +17,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from .data.augment import AugmentConfig
-from .data.resize import check_resize_mode
-from .data.where import check_where
+from .data_schema import AugmentConfig, check_resize_mode, check_where
 from .errors import OptionError, RecipeError, did_you_mean
 from .recipe_files import find_recipe
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
-    from .model.multitask import MultiTaskModel
     from .weighting import LossWeighting
+
+# The model a context carries. The contract sits below the model stage, so it names only
+# ``torch.nn.Module``; mtkd's own loop builds a ``TrainContext[MultiTaskModel]``.
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
 @dataclass
@@ -82,7 +85,7 @@ def _check_known(raw: dict[str, Any], kind: type, prefix: str) -> None:
 
 
 @dataclass
-class TrainContext:
+class TrainContext(Generic[ModelT]):
     """The live model, optimizer and recipe, and where training stands.
 
     ``state`` is exactly what a checkpoint saves and a resume restores; ``epoch``,
@@ -91,7 +94,7 @@ class TrainContext:
     """
 
     cfg: DictConfig
-    model: MultiTaskModel
+    model: ModelT  # a mtkd.MultiTaskModel in mtkd's own loop
     optimizer: torch.optim.Optimizer
     device: torch.device
     run_dir: Path | None

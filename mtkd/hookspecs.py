@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .commands import Command
     from .context import TrainContext
     from .loggers import Logger
-    from .model.multitask import MultiTaskModel
     from .preprocess import Preprocessor
     from .pretrained import PretrainedEntry
     from .samples import SampleSource
@@ -130,11 +131,13 @@ def register_teacher_networks(register: Callable[[type[TeacherNetwork]], None]) 
 
 
 @hookspec(firstresult=True)
-def distill(model: MultiTaskModel) -> MultiTaskModel | None:
+def distill(model: nn.Module) -> nn.Module | None:
     """Turn the trained model into the inference model.
 
-    :param model: the trained model, best weights restored, every task still attached.
-    :return: the inference model, or ``None`` to let the next implementation answer.
+    :param model: the trained ``mtkd.MultiTaskModel``, best weights restored, every task
+        still attached.
+    :return: the inference model (a ``mtkd.MultiTaskModel``), or ``None`` to let the next
+        implementation answer.
 
     Called once after training (``distill.enabled``). The built-in implementation, registered
     last, drops every task whose role is ``teacher`` and the encoder taps only they read:

@@ -4,8 +4,9 @@ An entry is one weights file (an mtkd model's tensors in fp16 safetensors: the e
 some heads) with a JSON card beside it that says what it is, what it was trained on and what
 it measured. A plugin registers entries through the ``register_pretrained`` hook, usually by
 reading the cards it ships: ``for entry in read_cards(folder): register(entry)``.
-``mtkd.model.zoo`` resolves ``zoo:<name>``, verifies the checksum and loads the tensors;
-``mtkd zoo`` lists the entries, ``mtkd zoo release`` turns a finished run into one.
+``mtkd.model.zoo.load`` resolves ``zoo:<name>``, verifies the checksum and loads the tensors;
+``mtkd zoo`` lists the entries and ``mtkd zoo release`` turns a finished run into one (both
+in :mod:`mtkd.model.zoo`).
 """
 
 from __future__ import annotations

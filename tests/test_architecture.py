@@ -1,5 +1,6 @@
 """The core's shape: no import cycles (counting imports under TYPE_CHECKING and inside
-functions, so no lazy import can hide one), and the core never imports its own plugins."""
+functions, so no lazy import can hide one), stages that import downward only, and the core
+never imports its own plugins. The built-in plugins are held to no cycles too."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ import ast
 import graphlib
 from pathlib import Path
 
+import mtkd_plugins
+
 import mtkd
 
 CORE = Path(mtkd.__file__).parent
+BUILT_IN_PLUGINS = Path(mtkd_plugins.__file__).parent  # the folder plugins/
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(CORE.parent).with_suffix("").parts
+def module_name(path: Path, root: Path = CORE, package: str = "mtkd") -> str:
+    parts = (package, *path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(CORE.rglob("*.py"))}
+def modules(root: Path = CORE, package: str = "mtkd") -> dict[str, Path]:
+    return {module_name(p, root, package): p for p in sorted(root.rglob("*.py"))}
 
 
 def resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -44,8 +48,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    mods = modules()
+def import_graph(root: Path = CORE, package: str = "mtkd") -> dict[str, set[str]]:
+    mods = modules(root, package)
     known = set(mods)
     return {name: imports_of(name, path, known) for name, path in mods.items()}
 
@@ -65,6 +69,13 @@ def test_the_core_has_no_import_cycle() -> None:
     # the package entry points re-export everything: leave them out, as Python imports a
     # module's parent packages first anyway (that is not an edge a reader follows)
     inner = {k: {v for v in vs if v not in ("mtkd",)} for k, vs in graph.items() if k != "mtkd"}
+    assert cycle_in(inner) == []
+
+
+def test_the_built_in_plugins_have_no_import_cycle() -> None:
+    graph = import_graph(BUILT_IN_PLUGINS, "mtkd_plugins")
+    assert "mtkd_plugins.synthetic_heads.export" in graph  # the scan did find the plugins
+    inner = {k: vs - {"mtkd_plugins"} for k, vs in graph.items() if k != "mtkd_plugins"}
     assert cycle_in(inner) == []
 
 
@@ -93,6 +104,7 @@ def test_no_core_module_imports_the_package_root() -> None:
 # the training loop, which validates with it every epoch.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "utils", "console", "recipe_files"),
+    ("data_schema",),  # the data stage's recipe options, which config's schema names
     ("config",),
     (
         "hookspecs",
@@ -116,18 +128,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("__main__",),
 )
-SHARED_LAYERS = {0, 2}  # layers whose packages may import each other
-# The imports that still go against the order, each with why (and none other may appear).
-EXEMPT = {
-    # config.py builds its schema from pieces of the data stage (augmentation, resize and
-    # label-range options); config.py is being reworked elsewhere (issue 25, section 1)
-    ("mtkd.config", "mtkd.data.augment"): "data schema pieces in config",
-    ("mtkd.config", "mtkd.data.resize"): "data schema pieces in config",
-    ("mtkd.config", "mtkd.data.where"): "data schema pieces in config",
-    # type-only (under TYPE_CHECKING): the contract names the model class in signatures
-    ("mtkd.context", "mtkd.model.multitask"): "type annotation only",
-    ("mtkd.hookspecs", "mtkd.model.multitask"): "type annotation only",
-}
+SHARED_LAYERS = {0, 3}  # layers whose packages may import each other
 
 
 def stage_of(module: str) -> str | None:
@@ -158,9 +159,7 @@ def test_every_stage_is_in_one_layer() -> None:
 
 
 def test_the_stages_import_downward_only() -> None:
-    found = layer_violations(import_graph())
-    assert sorted(found - set(EXEMPT)) == []
-    assert sorted(set(EXEMPT) - found) == []  # a fixed exemption leaves this list
+    assert sorted(layer_violations(import_graph())) == []
 
 
 def test_the_layer_check_finds_an_upward_import() -> None:

@@ -78,7 +78,7 @@ def test_latency_is_reported_for_both_models(assessed: dict) -> None:
 
 
 def test_comparison_table_reads_the_new_figures(assessed: dict, tmp_path: Path) -> None:
-    from mtkd.runs.report import comparison_rows, markdown_table
+    from mtkd.runs.compare import comparison_rows, markdown_table
 
     table = markdown_table(comparison_rows([assessed]))
     for title in ("verification", "latency b1 (ms)", "mIoU (teacher)", "test accuracy"):
@@ -99,7 +99,7 @@ def test_eval_command_rescores_a_saved_run(
 
 
 def test_eval_on_data_with_other_classes_scores_verification_only(assessed: dict) -> None:
-    from mtkd.runs.folder import evaluate_run
+    from mtkd.runs.eval_run import evaluate_run
 
     other = evaluate_run(
         assessed["run_dir"],
@@ -165,7 +165,7 @@ def test_a_pairs_file_naming_missing_samples_is_reported(tmp_path: Path) -> None
 
 
 def test_classes_predicted_is_read_from_the_confusion_matrix_so_older_runs_have_it() -> None:
-    from mtkd.runs.report import comparison_rows, markdown_table
+    from mtkd.runs.compare import comparison_rows, markdown_table
 
     collapsed = {
         "recipe": "vgg",

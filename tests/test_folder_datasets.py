@@ -485,7 +485,7 @@ def test_orl_faces_as_an_identity_folder() -> None:
 
 def test_a_written_synthetic_data_set_reads_back(tmp_path: Path) -> None:
     export = pytest.importorskip("mtkd_plugins.synthetic_heads.export")
-    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeads, SyntheticHeadsOptions
+    from mtkd_plugins.synthetic_heads.source import SyntheticHeads, SyntheticHeadsOptions
 
     options = SyntheticHeadsOptions(identities=2, views=2, views_spread=0)
     export.write_dataset(tmp_path, options, 32, Console(quiet=True))

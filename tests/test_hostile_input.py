@@ -306,7 +306,7 @@ def test_an_empty_labels_json_says_the_file_is_damaged(
 
 @pytest.mark.parametrize("people", [2, 3, 5, 30])
 def test_a_clipped_views_spread_averages_exactly_the_views_asked(people: int) -> None:
-    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeadsOptions, views_per_identity
+    from mtkd_plugins.synthetic_heads.source import SyntheticHeadsOptions, views_per_identity
 
     for seed in range(5):
         options = SyntheticHeadsOptions(identities=people, views=4, views_spread=50, seed=seed)

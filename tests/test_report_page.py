@@ -113,6 +113,6 @@ def test_a_study_page_has_the_comparison_by_yaw_and_every_members_curves(tmp_pat
 
 def test_report_on_a_folder_without_runs_says_what_it_expects(tmp_path: Path) -> None:
     with pytest.raises(mtkd.MtkdError, match=r"neither a run folder .* nor a study folder"):
-        from mtkd.runs.page import write_report
+        from mtkd.runs.report import write_report
 
         write_report(tmp_path)

@@ -20,8 +20,8 @@ from torch import nn
 import mtkd
 from mtkd.cli import main
 from mtkd.context import LoopState
-from mtkd.runs.page import write_report
 from mtkd.runs.pipeline import throughput
+from mtkd.runs.report import write_report
 from mtkd.utils.checkpoint import write_json
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 import mtkd
 import mtkd.runs.tracking
 from mtkd.cli import main
-from mtkd.runs.page import write_report
+from mtkd.runs.report import write_report
 from mtkd.runs.study import is_study, plan_study, run_study
 from mtkd.utils.layout import run_status
 

@@ -92,7 +92,7 @@ def test_synth_command_writes_images_palette_masks_and_an_index(tmp_path: Path) 
 
 
 def test_a_spread_wider_than_the_views_is_clipped_so_counts_stay_near_the_mean() -> None:
-    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeadsOptions, views_per_identity
+    from mtkd_plugins.synthetic_heads.source import SyntheticHeadsOptions, views_per_identity
 
     few = views_per_identity(SyntheticHeadsOptions(identities=30, views=4, views_spread=50))
     assert min(few) >= 1 and max(few) <= 7  # once 1-54 views: 43 images for 3 x 4
@@ -124,7 +124,7 @@ def _digest(size: int, **options: object) -> str:
     """sha256 over every 12th-or-so sample's image, mask and pose."""
     import hashlib
 
-    from mtkd_plugins.synthetic_heads.dataset import SyntheticHeads, SyntheticHeadsOptions
+    from mtkd_plugins.synthetic_heads.source import SyntheticHeads, SyntheticHeadsOptions
 
     source = SyntheticHeads(SyntheticHeadsOptions(**options), image_size=size, seed=0)  # type: ignore[arg-type]
     digest = hashlib.sha256()

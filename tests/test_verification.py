@@ -11,15 +11,13 @@ import pytest
 import torch
 
 import mtkd
+from mtkd.metrics.lfw_pairs import read_lfw_pairs
+from mtkd.metrics.pair_generation import generate_pairs
+from mtkd.metrics.pairs import Pair, index_pairs, pair_labels
 from mtkd.metrics.verification import (
-    Pair,
     best_threshold,
     candidate_thresholds,
-    generate_pairs,
-    index_pairs,
     pair_distances,
-    pair_labels,
-    read_lfw_pairs,
     verification_accuracy,
 )
 from mtkd.model.embedding import embed_with_flip

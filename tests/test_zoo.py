@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 import mtkd
 from mtkd.cli import main
 from mtkd.model.transfer import SHAPE, check_init_from, init_from
-from mtkd.model.zoo import ImageSizeWarning
+from mtkd.model.zoo.load import ImageSizeWarning
+from mtkd.model.zoo.release import MB, ReleaseOptions, release_run, stored_bytes, to_fp16
 from mtkd.pretrained import PretrainedEntry, read_cards, sha256_of
-from mtkd.runs.release import MB, ReleaseOptions, release_run, stored_bytes, to_fp16
 from mtkd.utils.layout import INIT_FROM
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -275,7 +275,7 @@ def test_the_built_in_zoo_plugin_registers_every_card_in_its_folder(
 
 def test_the_shipped_zoo_entries_verify_and_keep_to_the_repository_budget() -> None:
     """Every entry mtkd ships: its file matches its card, at most 10 MB, 25 MB together."""
-    from mtkd.model.zoo import verify
+    from mtkd.model.zoo.load import verify
 
     plugins = mtkd.load_plugins()
     shipped = [plugins.pretrained.get(n, key="zoo") for n in plugins.pretrained.by_plugin("zoo")]

@@ -9,27 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..data_schema import AugmentConfig
 from ..samples import LabelSpace, Sample
-
-
-@dataclass
-class AugmentConfig:
-    hflip: float = 0.0  # probability of a horizontal flip
-    brightness: float = 0.0  # factor drawn from 1 ± brightness
-    contrast: float = 0.0  # factor drawn from 1 ± contrast
-    saturation: float = 0.0  # factor drawn from 1 ± saturation
-    rotate: float = 0.0  # degrees, drawn from ± rotate
-    scale: float = 0.0  # zoom drawn from 1 ± scale
-    translate: float = 0.0  # shift drawn from ± translate (fraction of the image side)
-
-    @property
-    def enabled(self) -> bool:
-        return any(value > 0 for value in vars(self).values())
 
 
 def _uniform(spread: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from ..data_schema import check_resize_mode
 from ..errors import DataError, RecipeError
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, Sample, SampleSource
@@ -34,7 +35,7 @@ from .cache_store import (
     read_meta,
     remove_abandoned_partials,
 )
-from .resize import check_resize_mode, resize_image
+from .resize import resize_image
 from .sample_steps import DataReport, label_array, preprocess_sample, read_sample
 
 __all__ = ["CachedSamples", "DataReport", "default_cache_dir", "materialize", "resize_image"]

@@ -12,15 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError, RecipeError
-
-RESIZE_MODES = ("squash", "center_crop", "top_crop", "pad")
-
-
-def check_resize_mode(mode: str) -> str:
-    if mode not in RESIZE_MODES:
-        raise RecipeError(f"data.resize: '{mode}' is not one of {', '.join(RESIZE_MODES)}")
-    return mode
+from ..data_schema import check_resize_mode
+from ..errors import DataError
 
 
 def _crop_box(height: int, width: int, mode: str) -> tuple[int, int, int]:

@@ -12,17 +12,17 @@ Cross-pose protocols are built from these: train on near-frontal views
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data_schema import check_where
 from ..errors import RecipeError
 from ..samples import LabelSpace
 
-if TYPE_CHECKING:  # the recipe checks import this module: keep it free of the cache
+if TYPE_CHECKING:  # type only: conditions read a built cache, they never build one
     from .cache import CachedSamples
 
 
@@ -36,19 +36,6 @@ class Range:
     column: int
     low: float
     high: float
-
-
-def check_where(raw: Any, key: str) -> None:
-    """The shape of a condition, at recipe load: each entry a finite [low, high], low <= high."""
-    if raw is None:
-        return
-    if not isinstance(raw, Mapping):
-        raise RecipeError(f"{key}: expected {{component: [low, high]}}, got {raw!r}")
-    for name, ends in raw.items():
-        values = list(ends) if isinstance(ends, Sequence) and not isinstance(ends, str) else []
-        numbers = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
-        if len(values) != 2 or len(numbers) != 2 or numbers[0] > numbers[1]:
-            raise RecipeError(f"{key}.{name}: expected [low, high] with low <= high, got {ends}")
 
 
 def _vector_components(spaces: Mapping[str, LabelSpace]) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """The training loop. ``fit`` builds a run's parts and :class:`Loop` runs its epochs; each
 concern lives in its own module: setup (optimizer, schedule, weighting), step (forward,
-backward, AMP, NaN policy), state (what a checkpoint holds), resume (the checkpoint),
+backward, AMP, NaN policy), state (what a checkpoint holds), loop_checkpoint (the checkpoint),
 best (early stopping's best weights), signals (Ctrl-C and SIGTERM), metrics_log, progress."""
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from ..weighting import FixedWeighting, weighted_losses
 from . import hardware
 from .best import BestModel
 from .finetune import FreezeSchedule
+from .loop_checkpoint import LoopCheckpoint
 from .metrics_log import MetricsLog
 from .progress import COMPACT_LEGEND, compact_epoch_line, epoch_line, epoch_progress
-from .resume import LoopCheckpoint
 from .setup import (
     add_weighting_parameters,
     check_trainer,
@@ -57,7 +57,7 @@ def fit(
     console: Console | None = None,
     resume: bool = False,
     on_device: Callable[[Batch], Batch] | None = None,
-) -> TrainContext:
+) -> TrainContext[MultiTaskModel]:
     """Train until ``max_epochs`` or early stopping; the model ends with its best weights.
 
     With ``resume``, continue from ``run_dir``'s last checkpoint exactly where it was taken
@@ -86,7 +86,7 @@ def fit(
 
 def _context(
     model: MultiTaskModel, cfg: DictConfig, plugins: PluginSet | None, run_dir: Path | None
-) -> TrainContext:
+) -> TrainContext[MultiTaskModel]:
     device = hardware.resolve_device(cfg.trainer.device)
     prepare_model(model, cfg.trainer, device)
     optimizer = make_optimizer(model, cfg.trainer)
@@ -109,7 +109,7 @@ class Loop:
 
     def __init__(
         self,
-        ctx: TrainContext,
+        ctx: TrainContext[MultiTaskModel],
         loader: DataLoader,
         val_loader: DataLoader | None,
         hook: Any,

@@ -14,6 +14,7 @@ from torch import nn
 from ..context import EpochTally, LoopState, TrainContext
 from ..errors import MtkdError, RecipeError
 from ..model.losses import task_losses
+from ..model.multitask import MultiTaskModel
 from ..samples import Batch, to_device
 from ..utils import distributed
 from ..weighting import EncoderOutputs, FixedWeighting, LossWeighting, fixed_total
@@ -57,7 +58,7 @@ class TrainStep:
 
     def __init__(
         self,
-        ctx: TrainContext,
+        ctx: TrainContext[MultiTaskModel],
         state: LoopState,
         scheduler: Any,
         console: Console,

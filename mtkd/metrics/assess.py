@@ -33,16 +33,11 @@ from ..samples import to_device
 from .evaluate import evaluate_loader
 from .gallery import Bins, gallery_section
 from .latency import measure_latency
+from .lfw_pairs import read_lfw_pairs
+from .pair_generation import generate_pairs
+from .pairs import Pair, PairList, index_pairs, pair_labels
 from .pose import accuracy_by_bin
-from .verification import (
-    Pair,
-    PairList,
-    generate_pairs,
-    index_pairs,
-    pair_distances,
-    pair_labels,
-    read_lfw_pairs,
-)
+from .verification import pair_distances
 from .verification import verification_accuracy as lfw_accuracy
 
 

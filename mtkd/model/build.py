@@ -15,7 +15,7 @@ from ..samples import LabelSpace
 from ..tasks import ROLES, Task
 from .encoder import Encoder, check_encoder_name, create_timm_trunk, resolve_taps
 from .multitask import MultiTaskModel
-from .zoo import load_encoder_weights, split_weights
+from .zoo.load import load_encoder_weights, split_weights
 
 TASK_KEYS = ("type", "role", "weight")
 
@@ -86,7 +86,8 @@ def build_model(
 ) -> MultiTaskModel:
     """The encoder named in ``cfg.encoder`` with one head per task of ``cfg.tasks``.
 
-    ``encoder.weights=zoo:<name>`` loads a pretrained zoo entry's encoder (``model/zoo.py``)."""
+    ``encoder.weights=zoo:<name>`` loads a pretrained zoo entry's encoder
+    (``model/zoo/load.py``)."""
     plugins = plugins_for(cfg, plugins)
     tasks = build_tasks(cfg, label_spaces, plugins)
     enc = cfg.encoder

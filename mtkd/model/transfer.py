@@ -9,7 +9,7 @@ Recipe use::
 
     init_from: runs/pretrain_synthetic_heads-20250101-120000     # shorthand for {source: ...}
     init_from: {source: model.safetensors, heads: false, strict: true}
-    init_from: zoo:mobilenetv2_heads64       # a pretrained zoo entry (mtkd.model.zoo)
+    init_from: zoo:mobilenetv2_heads64       # a pretrained zoo entry (mtkd.model.zoo.load)
 
 Library use: ``mtkd.transfer.init_from(model, "runs/...")`` before ``mtkd.train(...)``.
 """
@@ -32,7 +32,7 @@ from ..plugins import PluginSet, plugins_for
 from ..utils.checkpoint import load_safetensors, write_json
 from ..utils.layout import BEST, CHECKPOINTS, DISTILLED, INIT_FROM, LAST, WEIGHTS
 from .encoder import create_timm_trunk
-from .zoo import check_refs, entry_state, zoo_name
+from .zoo.load import check_refs, entry_state, zoo_name
 
 TIMM = "timm"  # source: the encoder's own timm hub weights
 ENCODER = "encoder."

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import load_recipe
@@ -165,9 +164,11 @@ def read_label_spaces(run_dir: Path) -> dict[str, LabelSpace]:
     return spaces
 
 
-def _folder_plugins(
+def folder_plugins(
     run_dir: Path, cfg: DictConfig, trust: bool, user_refs: Sequence[str] = ()
 ) -> PluginSet:
+    """The plugins to open ``run_dir`` with: those its config.yaml names (trusted or not, see
+    :mod:`mtkd.runs.trust`) and ``user_refs``, the user's own."""
     saved = load_recipe(run_dir / CONFIG).plugins if user_refs else cfg.plugins
     extra = [str(r) for r in user_refs if r not in saved]
     return run_folder_plugins(list(saved), run_dir / CONFIG, trust=trust, extra=extra)
@@ -191,7 +192,7 @@ def load_run(
     # the trained weights replace any starting weights: no hub download, no zoo entry needed
     cfg.encoder.pretrained, cfg.encoder.weights = False, None
     if plugins is None:
-        plugins = _folder_plugins(run_dir, cfg, trust_plugins)
+        plugins = folder_plugins(run_dir, cfg, trust_plugins)
     model = build_model(cfg, read_label_spaces(run_dir), plugins)
     if distilled:
         info_path = run_dir / DISTILLED / TASKS
@@ -204,46 +205,3 @@ def load_run(
         load_weights(model, best_weights(run_dir))
     model.eval()
     return model
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    overrides: list[str] | None = None,
-    overlays: list[str | Path] | None = None,
-    plugins: PluginSet | None = None,
-    console: Any = None,
-    trust_plugins: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a saved run again, on its own data or another data set (overrides/overlays).
-
-    When the data's classes are the ones the heads were trained on, everything is scored;
-    otherwise (other people) only verification on all samples, and latency.
-    """
-    from ..data.build import TensorView, build_data
-    from ..engine.hardware import resolve_device
-    from ..metrics.assess import assess
-
-    run_dir = require_run_folder(run_dir)
-    cfg = load_recipe(run_dir / CONFIG, overrides or [], overlays or [])
-    if plugins is None:  # plugins named on the command line are the user's own
-        plugins = _folder_plugins(run_dir, cfg, trust_plugins, list(cfg.plugins))
-    data = build_data(cfg, plugins, console)
-    trained = read_label_spaces(run_dir)
-    same_classes = all(
-        data.label_spaces.get(key) is not None and data.label_spaces[key].names == space.names
-        for key, space in trained.items()
-        if space.kind == "class"
-    )
-    if not same_classes:
-        everything = np.arange(len(data.cached))
-        data.holdout = TensorView(data.cached, everything)
-    full = load_run(run_dir, distilled=False, plugins=plugins)
-    inference = load_run(run_dir, distilled=True, plugins=plugins)
-    device = resolve_device(cfg.trainer.device)
-    results = assess(
-        full.to(device), inference.to(device), data, cfg, device, closed_set=same_classes
-    )
-    results.update({"run_dir": str(run_dir), "data": data.sizes(), "same_classes": same_classes})
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    write_json(run_dir / f"eval-{stamp}.json", results, list_non_finite=True)
-    return results

@@ -78,7 +78,7 @@ def train(
     run_dir: Path | None = None,
     console: Console | None = None,
     resume: bool = False,
-) -> TrainContext:
+) -> TrainContext[MultiTaskModel]:
     """Train ``model`` on ``data.train``, early-stopping on ``data.val`` (library entry point).
 
     ``resume`` continues from ``run_dir``'s last checkpoint."""
@@ -205,7 +205,7 @@ def _run_facts(
     cfg: DictConfig,
     run_dir: Path,
     data: DataBundle,
-    ctx: TrainContext,
+    ctx: TrainContext[MultiTaskModel],
     train_time: float,
     model: MultiTaskModel,
     inference_model: MultiTaskModel,

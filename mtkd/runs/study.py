@@ -45,8 +45,8 @@ from ..recipe_files import find_recipe
 from ..utils.checkpoint import write_json
 from ..utils.layout import CONFIG, has_checkpoint, run_status
 from ..utils.run_lock import RunFolderBusy, claim_run_folder
+from .compare import comparison_rows, markdown_table, print_table, read_results
 from .pipeline import run
-from .report import comparison_rows, markdown_table, print_table, read_results
 
 
 @dataclass

@@ -26,6 +26,7 @@ from ..engine.fit import Interrupted, TrainContext
 from ..errors import RecipeError
 from ..hookspecs import hookimpl
 from ..loggers import JsonlLogger, Logger, RunStart, Status
+from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
 from ..utils.layout import CONFIG, DISTILLED, LABELS, RESULTS, TRACKING
 from .mlflow_logger import MlflowLogger
@@ -125,7 +126,9 @@ class Tracking:
             plugins.manager.unregister(self)
 
     @hookimpl
-    def on_epoch_end(self, context: TrainContext, epoch: int, metrics: dict[str, Any]) -> None:
+    def on_epoch_end(
+        self, context: TrainContext[MultiTaskModel], epoch: int, metrics: dict[str, Any]
+    ) -> None:
         """Send the loggers every epoch record they have not seen, then images when due."""
         # records the loop wrote before a kill but never handed over; or, when a resume went
         # back to an earlier checkpoint, this epoch again (its new values replace the old)
@@ -140,7 +143,7 @@ class Tracking:
         self.logged = epoch
         (self.run_dir / TRACKING).write_text(json.dumps({"logged_epoch": epoch}) + "\n")
 
-    def _log_images(self, context: TrainContext, epoch: int) -> None:
+    def _log_images(self, context: TrainContext[MultiTaskModel], epoch: int) -> None:
         """Predicted masks of a few validation samples, for loggers that want images (the
         tasks whose :meth:`~mtkd.Task.class_map` draws one)."""
         from PIL import Image

@@ -19,14 +19,14 @@ from rich.progress import Progress
 
 import mtkd
 
-from .dataset import (
+from .identity import IDENTITY_CUES
+from .labels import CLASS_NAMES, PALETTE, mask_to_rgb
+from .source import (
     SyntheticHeads,
     SyntheticHeadsOptions,
     effective_spread,
     views_per_identity,
 )
-from .identity import IDENTITY_CUES
-from .labels import CLASS_NAMES, PALETTE, mask_to_rgb
 
 
 def write_dataset(

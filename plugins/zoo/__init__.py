@@ -4,7 +4,7 @@ Each entry is a pair of files in this folder: ``<name>.safetensors`` (fp16 weigh
 encoder and the small heads) and ``<name>.json`` (its card: encoder, input size, taps,
 checksum, what it was trained on, measured results). ``mtkd zoo release RUN --name NAME
 --out plugins/zoo`` writes both from a finished run; docs/zoo.md lists the entries. The core
-(``mtkd.model.zoo``) verifies the checksum and loads an entry for ``encoder.weights=zoo:NAME``
+(``mtkd.model.zoo.load``) verifies the checksum and loads an entry for ``encoder.weights=zoo:NAME``
 or ``init_from=zoo:NAME``; this plugin only tells it which entries exist.
 """
 

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import RecipeError, close_matches
-from ..plugins import PluginSet, load_plugins, plugins_for
-from ..pretrained import PretrainedEntry, sha256_of
-from .encoder import Encoder
+from ...errors import RecipeError, close_matches
+from ...plugins import PluginSet, load_plugins, plugins_for
+from ...pretrained import PretrainedEntry, sha256_of
+from ..encoder import Encoder
 
 ZOO = "zoo:"
 TRUNK = "encoder.trunk."  # as in transfer.py: the trunk's tensors in an mtkd model's state

@@ -23,10 +23,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ..errors import MtkdError
-from ..pretrained import CARD_FORMAT, CARD_SUFFIX, WEIGHTS_SUFFIX, PretrainedEntry, sha256_of
-from ..utils.checkpoint import safetensors_bytes, write_json
-from ..utils.layout import CONFIG, RESULTS, best_weights
+from ...errors import MtkdError
+from ...pretrained import CARD_FORMAT, CARD_SUFFIX, WEIGHTS_SUFFIX, PretrainedEntry, sha256_of
+from ...utils.checkpoint import safetensors_bytes, write_json
+from ...utils.layout import CONFIG, RESULTS, best_weights
 
 MB = 1_000_000
 ENCODER = "encoder"

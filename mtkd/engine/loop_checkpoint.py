@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..context import RESUME_STATE_KEYS, EpochTally, LoopState, TrainContext
 from ..errors import MtkdError
+from ..model.multitask import MultiTaskModel
 from ..utils import distributed, rng
 from ..utils.checkpoint import load_checkpoint, save_checkpoint
 from ..utils.layout import STATE, last_checkpoint
@@ -22,7 +23,7 @@ class LoopCheckpoint:
     """Saves and restores the model, optimizer, scheduler, weighting, AMP scaler, RNG and
     :class:`LoopState` together, in ``<run>/checkpoints/last``."""
 
-    def __init__(self, ctx: TrainContext, step: TrainStep, scheduler: Any) -> None:
+    def __init__(self, ctx: TrainContext[MultiTaskModel], step: TrainStep, scheduler: Any) -> None:
         self.ctx, self.step, self.scheduler = ctx, step, scheduler
         self.saved_history: list[dict[str, Any]] | None = None  # set by restore()
 

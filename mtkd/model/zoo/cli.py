@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..plugins import PluginSet, load_plugins
-from ..pretrained import PretrainedEntry
-from ..utils.files import read_json_object
+from ...plugins import PluginSet, load_plugins
+from ...pretrained import PretrainedEntry
+from ...utils.files import read_json_object
 from .release import MB, ReleaseOptions, existing_entry, release_run
 
 
