@@ -57,6 +57,8 @@ def main() -> None:
     for seed in args.seeds:
         cfg = mtkd.load_recipe(args.recipe, [*overrides, f"data.split.seed={seed}"])
         task = args.task or next(k for k, v in cfg.tasks.items() if v and "teacher" in v)
+        teacher = cfg.tasks[task].teacher  # the network's own vectors, not class targets
+        teacher.as_classes = teacher.class_scale = None  # made from them (as_classes)
         start = time.perf_counter()
         data = mtkd.build_data(cfg, console=Console(quiet=True))
         elapsed = time.perf_counter() - start

@@ -16,6 +16,10 @@ teacher. Losses (``loss``):
   weighted ``rkd_distance`` and ``rkd_angle``); absolute positions do not matter, so the
   student's embedding may live in its own space.
 - ``auto``: ``kl`` for a logits teacher, ``cosine`` for an embedding teacher.
+
+An embedding teacher becomes a logits teacher over a task's classes with ``teacher: {...,
+as_classes: identification}`` (cosines to the training split's class centroids, made by the
+data stage: mtkd/data/targets.py), and then learns by ``kl`` like any logits teacher.
 """
 
 from __future__ import annotations
@@ -134,7 +138,11 @@ class NetworkTeacher(mtkd.Task[NetworkTeacherOptions]):
         loss = self.options.loss
         self.loss_name = ("kl" if logits else "cosine") if loss == "auto" else loss
         if self.loss_name == "kl" and not logits:
-            raise mtkd.OptionError("loss", "kl needs a teacher that outputs logits")
+            raise mtkd.OptionError(
+                "loss",
+                "kl needs a teacher that outputs logits "
+                "(an embedding teacher: add teacher.as_classes: <a class task's key>)",
+            )
         hidden = self.options.hidden_dim
         self.hidden = (128 if self.loss_name == "kl" else 0) if hidden is None else hidden
 

@@ -21,6 +21,7 @@ from mtkd_plugins.network_teacher import relational_kd, soft_target_kl
 from rich.console import Console
 
 import mtkd
+from mtkd.data.targets import centroid_logits
 
 SHARED_ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
@@ -337,3 +338,64 @@ def test_damaged_cached_targets_are_computed_again(tmp_path: Path) -> None:
     key = mtkd.teacher_label_key("kd")
     assert np.array_equal(again.cached.labels[key], first.cached.labels[key])
     assert np.load(folder / "values.npy").shape == np.asarray(first.cached.labels[key]).shape
+
+
+def test_centroid_logits_match_hand_computed_cosines_to_training_centroids() -> None:
+    values = np.array([[2.0, 0.0], [0.0, 2.0], [3.0, 1.0], [5.0, 5.0]])
+    usable = np.array([True, True, False, False])  # 2 and 3 are validation or test photos
+    classes = np.array([0, 1, 0, 0])
+    logits = centroid_logits(values, usable, classes, num_classes=3, scale=10.0)
+    # centre (1, 1): the centroids are (1, -1)/sqrt 2 and (-1, 1)/sqrt 2, class 2 has none
+    r = 10.0 / math.sqrt(2)
+    expected = [[10.0, -10.0, 0.0], [-10.0, 10.0, 0.0], [r, -r, 0.0], [0.0, 0.0, 0.0]]
+    assert logits == pytest.approx(np.array(expected), abs=1e-5)
+    assert logits.dtype == np.float32
+    with_all = centroid_logits(values, np.ones(4, dtype=bool), classes, 3, 10.0)
+    assert not np.allclose(with_all, logits, atol=1e-3)  # the usable set does decide
+
+
+def _as_classes_data(tmp_path: Path, teacher: str, **extra: Any) -> Any:
+    return mtkd.build_data(_recipe(tmp_path, teacher, **extra), _plugins(), Console(quiet=True))
+
+
+def test_as_classes_turns_an_embedding_into_logits_from_training_centroids_only(
+    tmp_path: Path,
+) -> None:
+    split = {"data.split.test": 0.34, "data.split.val": 0.17}
+    raw = _as_classes_data(tmp_path, "{name: mean_colour, picky: true}", **split)
+    block = "{name: mean_colour, picky: true, as_classes: identification, class_scale: 5}"
+    data = _as_classes_data(tmp_path, block, **split)
+    key = mtkd.teacher_label_key("kd")
+    assert data.label_spaces[key] == mtkd.LabelSpace(data.label_spaces["identity"].names, "logits")
+    assert np.array_equal(data.train.indices, raw.train.indices)
+    assert len(data.val.indices) and len(data.test.indices)
+    present = np.asarray(raw.cached.present[key])
+    assert np.array_equal(np.asarray(data.cached.present[key]), present)  # abstained: unlabelled
+    assert 0 < present.sum() < len(present)
+    embeddings, classes = np.asarray(raw.cached.labels[key]), raw.cached.labels["identity"]
+    train = np.zeros(len(present), dtype=bool)
+    train[raw.train.indices] = True
+    usable = train & present
+    expected = centroid_logits(embeddings, usable, classes, 4, 5.0)
+    got = np.asarray(data.cached.labels[key])
+    assert got[present] == pytest.approx(expected[present], abs=1e-5)
+    everyone = centroid_logits(embeddings, present, classes, 4, 5.0)
+    assert not np.allclose(got[present], everyone[present], atol=1e-3)  # val/test left out
+    counts = data.report.preprocess_counts[f"{key} as identification classes"]
+    assert counts["centroid samples"] == usable.sum()
+    kd = mtkd.build_model(_recipe(tmp_path, block, **split), data.label_spaces, _plugins())
+    assert kd.tasks["kd"].describe().endswith("mean_colour teacher, kl loss")
+
+
+def test_a_wrong_as_classes_is_one_line_naming_its_recipe_key(tmp_path: Path) -> None:
+    where = r"tasks\.kd\.teacher\."
+    with pytest.raises(mtkd.RecipeError, match=where + r"as_classes: 'nobody' is not a task"):
+        _as_classes_data(tmp_path, "{name: mean_colour, as_classes: nobody}")
+    with pytest.raises(mtkd.RecipeError, match=where + r"as_classes: cannot be combined"):
+        _as_classes_data(tmp_path, "{name: mean_colour, as_classes: identification, online: true}")
+    with pytest.raises(mtkd.RecipeError, match=where + r"class_scale: only means something"):
+        _as_classes_data(tmp_path, "{name: mean_colour, class_scale: 3}")
+    with pytest.raises(mtkd.RecipeError, match=where + r"class_scale: must be a number > 0"):
+        _as_classes_data(
+            tmp_path, "{name: mean_colour, as_classes: identification, class_scale: 0}"
+        )

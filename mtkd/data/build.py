@@ -37,6 +37,7 @@ from .targets import (
     Teachers,
     attach_targets,
     build_teachers,
+    class_targets,
     teacher_targets,
 )
 from .where import describe, resolve_where, where_mask
@@ -286,6 +287,11 @@ def build_data(
     if len(cached) == 0:
         raise DataError(f"data set '{source.name}': no sample is left after loading")
     parts, filters = restrict_splits(cached, split_parts(cached, data.split), data.split)
+    if teachers.as_classes:  # centroids of the training split only, once it is known
+        for name, counts in class_targets(cached, teachers.as_classes, parts["train"]).items():
+            report.preprocess_counts[name] = counts
+            shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+            console.print(f"  {name}: {shown}", highlight=False, markup=False)
     gallery_where = cfg.get("evaluate", {}).get("gallery_where")  # checked before training
     resolve_where(gallery_where, "evaluate.gallery_where", cached.label_spaces)
     for applied in filters:
