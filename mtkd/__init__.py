@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .commands import Command
-    from .config import RecipeConfig, load_recipe, recipe_from_dict
-    from .context import TrainContext
+    from .config import RecipeConfig, load_recipe, parse_options, recipe_from_dict
+    from .context import LoopState, TrainContext
     from .data.build import DataBundle, build_data, build_source, make_loader
     from .deploy.export import export_run, load_exported
     from .deploy.inference import Predictor
@@ -39,21 +39,26 @@ if TYPE_CHECKING:
         RecipeError,
         SampleError,
         check_options,
+        did_you_mean,
     )
     from .hookspecs import hookimpl
     from .loggers import Logger
     from .metrics.evaluate import evaluate
+    from .metrics.segmentation import iou_summary, jaccard_per_class
     from .model.build import build_model, build_tasks
     from .model.multitask import MultiTaskModel, ParameterCounts, count_parameters
+    from .options import NoOptions
     from .plugins import PluginSet, load_plugins
     from .preprocess import Preprocessor
-    from .pretrained import PretrainedEntry
+    from .pretrained import PretrainedEntry, read_cards
     from .runs.folder import load_run
     from .runs.pipeline import RunResult, distill, run, train
-    from .samples import LabelSpace, NoOptions, Sample, SampleSource
+    from .samples import LabelSpace, Sample, SampleSource
     from .tasks import FeatureInfo, Task
     from .teachers import TeacherNetwork, teacher_label_key
-    from .weighting import LossWeighting
+    from .utils import distributed
+    from .utils.checksums import sha256_file, weights_sha256
+    from .weighting import EncoderOutputs, LossWeighting, weighted_sum
 
 __version__ = "0.1.0"
 
@@ -63,14 +68,16 @@ _HOMES: dict[str, str] = {
     "Command": ".commands",
     "DataBundle": ".data.build",
     "DataError": ".errors",
+    "EncoderOutputs": ".weighting",
     "FeatureInfo": ".tasks",
     "Interrupted": ".errors",
     "LabelSpace": ".samples",
     "Logger": ".loggers",
+    "LoopState": ".context",
     "LossWeighting": ".weighting",
     "MtkdError": ".errors",
     "MultiTaskModel": ".model.multitask",
-    "NoOptions": ".samples",
+    "NoOptions": ".options",
     "OptionError": ".errors",
     "ParameterCounts": ".model.multitask",
     "PluginError": ".errors",
@@ -93,29 +100,40 @@ _HOMES: dict[str, str] = {
     "build_tasks": ".model.build",
     "check_options": ".errors",
     "count_parameters": ".model.multitask",
+    "did_you_mean": ".errors",
     "distill": ".runs.pipeline",
+    "distributed": ".utils",
     "evaluate": ".metrics.evaluate",
     "export_run": ".deploy.export",
     "hookimpl": ".hookspecs",
+    "iou_summary": ".metrics.segmentation",
+    "jaccard_per_class": ".metrics.segmentation",
     "load_exported": ".deploy.export",
     "load_plugins": ".plugins",
     "load_recipe": ".config",
     "load_run": ".runs.folder",
     "make_loader": ".data.build",
+    "parse_options": ".config",
+    "read_cards": ".pretrained",
     "recipe_from_dict": ".config",
     "run": ".runs.pipeline",
+    "sha256_file": ".utils.checksums",
     "teacher_label_key": ".teachers",
     "train": ".runs.pipeline",
+    "weighted_sum": ".weighting",
+    "weights_sha256": ".utils.checksums",
 }
 
 __all__ = [
     "Command",
     "DataBundle",
     "DataError",
+    "EncoderOutputs",
     "FeatureInfo",
     "Interrupted",
     "LabelSpace",
     "Logger",
+    "LoopState",
     "LossWeighting",
     "MtkdError",
     "MultiTaskModel",
@@ -142,19 +160,28 @@ __all__ = [
     "build_tasks",
     "check_options",
     "count_parameters",
+    "did_you_mean",
     "distill",
+    "distributed",
     "evaluate",
     "export_run",
     "hookimpl",
+    "iou_summary",
+    "jaccard_per_class",
     "load_exported",
     "load_plugins",
     "load_recipe",
     "load_run",
     "make_loader",
+    "parse_options",
+    "read_cards",
     "recipe_from_dict",
     "run",
+    "sha256_file",
     "teacher_label_key",
     "train",
+    "weighted_sum",
+    "weights_sha256",
 ]
 
 if not TYPE_CHECKING:  # hidden from type checkers, so that ``mtkd.typo`` stays an error there
@@ -164,7 +191,10 @@ if not TYPE_CHECKING:  # hidden from type checkers, so that ``mtkd.typo`` stays 
         (``mtkd.config``) imports as it would have after the eager ``import mtkd`` of old."""
         home = _HOMES.get(name)
         if home is not None:
-            value = getattr(importlib.import_module(home, __name__), name)
+            module = importlib.import_module(home, __name__)
+            if not hasattr(module, name):  # a public submodule (``mtkd.distributed``)
+                importlib.import_module(f"{home}.{name}", __name__)
+            value = getattr(module, name)
             globals()[name] = value
             return value
         if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .commands import Command
 from .config import load_recipe
 from .console import make_console, one_line_warnings
-from .errors import Interrupted, MtkdError, PluginError
-from .model.zoo.cli import add_zoo_parser
+from .errors import Interrupted, MtkdError
+from .hookspecs import hookimpl
+from .model.zoo.cli import Zoo
 from .plugins import PluginSet, load_plugins
 from .recipe_files import find_recipe, shipped_dir, shipped_recipes
 
@@ -36,24 +38,6 @@ def _split_run_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
     overlays = [i for i in items if _is_overlay(i)]
     overrides = [i for i in items if i not in overlays]
     return overlays, overrides
-
-
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .runs.pipeline import run
-    from .runs.study import is_study, run_study
-
-    overlays, overrides = _split_run_args(args.overrides)
-    recipe = find_recipe(args.recipe)  # a file, or a name: the working directory's, then shipped
-    if is_study(recipe):
-        if args.out:
-            overrides.append(f"study.dir={args.out}")
-        run_study(recipe, overrides, overlays, console=console)
-        return 0
-    cfg = load_recipe(recipe, overrides, overlays)
-    if args.out:
-        cfg.output.dir = args.out
-    _report_run(run(cfg, console=console, force=args.force), console)
-    return 0
 
 
 def _report_run(result: RunResult, console: Console) -> None:
@@ -117,152 +101,6 @@ def _print_gallery(gallery: dict, console: Console) -> None:
             )
 
 
-def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
-    plugins = load_plugins(args.plugin or [])
-    for name, origin in plugins.origins.items():
-        console.print(f"[bold]{name}[/bold]  [dim]({origin})[/dim]", highlight=False)
-        registered = {
-            "tasks": plugins.tasks.by_plugin(name),
-            "data sets": plugins.datasets.by_plugin(name),
-            "preprocessors": plugins.preprocessors.by_plugin(name),
-            "commands": plugins.commands.by_plugin(name),
-            "loss weightings": plugins.weightings.by_plugin(name),
-            "pretrained encoders": plugins.pretrained.by_plugin(name),
-            "loggers": plugins.loggers.by_plugin(name),
-            "teacher networks": plugins.teachers.by_plugin(name),
-            "hooks": plugins.hooks_of(name),
-        }
-        for label, names in registered.items():
-            if names:
-                console.print(f"  {label}: {', '.join(names)}", highlight=False)
-    return 0
-
-
-def cmd_recipes(args: argparse.Namespace, console: Console) -> int:
-    """The recipes, studies and profiles installed with mtkd, one line each."""
-    rows = shipped_recipes()
-    width = max(len(name) for name, _, _ in rows)
-    for name, kind, line in rows:
-        console.print(
-            f"[bold]{name:<{width}}[/bold]  [dim]{kind:<7}[/dim]  {escape(line)}",
-            highlight=False,
-            no_wrap=True,
-            overflow="ellipsis",
-        )
-    console.print(
-        f"[dim]in {shipped_dir()}; run one by name: mtkd run seg_distilled_id tiny[/dim]",
-        highlight=False,
-    )
-    return 0
-
-
-def cmd_resume(args: argparse.Namespace, console: Console) -> int:
-    from .runs.pipeline import run
-    from .runs.resume import resume_recipe
-
-    overlays, overrides = _split_run_args(args.overrides)
-    cfg = resume_recipe(args.run_dir, overrides, overlays)
-    _report_run(run(cfg, console=console, resume_dir=args.run_dir), console)
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .runs.eval_run import evaluate_run
-
-    overlays, overrides = _split_run_args(args.overrides)
-    results = evaluate_run(
-        args.run_dir,
-        overrides,
-        list(overlays),
-        console=console,
-        trust_plugins=args.trust_plugins,
-    )
-    _print_summary({"recipe": str(args.run_dir), **results}, console)
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from .runs.compare import comparison_rows, markdown_table, print_table, read_results
-
-    rows = comparison_rows([read_results(d) for d in args.run_dirs])
-    print_table(console, rows, "comparison")
-    if args.markdown:
-        args.markdown.write_text(markdown_table(rows))
-        console.print(f"markdown table: {args.markdown}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .runs.report import log_note, unfinished_members, write_report
-
-    page = write_report(args.folder)
-    for run_dir, note in unfinished_members(args.folder):
-        console.print(f"[yellow]{escape(run_dir.name)}: {escape(note)}[/yellow]", highlight=False)
-    damaged = log_note(Path(args.folder))  # the page says it too
-    if damaged:
-        console.print(f"[yellow]warning: {escape(damaged)}", highlight=False)
-    console.print(f"report: {page}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from .deploy.export import export_run
-
-    export_run(
-        args.run_dir, args.format, args.out, console=console, trust_plugins=args.trust_plugins
-    )
-    return 0
-
-
-def cmd_embed(args: argparse.Namespace, console: Console) -> int:
-    import numpy as np
-
-    from .deploy.inference import Predictor
-
-    predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
-    embeddings = predictor.embed(args.images, flip=not args.no_flip)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, embeddings)
-        console.print(f"saved {embeddings.shape[0]} x {embeddings.shape[1]} embeddings: {out}")
-        return 0
-    for path, row in zip(args.images, embeddings, strict=True):
-        head = " ".join(f"{v:+.3f}" for v in row[:4])
-        console.print(
-            f"{path}: {row.shape[0]}-d, norm {np.linalg.norm(row):.3f}, [{head} …]",
-            highlight=False,
-        )
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace, console: Console) -> int:
-    from .deploy.inference import Predictor
-
-    predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
-    predictions = predictor.predict(args.images, top_k=args.top_k)
-    name = predictor.run_dir.resolve().name
-    if predictor.kind == "vector":  # a regression: one column per named component
-        table = Table(title=f"{name}: {predictor.task}")
-        table.add_column("image", overflow="fold")
-        for component in predictor.names:
-            table.add_column(component, justify="right")
-        for path, values in zip(args.images, predictions, strict=True):
-            table.add_row(str(path), *(f"{v:.4g}" for _, v in values))
-        console.print(table)
-        return 0
-    table = Table(title=f"{name}: top {args.top_k} identities")
-    table.add_column("image", overflow="fold")
-    table.add_column("identity")
-    table.add_column("probability", justify="right")
-    for path, ranked in zip(args.images, predictions, strict=True):
-        names = "\n".join(name for name, _ in ranked)
-        probs = "\n".join(f"{p:.3f}" for _, p in ranked)
-        table.add_row(str(path), names, probs, end_section=True)
-    console.print(table)
-    return 0
-
-
 def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-plugins",
@@ -272,101 +110,334 @@ def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_inference_commands(sub: Any) -> None:
-    from .deploy.export import FORMATS
-
-    p_export = sub.add_parser(
-        "export", help="export a run's inference model (ONNX, TorchScript, safetensors)"
-    )
-    p_export.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
-    p_export.add_argument("--format", required=True, choices=list(FORMATS))
-    p_export.add_argument("--out", help="output file (default: <run>/export/model.<ext>)")
-    _add_trust_flag(p_export)
-    p_export.set_defaults(func=cmd_export)
-    for name, helptext, func in (
-        ("embed", "L2-normalised identity embeddings of image files", cmd_embed),
-        ("predict", "the most probable identities of image files", cmd_predict),
-    ):
-        p_cmd = sub.add_parser(name, help=helptext)
-        p_cmd.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
-        p_cmd.add_argument("images", nargs="+", help="image files")
-        p_cmd.add_argument("--task", default="identification", help="the identification task")
-        _add_trust_flag(p_cmd)
-        p_cmd.set_defaults(func=func)
-        if name == "embed":
-            p_cmd.add_argument("--out", help="save an (N, D) float32 array to this .npy file")
-            p_cmd.add_argument("--no-flip", action="store_true", help="skip the mirror average")
-        else:
-            p_cmd.add_argument("--top-k", type=int, default=5, help="identities per image")
+def _add_run_folder(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run folder (runs/<recipe>-<timestamp>)")
 
 
-def _add_training_commands(sub: Any) -> None:
-    """``run`` and ``resume``."""
-    p_run = sub.add_parser("run", help="train, distil and evaluate a recipe; writes a run folder")
-    p_run.add_argument(
-        "recipe",
-        help="recipe or study: a YAML file or a name (the working directory's, then mtkd's "
-        "shipped ones: mtkd recipes), e.g. seg_distilled_id",
-    )
-    p_run.add_argument(
-        "overrides",
-        nargs="*",
-        help="YAML overlays (a file, or a profile's name: tiny, cpu_quick) and key=value "
-        "overrides, e.g. trainer.max_epochs=3",
-    )
-    p_run.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
-    p_run.add_argument(
-        "--force",
-        action="store_true",
-        help="start afresh in a run folder that holds another run (deletes that run's files)",
-    )
-    p_run.set_defaults(func=cmd_run)
-    p_resume = sub.add_parser("resume", help="continue an interrupted run from its checkpoint")
-    p_resume.add_argument("run_dir", type=Path, help="the run folder")
-    p_resume.add_argument(
-        "overrides",
-        nargs="*",
-        help="key=value overrides of when to stop or how to report, e.g. trainer.max_epochs=200 "
-        "(changes to the data, model or optimizer are refused)",
-    )
-    p_resume.set_defaults(func=cmd_resume)
+class Run(Command):
+    name = "run"
+    help = "train, distil and evaluate a recipe; writes a run folder"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "recipe",
+            help="recipe or study: a YAML file or a name (the working directory's, then mtkd's "
+            "shipped ones: mtkd recipes), e.g. seg_distilled_id",
+        )
+        parser.add_argument(
+            "overrides",
+            nargs="*",
+            help="YAML overlays (a file, or a profile's name: tiny, cpu_quick) and key=value "
+            "overrides, e.g. trainer.max_epochs=3",
+        )
+        parser.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="start afresh in a run folder that holds another run (deletes that run's files)",
+        )
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .runs.pipeline import run
+        from .runs.study import is_study, run_study
+
+        overlays, overrides = _split_run_args(args.overrides)
+        recipe = find_recipe(
+            args.recipe
+        )  # a file, or a name: the working directory's, then shipped
+        if is_study(recipe):
+            if args.out:
+                overrides.append(f"study.dir={args.out}")
+            run_study(recipe, overrides, overlays, console=console)
+            return 0
+        cfg = load_recipe(recipe, overrides, overlays)
+        if args.out:
+            cfg.output.dir = args.out
+        _report_run(run(cfg, console=console, force=args.force), console)
+        return 0
+
+
+class Resume(Command):
+    name = "resume"
+    help = "continue an interrupted run from its checkpoint"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", type=Path, help="the run folder")
+        parser.add_argument(
+            "overrides",
+            nargs="*",
+            help="key=value overrides of when to stop or how to report, e.g. "
+            "trainer.max_epochs=200 (changes to the data, model or optimizer are refused)",
+        )
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .runs.pipeline import run
+        from .runs.resume import resume_recipe
+
+        overlays, overrides = _split_run_args(args.overrides)
+        cfg = resume_recipe(args.run_dir, overrides, overlays)
+        _report_run(run(cfg, console=console, resume_dir=args.run_dir), console)
+        return 0
+
+
+class Eval(Command):
+    name = "eval"
+    help = "evaluate a saved run again, also on other data"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", type=Path, help="a run folder")
+        parser.add_argument(
+            "overrides",
+            nargs="*",
+            help="overlays and key=value overrides, e.g. data.dataset.name=…",
+        )
+        _add_trust_flag(parser)
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .runs.eval_run import evaluate_run
+
+        overlays, overrides = _split_run_args(args.overrides)
+        results = evaluate_run(
+            args.run_dir,
+            overrides,
+            list(overlays),
+            console=console,
+            trust_plugins=args.trust_plugins,
+        )
+        _print_summary({"recipe": str(args.run_dir), **results}, console)
+        return 0
+
+
+class Compare(Command):
+    name = "compare"
+    help = "compare finished runs in one table"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders")
+        parser.add_argument("--markdown", type=Path, help="also write the table as Markdown")
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .runs.compare import comparison_rows, markdown_table, print_table, read_results
+
+        rows = comparison_rows([read_results(d) for d in args.run_dirs])
+        print_table(console, rows, "comparison")
+        if args.markdown:
+            args.markdown.write_text(markdown_table(rows))
+            console.print(f"markdown table: {args.markdown}")
+        return 0
+
+
+class Report(Command):
+    name = "report"
+    help = "write report.html: one self-contained page for a run or a study"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("folder", type=Path, help="a run folder or a study folder")
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .runs.report import log_note, unfinished_members, write_report
+
+        page = write_report(args.folder)
+        for run_dir, note in unfinished_members(args.folder):
+            console.print(
+                f"[yellow]{escape(run_dir.name)}: {escape(note)}[/yellow]", highlight=False
+            )
+        damaged = log_note(Path(args.folder))  # the page says it too
+        if damaged:
+            console.print(f"[yellow]warning: {escape(damaged)}", highlight=False)
+        console.print(f"report: {page}")
+        return 0
+
+
+class Recipes(Command):
+    name = "recipes"
+    help = "list the recipes, studies and profiles installed with mtkd"
+    description = ""
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        """The recipes, studies and profiles installed with mtkd, one line each."""
+        rows = shipped_recipes()
+        width = max(len(name) for name, _, _ in rows)
+        for name, kind, line in rows:
+            console.print(
+                f"[bold]{name:<{width}}[/bold]  [dim]{kind:<7}[/dim]  {escape(line)}",
+                highlight=False,
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+        console.print(
+            f"[dim]in {shipped_dir()}; run one by name: mtkd run seg_distilled_id tiny[/dim]",
+            highlight=False,
+        )
+        return 0
+
+
+class Plugins(Command):
+    name = "plugins"
+    help = "list loaded plugins and what each registered"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--plugin", action="append", help="also load this module or .py file")
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        plugins = load_plugins(args.plugin or [])
+        for name, origin in plugins.origins.items():
+            console.print(f"[bold]{name}[/bold]  [dim]({origin})[/dim]", highlight=False)
+            registered = {
+                "tasks": plugins.tasks.by_plugin(name),
+                "data sets": plugins.datasets.by_plugin(name),
+                "preprocessors": plugins.preprocessors.by_plugin(name),
+                "commands": plugins.commands.by_plugin(name),
+                "loss weightings": plugins.weightings.by_plugin(name),
+                "pretrained encoders": plugins.pretrained.by_plugin(name),
+                "loggers": plugins.loggers.by_plugin(name),
+                "teacher networks": plugins.teachers.by_plugin(name),
+                "hooks": plugins.hooks_of(name),
+            }
+            for label, names in registered.items():
+                if names:
+                    console.print(f"  {label}: {', '.join(names)}", highlight=False)
+        return 0
+
+
+class Export(Command):
+    name = "export"
+    help = "export a run's inference model (ONNX, TorchScript, safetensors)"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        from .deploy.export import FORMATS
+
+        _add_run_folder(parser)
+        parser.add_argument("--format", required=True, choices=list(FORMATS))
+        parser.add_argument("--out", help="output file (default: <run>/export/model.<ext>)")
+        _add_trust_flag(parser)
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .deploy.export import export_run
+
+        export_run(
+            args.run_dir, args.format, args.out, console=console, trust_plugins=args.trust_plugins
+        )
+        return 0
+
+
+def _add_image_query(parser: argparse.ArgumentParser) -> None:
+    """What ``embed`` and ``predict`` share: a run folder, image files, the task to ask."""
+    _add_run_folder(parser)
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--task", default="identification", help="the identification task")
+    _add_trust_flag(parser)
+
+
+class Embed(Command):
+    name = "embed"
+    help = "L2-normalised identity embeddings of image files"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        _add_image_query(parser)
+        parser.add_argument("--out", help="save an (N, D) float32 array to this .npy file")
+        parser.add_argument("--no-flip", action="store_true", help="skip the mirror average")
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        import numpy as np
+
+        from .deploy.inference import Predictor
+
+        predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
+        embeddings = predictor.embed(args.images, flip=not args.no_flip)
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(out, embeddings)
+            console.print(f"saved {embeddings.shape[0]} x {embeddings.shape[1]} embeddings: {out}")
+            return 0
+        for path, row in zip(args.images, embeddings, strict=True):
+            head = " ".join(f"{v:+.3f}" for v in row[:4])
+            console.print(
+                f"{path}: {row.shape[0]}-d, norm {np.linalg.norm(row):.3f}, [{head} …]",
+                highlight=False,
+            )
+        return 0
+
+
+class Predict(Command):
+    name = "predict"
+    help = "the most probable identities of image files"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        _add_image_query(parser)
+        parser.add_argument("--top-k", type=int, default=5, help="identities per image")
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from .deploy.inference import Predictor
+
+        predictor = Predictor(args.run_dir, task=args.task, trust_plugins=args.trust_plugins)
+        predictions = predictor.predict(args.images, top_k=args.top_k)
+        name = predictor.run_dir.resolve().name
+        if predictor.kind == "vector":  # a regression: one column per named component
+            table = Table(title=f"{name}: {predictor.task}")
+            table.add_column("image", overflow="fold")
+            for component in predictor.names:
+                table.add_column(component, justify="right")
+            for path, values in zip(args.images, predictions, strict=True):
+                table.add_row(str(path), *(f"{v:.4g}" for _, v in values))
+            console.print(table)
+            return 0
+        table = Table(title=f"{name}: top {args.top_k} identities")
+        table.add_column("image", overflow="fold")
+        table.add_column("identity")
+        table.add_column("probability", justify="right")
+        for path, ranked in zip(args.images, predictions, strict=True):
+            names = "\n".join(name for name, _ in ranked)
+            probs = "\n".join(f"{p:.3f}" for _, p in ranked)
+            table.add_row(str(path), names, probs, end_section=True)
+        console.print(table)
+        return 0
+
+
+# mtkd's own subcommands, in the order ``mtkd --help`` lists them; registered below through
+# ``register_commands`` like any plugin's (mtkd.plugins loads this module as a core plugin)
+BUILT_IN: tuple[type[Command], ...] = (
+    Run,
+    Resume,
+    Eval,
+    Compare,
+    Report,
+    Recipes,
+    Plugins,
+    Export,
+    Embed,
+    Predict,
+    Zoo,
+)
+
+
+@hookimpl
+def register_commands(register: Callable[[type[Command]], None]) -> None:
+    """The built-in subcommands."""
+    for command in BUILT_IN:
+        register(command)
 
 
 def build_parser(plugins: PluginSet | None = None) -> argparse.ArgumentParser:
-    """Built-in subcommands, then those plugins register (``plugins`` None: none of them)."""
+    """Every registered subcommand, the built-in ones first in their order (``plugins``
+    None: the built-in ones alone)."""
     parser = argparse.ArgumentParser(prog="mtkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_training_commands(sub)
-    p_eval = sub.add_parser("eval", help="evaluate a saved run again, also on other data")
-    p_eval.add_argument("run_dir", type=Path, help="a run folder")
-    p_eval.add_argument(
-        "overrides", nargs="*", help="overlays and key=value overrides, e.g. data.dataset.name=…"
-    )
-    _add_trust_flag(p_eval)
-    p_eval.set_defaults(func=cmd_eval)
-    p_compare = sub.add_parser("compare", help="compare finished runs in one table")
-    p_compare.add_argument("run_dirs", nargs="+", type=Path, help="run folders")
-    p_compare.add_argument("--markdown", type=Path, help="also write the table as Markdown")
-    p_compare.set_defaults(func=cmd_compare)
-    p_report = sub.add_parser(
-        "report", help="write report.html: one self-contained page for a run or a study"
-    )
-    p_report.add_argument("folder", type=Path, help="a run folder or a study folder")
-    p_report.set_defaults(func=cmd_report)
-    p_recipes = sub.add_parser(
-        "recipes", help="list the recipes, studies and profiles installed with mtkd"
-    )
-    p_recipes.set_defaults(func=cmd_recipes)
-    p_plugins = sub.add_parser("plugins", help="list loaded plugins and what each registered")
-    p_plugins.add_argument("--plugin", action="append", help="also load this module or .py file")
-    p_plugins.set_defaults(func=cmd_plugins)
-    _add_inference_commands(sub)
-    add_zoo_parser(sub)  # mtkd zoo [--json], mtkd zoo release
-    for name in plugins.commands.names() if plugins else []:
-        if name in sub.choices:
-            raise PluginError(f"command '{name}' clashes with a built-in mtkd command")
-        command = plugins.commands.get(name, key="command")()  # type: ignore[union-attr]
-        p_cmd = sub.add_parser(name, help=command.help, description=command.help)
+    registered = plugins.commands.values() if plugins is not None else []
+    for command_cls in [*BUILT_IN, *(c for c in registered if c not in BUILT_IN)]:
+        command = command_cls()
+        description = command.help if command.description is None else command.description
+        p_cmd = sub.add_parser(command.name, help=command.help, description=description or None)
         command.configure(p_cmd)
         p_cmd.set_defaults(func=command.run)
     return parser

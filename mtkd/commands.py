@@ -1,4 +1,5 @@
-"""The contract for plugin-provided ``mtkd`` subcommands (e.g. ``mtkd synth``)."""
+"""The contract of an ``mtkd`` subcommand: mtkd's own (``mtkd run``, registered by
+``mtkd.cli``) and those plugins add (``mtkd synth``) alike."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from rich.console import Console
 class Command:
     """Base class of a subcommand: ``name`` and ``help``, arguments, and what it does."""
 
-    name: ClassVar[str] = ""
-    help: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the subcommand: ``mtkd <name>``
+    help: ClassVar[str] = ""  # its line in ``mtkd --help``
+    # the paragraph ``mtkd <name> --help`` shows under its usage: None repeats ``help``,
+    # "" shows none
+    description: ClassVar[str | None] = None
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         """Add this command's arguments."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -20,6 +20,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from .data_schema import AugmentConfig, check_resize_mode, check_where
 from .errors import OptionError, RecipeError, did_you_mean
 from .recipe_files import find_recipe
+
+T = TypeVar("T")  # a plugin's options dataclass
 
 
 @dataclass
@@ -460,7 +462,7 @@ def task_entries(cfg: DictConfig) -> list[TaskEntry]:
     return entries
 
 
-def parse_options(options_cls: type, values: Any, key: str) -> Any:
+def parse_options(options_cls: type[T], values: Any, key: str) -> T:
     """Validate plugin options (a mapping) against the plugin's ``Options`` dataclass.
 
     ``key`` is where the options live in the recipe (e.g. ``tasks.segmentation``), so an
@@ -469,7 +471,7 @@ def parse_options(options_cls: type, values: Any, key: str) -> Any:
     schema = OmegaConf.structured(options_cls)
     try:
         merged = OmegaConf.merge(schema, values or {})
-        return OmegaConf.to_object(merged)
+        return cast(T, OmegaConf.to_object(merged))
     except OptionError as exc:  # the options dataclass's own check (__post_init__)
         raise RecipeError(f"{_option_key(key, exc.option)}: {exc.message}") from None
     except ConfigKeyError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
@@ -98,7 +98,7 @@ def register_pretrained(register: Callable[[PretrainedEntry], None]) -> None:
 
     :param register: call ``register(entry)`` once per entry, with a ``mtkd.PretrainedEntry``
         *instance* (not a class), usually read from a card the plugin ships beside its weights
-        file (``mtkd.pretrained.read_cards(folder)``).
+        file (``mtkd.read_cards(folder)``).
 
     Called when plugins load, once per plugin (every implementation, not firstresult); a name
     registered twice is an error naming both plugins.
@@ -189,6 +189,48 @@ def on_train_end(context: TrainContext) -> None:
 
     Called once; not when training was interrupted (Ctrl-C, SIGTERM).
     """
+
+
+class HookCalls(Protocol):
+    """How the core calls the hooks (``PluginSet.hook``): by keyword, each returning the
+    list of its implementations' answers, or for ``distill`` (first answer wins) the first
+    answer that is not None. tests/test_plugin_contract.py keeps it equal to the specs."""
+
+    def register_tasks(self, *, register: Callable[[type[Task]], None]) -> list[None]: ...
+
+    def register_datasets(
+        self, *, register: Callable[[type[SampleSource]], None]
+    ) -> list[None]: ...
+
+    def register_preprocessors(
+        self, *, register: Callable[[type[Preprocessor]], None]
+    ) -> list[None]: ...
+
+    def register_commands(self, *, register: Callable[[type[Command]], None]) -> list[None]: ...
+
+    def register_weightings(
+        self, *, register: Callable[[type[LossWeighting]], None]
+    ) -> list[None]: ...
+
+    def register_pretrained(self, *, register: Callable[[PretrainedEntry], None]) -> list[None]: ...
+
+    def register_loggers(self, *, register: Callable[[type[Logger]], None]) -> list[None]: ...
+
+    def register_teacher_networks(
+        self, *, register: Callable[[type[TeacherNetwork]], None]
+    ) -> list[None]: ...
+
+    def distill(self, *, model: nn.Module) -> nn.Module | None: ...
+
+    def on_train_start(self, *, context: TrainContext) -> list[None]: ...
+
+    def on_step_end(self, *, context: TrainContext, step: int) -> list[None]: ...
+
+    def on_epoch_end(
+        self, *, context: TrainContext, epoch: int, metrics: dict[str, Any]
+    ) -> list[None]: ...
+
+    def on_train_end(self, *, context: TrainContext) -> list[None]: ...
 
 
 def hook_reference() -> str:

@@ -43,12 +43,13 @@ class Logger:
     fails before training with ``pip install '<install>'``.
     """
 
-    name: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str] = ""  # the registry name: an entry of ``output.loggers``
+    requires: ClassVar[tuple[str, ...]] = ()  # modules the logger imports
     install: ClassVar[str] = ""  # the pip requirement that provides ``requires``
     wants_images: ClassVar[bool] = False  # log_images gets predicted-mask sheets when True
 
     def __init__(self, cfg: DictConfig) -> None:
+        """``cfg`` is the merged recipe; open nothing yet (that is :meth:`start`'s job)."""
         self.cfg = cfg
 
     @classmethod

@@ -37,9 +37,9 @@ ENTRY_POINT_GROUP = "mtkd"
 ENV_VAR = "MTKD_PLUGINS"
 # The core's own defaults, each registered by the stage it belongs to and loaded by module
 # name, as entry points are (so the plugin manager imports no stage above it): the `fixed`
-# loss weighting, the built-in loggers (jsonl, TensorBoard, MLflow) and the default
-# `distill` (at trylast: any plugin's own replaces it).
-CORE_PLUGINS = ("mtkd.engine.setup", "mtkd.runs.tracking", "mtkd.model.distill")
+# loss weighting, the built-in loggers (jsonl, TensorBoard, MLflow), the default
+# `distill` (at trylast: any plugin's own replaces it) and the built-in subcommands.
+CORE_PLUGINS = ("mtkd.engine.setup", "mtkd.runs.tracking", "mtkd.model.distill", "mtkd.cli")
 CORE_ORIGIN = "mtkd core"
 
 T = TypeVar("T")
@@ -120,8 +120,10 @@ class PluginSet:
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
-    def hook(self) -> Any:
-        return self.manager.hook
+    def hook(self) -> hookspecs.HookCalls:
+        """The hooks, to call by keyword (``plugins.hook.distill(model=model)``), typed
+        after the specs; pluggy's relay underneath."""
+        return cast(hookspecs.HookCalls, self.manager.hook)
 
     def hooks_of(self, plugin_name: str) -> list[str]:
         plugin = self.manager.get_plugin(plugin_name)

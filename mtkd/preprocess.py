@@ -9,19 +9,20 @@ never run it again. It may drop a sample by returning None; it counts what it di
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, is_dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from .samples import NoOptions, Sample
+from .options import Configurable, OptionsT, options_repr
+from .samples import Sample
 
 
-class Preprocessor:
-    """Base class of a preprocessing plugin: set ``name`` and ``Options``, write ``__call__``."""
+class Preprocessor(Configurable[OptionsT]):
+    """Base class of a preprocessing plugin: set ``name``, write ``__call__``; the generic
+    parameter is the dataclass of its recipe options (``Preprocessor[CropOptions]``)."""
 
-    name: ClassVar[str] = ""
-    Options: ClassVar[type] = NoOptions
+    name: ClassVar[str] = ""  # the registry name: an entry of ``data.preprocess``
 
-    def __init__(self, options: Any, image_size: int) -> None:
+    def __init__(self, options: OptionsT, image_size: int) -> None:
+        """``image_size`` is ``data.image_size``, what the output is resized to afterwards."""
         self.options = options
         self.image_size = image_size
         self.counts: Counter[str] = Counter()
@@ -32,8 +33,4 @@ class Preprocessor:
 
     def fingerprint(self) -> str:
         """Identifies this step and its options in the cache key: change it, rebuild the cache."""
-        options = self.options
-        shown = (
-            asdict(options) if is_dataclass(options) and not isinstance(options, type) else options
-        )
-        return f"{self.name}:{shown!r}"
+        return f"{self.name}:{options_repr(self.options)}"

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .options import Configurable, OptionsT
+
 Sample = dict[str, Any]
 Batch = dict[str, Any]
 PRESENT = "present"
@@ -52,18 +54,15 @@ class LabelSpace:
         )
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """Options of a plugin component that takes none."""
-
-
-class SampleSource:
+class SampleSource(Configurable[OptionsT]):
     """Base class of a data-set plugin: indexable samples plus the meaning of their labels.
 
-    Subclasses set ``name`` (the registry name used as ``data.dataset.name`` in recipes) and
-    ``Options`` (a dataclass of their recipe options), and fill ``label_spaces`` in
-    ``__init__``. ``groups`` (e.g. the identity of each sample) lets the engine split per
-    group without decoding any image; ``fixed_split`` lets a data set impose its own split.
+    Subclasses set ``name`` (the registry name used as ``data.dataset.name`` in recipes), name
+    the dataclass of their recipe options as the generic parameter
+    (``class MyFaces(mtkd.SampleSource[MyOptions])``, which sets ``Options``), and fill
+    ``label_spaces`` in ``__init__``. ``groups`` (e.g. the identity of each sample) lets the
+    engine split per group without decoding any image; ``fixed_split`` lets a data set impose
+    its own split.
 
     Labels listed in ``optional_labels`` (costly or fragile to decode, e.g. per-pixel masks)
     are read only when wanted: before any sample is read the engine sets ``wanted_labels`` to
@@ -71,11 +70,13 @@ class SampleSource:
     defect then never costs a run that reads no mask.
     """
 
-    name: ClassVar[str] = ""
-    Options: ClassVar[type] = NoOptions
+    name: ClassVar[str] = ""  # the registry name: ``data.dataset.name`` in recipes
+    # labels read only when a task wants them (costly or fragile to decode: masks)
     optional_labels: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, options: Any, image_size: int, seed: int) -> None:
+    def __init__(self, options: OptionsT, image_size: int, seed: int) -> None:
+        """Index the samples (decode lazily, in ``__getitem__``) and fill ``label_spaces``;
+        ``image_size`` is the model's input size, ``seed`` the recipe's data seed."""
         self.options = options
         self.image_size = image_size
         self.seed = seed

@@ -11,12 +11,13 @@ batch that carry ``label_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from .samples import LabelSpace, NoOptions
+from .options import Configurable, OptionsT
+from .samples import LabelSpace
 
 if TYPE_CHECKING:
     # torchmetrics imports matplotlib (and torchvision, scipy) when it loads: only a task
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 Role = Literal["student", "teacher"]
 ROLES: tuple[str, ...] = ("student", "teacher")
 Output = Any  # a Tensor, or a dict of Tensors whose first dimension is the batch
-OptionsT = TypeVar("OptionsT")
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,12 @@ class FeatureInfo:
     image_size: int
 
 
-class Task(Generic[OptionsT]):
+class Task(Configurable[OptionsT]):
     """Base class of a task-head plugin. Subclass it, set the class variables, register it.
+
+    The generic parameter is the dataclass of the task's recipe options
+    (``class HeadYaw(mtkd.Task[YawOptions])``): it types ``self.options`` and sets the
+    ``Options`` class variable the engine parses the recipe with.
 
     Override :meth:`build_head` and :meth:`loss` (required); :meth:`setup`, :meth:`metrics`,
     :meth:`predictions`, :meth:`update_metrics`, :meth:`summarize`, :meth:`describe`,
@@ -53,13 +57,14 @@ class Task(Generic[OptionsT]):
     either way.
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the registry name recipes use (a task entry's key or ``type``)
     # the sample key of the label; a task whose label depends on its recipe key (a teacher
     # network's targets) overrides :meth:`label_key_for` instead
     label_key: str = ""
+    # the head's input: False, the final feature map (B, C, h, w); True, the list of tap
+    # maps, shallow to deep
     uses_taps: ClassVar[bool] = False
-    default_role: ClassVar[Role] = "student"
-    Options: ClassVar[type[Any]] = NoOptions
+    default_role: ClassVar[Role] = "student"  # unless the recipe's ``role`` says otherwise
     # the metrics the epoch's console line shows beside the loss (``trainer.console:
     # compact``); every metric still goes to metrics.jsonl and the loggers
     console_metrics: ClassVar[tuple[str, ...]] = ()
@@ -73,6 +78,7 @@ class Task(Generic[OptionsT]):
         weight: float,
         label_space: LabelSpace | None,
     ) -> None:
+        """Called by the engine with the parsed options; do not override (use :meth:`setup`)."""
         self.key = key  # the task's name in the recipe (usually equal to ``name``)
         self.label_key = self.label_key_for(key)
         self.options = options
@@ -101,6 +107,7 @@ class Task(Generic[OptionsT]):
 
     @property
     def num_classes(self) -> int:
+        """The size of :attr:`output_space`; an error naming the task when it has none."""
         space = self.output_space
         if space is None:
             raise ValueError(f"task '{self.key}' needs the label space of '{self.label_key}'")
@@ -148,6 +155,8 @@ class Task(Generic[OptionsT]):
     def update_metrics(
         self, metrics: torchmetrics.MetricCollection, output: Output, target: torch.Tensor
     ) -> None:
+        """Feed one batch (its labelled samples) to the metrics: by default
+        ``metrics.update(self.predictions(output), target)``."""
         if len(metrics):
             metrics.update(self.predictions(output), target)
 
@@ -156,4 +165,5 @@ class Task(Generic[OptionsT]):
         return {name: value for name, value in metrics.compute().items()}
 
     def describe(self) -> str:
+        """The one-line description a run prints."""
         return f"{self.key} ({self.name}, {self.role}, weight {self.weight:g})"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from .samples import LabelSpace, NoOptions
+from .options import Configurable, OptionsT, options_repr
+from .samples import LabelSpace
 
 TEACHER_KEY = "teacher"  # the recipe key, inside a task's block, that names a teacher network
 Sees = Literal["cached", "source"]
@@ -31,7 +31,7 @@ def teacher_label_key(task_key: str) -> str:
     return f"{TEACHER_KEY}/{task_key}"
 
 
-class TeacherNetwork:
+class TeacherNetwork(Configurable[OptionsT]):
     """Base class of a teacher-network plugin: set the class variables, write :meth:`targets`.
 
     ``sees`` chooses the images :meth:`targets` receives: ``cached`` — the sample cache's
@@ -43,13 +43,13 @@ class TeacherNetwork:
     :class:`mtkd.PluginError` in one line when they are missing or unreadable.
     """
 
-    name: ClassVar[str] = ""
-    Options: ClassVar[type] = NoOptions
-    sees: ClassVar[Sees] = "cached"
+    name: ClassVar[str] = ""  # the registry name: ``tasks.<key>.teacher.name``
+    sees: ClassVar[Sees] = "cached"  # the images :meth:`targets` receives: cached or source
     output: Output = "embedding"  # a plugin may set it per instance, from its options
     batch_size: ClassVar[int] = 32  # images per call of ``targets``
 
-    def __init__(self, options: Any, image_size: int) -> None:
+    def __init__(self, options: OptionsT, image_size: int) -> None:
+        """Load the weights here (no pickle); ``image_size`` is ``data.image_size``."""
         self.options = options
         self.image_size = image_size  # the student's input size (``data.image_size``)
         self.counts: Counter[str] = Counter()  # why samples were abstained on, for the report
@@ -74,10 +74,8 @@ class TeacherNetwork:
         once per instance: a weights file can be large)."""
         found: str | None = getattr(self, "_fingerprint", None)
         if found is None:
-            options = self.options
-            is_instance = is_dataclass(options) and not isinstance(options, type)
-            shown = asdict(options) if is_instance else options
-            found = self._fingerprint = f"{self.name}:{shown!r}:{self.weights_fingerprint()}"
+            shown = options_repr(self.options)
+            found = self._fingerprint = f"{self.name}:{shown}:{self.weights_fingerprint()}"
         return found
 
     def label_space(self) -> LabelSpace:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import parse_options
-from .samples import NoOptions
+from .options import Configurable, OptionsT
 from .tasks import Task
 
 if TYPE_CHECKING:
@@ -39,15 +39,15 @@ class EncoderOutputs:
     cut: list[torch.Tensor] = field(default_factory=list)  # what the heads read
 
 
-class LossWeighting(nn.Module):
+class LossWeighting(nn.Module, Configurable[OptionsT]):
     """Base class of a weighting strategy (LibMTL's ``backward(losses)`` shape).
 
-    Subclasses set ``name`` (the recipe's ``trainer.weighting.name``), optionally an
-    ``Options`` dataclass for the other keys, and implement :meth:`combine`.
+    Subclasses set ``name`` (the recipe's ``trainer.weighting.name``), optionally name a
+    dataclass for the other keys as the generic parameter (``LossWeighting[DwaOptions]``,
+    which sets ``Options``), and implement :meth:`combine`.
     """
 
-    name: ClassVar[str] = ""
-    Options: ClassVar[type] = NoOptions
+    name: ClassVar[str] = ""  # the registry name: ``trainer.weighting.name``
     # True for a strategy whose backward() differentiates through the encoder's outputs
     # itself (a gradient aggregator): the engine then cuts the graph there (EncoderOutputs),
     # runs the forward without DDP's gradient hooks, and averages over ranks only the
@@ -62,8 +62,10 @@ class LossWeighting(nn.Module):
         return parse_options(cls.Options, raw, key)
 
     def __init__(
-        self, tasks: Mapping[str, Task], options: Any, shared: Sequence[nn.Parameter]
+        self, tasks: Mapping[str, Task], options: OptionsT, shared: Sequence[nn.Parameter]
     ) -> None:
+        """``tasks`` by recipe key, the parsed options, and the encoder's parameters
+        (``shared``), which gradient-based strategies measure."""
         super().__init__()
         self.keys = list(tasks)
         self.tasks = dict(tasks)

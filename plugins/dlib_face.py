@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 import mtkd
-from mtkd.utils import checksums
 
 EXTRA = "pip install 'mtkd[dlib-teacher]'"
 PACKAGE = "face_recognition_models"
@@ -72,7 +71,7 @@ def _models(folder: str) -> tuple[Any, Any, Any, Any]:
 @functools.cache
 def _weights_sha256(folder: str) -> str:
     files = (RECOGNISER, LANDMARKS, CNN_DETECTOR)
-    return ",".join(checksums.sha256_file(Path(folder) / name) for name in files)
+    return ",".join(mtkd.sha256_file(Path(folder) / name) for name in files)
 
 
 @dataclass
@@ -106,11 +105,10 @@ def _largest(rects: Sequence[Any]) -> Any:
     return max(rects, key=lambda r: r.width() * r.height())
 
 
-class DlibFace(mtkd.TeacherNetwork):
+class DlibFace(mtkd.TeacherNetwork[DlibFaceOptions]):
     """dlib's face descriptor of each sample's full-resolution image (an embedding teacher)."""
 
     name = "dlib_face"
-    Options = DlibFaceOptions
     sees = "source"
     output = "embedding"
     batch_size = 1

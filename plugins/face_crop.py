@@ -152,11 +152,10 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
         )
 
 
-class FaceCrop(mtkd.Preprocessor):
+class FaceCrop(mtkd.Preprocessor[FaceCropOptions]):
     """Square crop around the detected face; image and per-pixel labels share one box."""
 
     name = "dlib_face_crop"
-    Options = FaceCropOptions
 
     def __init__(
         self, options: FaceCropOptions, image_size: int, *, detector: Detector | None = None

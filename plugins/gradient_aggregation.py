@@ -39,10 +39,14 @@ from torchjd import aggregation as agg
 from torchjd.autojac import jac
 
 import mtkd
-from mtkd.config import parse_options
-from mtkd.errors import did_you_mean
-from mtkd.utils import distributed
-from mtkd.weighting import EncoderOutputs, LossWeighting, weighted_sum
+from mtkd import (
+    EncoderOutputs,
+    LossWeighting,
+    did_you_mean,
+    distributed,
+    parse_options,
+    weighted_sum,
+)
 
 KEY = "trainer.weighting"
 
@@ -86,11 +90,10 @@ class AggregateOptions:
     aggregator: dict[str, Any] = field(default_factory=dict)  # the method's own options
 
 
-class GradientAggregation(LossWeighting):
+class GradientAggregation(LossWeighting[AggregateOptions]):
     """Jacobian descent on the shared encoder with one of TorchJD's aggregators."""
 
     name = "aggregate"
-    Options = AggregateOptions
     aggregates_gradients = True
     weight_sum: torch.Tensor  # buffers: a mid-epoch checkpoint keeps the epoch's running means
     weight_steps: torch.Tensor

@@ -196,7 +196,6 @@ def margin_loss_module(
 class Identification(mtkd.Task[IdentificationOptions]):
     name = "identification"
     label_key = "identity"
-    Options = IdentificationOptions
     console_metrics = ("top1",)
 
     def setup(self) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import mtkd
-from mtkd.weighting import LossWeighting, weighted_sum
+from mtkd import LossWeighting, weighted_sum
 
 
 def _labelled(counts: Mapping[str, int], keys: list[str]) -> torch.Tensor:
@@ -55,7 +55,7 @@ class DwaOptions:
     temperature: float = 2.0  # T: higher values flatten the weights towards equal
 
 
-class DynamicWeightAveraging(LossWeighting):
+class DynamicWeightAveraging(LossWeighting[DwaOptions]):
     """DWA: a task whose loss fell less over the last epoch gets more weight the next.
 
     w_k = K softmax_k(r_k / T), r_k = L_k(t-1) / L_k(t-2) from epoch-mean training losses;
@@ -63,7 +63,6 @@ class DynamicWeightAveraging(LossWeighting):
     """
 
     name = "dwa"
-    Options = DwaOptions
     history: torch.Tensor  # buffers: saved in checkpoints, so a resumed run continues exactly
     epochs_seen: torch.Tensor
     weights: torch.Tensor
@@ -105,7 +104,7 @@ class GradNormOptions:
     alpha: float = 1.5  # restoring force: higher pulls slow-training tasks harder
 
 
-class GradNorm(LossWeighting):
+class GradNorm(LossWeighting[GradNormOptions]):
     """GradNorm: learned weights that balance each task's gradient norm on the shared encoder.
 
     Per step, G_k = w_k ||grad_W L_k|| over the encoder's parameters W and the target is
@@ -115,7 +114,6 @@ class GradNorm(LossWeighting):
     """
 
     name = "gradnorm"
-    Options = GradNormOptions
     initial_losses: torch.Tensor
 
     def __init__(self, tasks: Any, options: GradNormOptions, shared: Any) -> None:

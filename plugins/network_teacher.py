@@ -124,7 +124,6 @@ class NetworkTeacher(mtkd.Task[NetworkTeacherOptions]):
     name = "network_teacher"
     uses_taps = False
     default_role = "teacher"
-    Options = NetworkTeacherOptions
     console_metrics = ("agreement", "cosine")
 
     @classmethod

@@ -154,7 +154,6 @@ class Pose(mtkd.Task[PoseOptions]):
     label_key = "pose"
     uses_taps = False
     default_role = "teacher"
-    Options = PoseOptions
     console_metrics = ("mae",)
 
     def setup(self) -> None:

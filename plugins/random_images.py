@@ -25,9 +25,8 @@ class RandomImagesOptions:
     seed: int = 0
 
 
-class RandomImages(mtkd.SampleSource):
+class RandomImages(mtkd.SampleSource[RandomImagesOptions]):
     name = "random_images"
-    Options = RandomImagesOptions
 
     def __init__(self, options: RandomImagesOptions, image_size: int, seed: int) -> None:
         super().__init__(options, image_size, seed)

@@ -23,8 +23,7 @@ import torchmetrics
 from torch import nn
 
 import mtkd
-from mtkd.errors import did_you_mean
-from mtkd.metrics.segmentation import iou_summary, jaccard_per_class
+from mtkd import did_you_mean, iou_summary, jaccard_per_class
 
 from . import seg_decoders
 
@@ -144,7 +143,6 @@ class Segmentation(mtkd.Task[SegmentationOptions]):
     name = "segmentation"
     label_key = "mask"
     uses_taps = True
-    Options = SegmentationOptions
     console_metrics = ("miou",)
 
     def build_head(self, features: mtkd.FeatureInfo) -> nn.Module:

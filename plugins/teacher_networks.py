@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 import mtkd
-from mtkd.utils import checksums
 
 OUTPUTS = ("logits", "embedding")
 
@@ -51,13 +50,12 @@ class RunTeacherOptions:
         )
 
 
-class RunTeacher(mtkd.TeacherNetwork):
+class RunTeacher(mtkd.TeacherNetwork[RunTeacherOptions]):
     """A finished mtkd run's inference model (e.g. ResNet-101-ID teaching MobileNetV2-ID);
     with several runs, the mean of their outputs (an ensemble). A logits teacher's classes
     are the run's; every run of an ensemble must have the same ones."""
 
     name = "mtkd_run"
-    Options = RunTeacherOptions
     sees = "cached"
     batch_size = 64
 
@@ -116,7 +114,7 @@ class RunTeacher(mtkd.TeacherNetwork):
     def weights_fingerprint(self) -> str:
         """The digests SHA256SUMS records (``load_run`` checked the files against them)."""
         files = [f / "distilled" / "model.safetensors" for f in self.folders]
-        return ",".join(checksums.expected(f) or checksums.sha256_file(f) for f in files)
+        return ",".join(mtkd.weights_sha256(f) for f in files)
 
 
 @dataclass
@@ -142,12 +140,11 @@ class OnnxTeacherOptions:
         )
 
 
-class OnnxTeacher(mtkd.TeacherNetwork):
+class OnnxTeacher(mtkd.TeacherNetwork[OnnxTeacherOptions]):
     """Any ONNX model taking an N x 3 x H x W float image: its chosen output is the target.
     An ``export.json`` beside the file (``mtkd export``) names a logits output's classes."""
 
     name = "onnx"
-    Options = OnnxTeacherOptions
     sees = "cached"
 
     def __init__(self, options: OnnxTeacherOptions, image_size: int) -> None:
@@ -210,7 +207,7 @@ class OnnxTeacher(mtkd.TeacherNetwork):
         return list(self._run(images))
 
     def weights_fingerprint(self) -> str:
-        return checksums.sha256_file(self.path)
+        return mtkd.sha256_file(self.path)
 
 
 @mtkd.hookimpl

@@ -109,6 +109,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "hookspecs",
         "context",
+        "options",
         "plugins",
         "tasks",
         "samples",
@@ -170,3 +171,54 @@ def test_the_layer_check_finds_an_upward_import() -> None:
     assert layer_violations({"mtkd.data.build": {"mtkd.model.build"}}) == {
         ("mtkd.data.build", "mtkd.model.build")
     }
+
+
+# The built-in plugins are written as a third-party plugin must be: against ``mtkd``'s
+# public names only, so whatever they need is exported (and documented) for everyone.
+PLUGIN_FOLDERS = (CORE.parent / "plugins", CORE.parent / "docs" / "examples")
+
+
+def private_uses(source: str) -> list[str]:
+    """Each use of ``mtkd`` beyond its public names (``mtkd.__all__``): ``from mtkd.x import``,
+    ``import mtkd.x``, ``from mtkd import <private>`` and ``mtkd.<private>``."""
+    public = set(mtkd.__all__) | {"__version__"}
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith("mtkd."):
+                found.append(f"line {node.lineno}: from {node.module} import")
+            elif node.module == "mtkd":
+                names = [a.name for a in node.names if a.name not in public]
+                found += [f"line {node.lineno}: from mtkd import {n}" for n in names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("mtkd.")]
+            found += [f"line {node.lineno}: import {n}" for n in names]
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "mtkd"
+            and node.attr not in public
+        ):
+            found.append(f"line {node.lineno}: mtkd.{node.attr}")
+    return found
+
+
+def test_the_built_in_plugins_use_only_the_public_api() -> None:
+    files = [p for folder in PLUGIN_FOLDERS for p in sorted(folder.rglob("*.py"))]
+    assert len(files) > 20
+    offenders = {str(p.relative_to(CORE.parent)): private_uses(p.read_text()) for p in files}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_public_api_check_finds_each_private_use() -> None:
+    source = (
+        "import mtkd\nimport mtkd.utils.checksums\nfrom mtkd.weighting import weighted_sum\n"
+        "from mtkd import Task, fixed_total\nx = mtkd.config.parse_options\ny = mtkd.Task\n"
+    )
+    assert private_uses(source) == [
+        "line 2: import mtkd.utils.checksums",
+        "line 3: from mtkd.weighting import",
+        "line 4: from mtkd import fixed_total",
+        "line 5: mtkd.config",
+    ]
+    assert private_uses("import mtkd_plugins.zoo\nfrom mtkd_plugins import zoo\n") == []

@@ -97,11 +97,11 @@ def test_python_warnings_print_as_one_mtkd_line(
 ) -> None:
     import mtkd.cli as cli
 
-    def warn(args: Any, console: Console) -> int:
+    def warn(self: Any, args: Any, console: Console) -> int:
         warnings.warn("the thing\n  is deprecated", FutureWarning, stacklevel=1)
         return 0
 
-    monkeypatch.setattr(cli, "cmd_recipes", warn)
+    monkeypatch.setattr(cli.Recipes, "run", warn)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         assert main(["recipes"]) == 0

@@ -216,6 +216,7 @@ def test_a_plugin_can_replace_the_distillation_hook(tmp_path: Path) -> None:
 def test_plugin_commands_join_the_cli_and_cannot_shadow_built_ins(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from mtkd import cli
     from mtkd.cli import build_parser
 
     plugin = write_plugin(
@@ -244,9 +245,14 @@ def test_plugin_commands_join_the_cli_and_cannot_shadow_built_ins(
     args = build_parser(plugins).parse_args(["hello", "world"])
     assert args.func(args, Console()) == 0
     assert "hello world" in capsys.readouterr().out
-    shadow = mtkd.load_plugins(objects=[("shadow", _Shadowing())])
-    with pytest.raises(mtkd.PluginError, match="command 'run' clashes"):
-        build_parser(shadow)
+    # the built-in commands are registered like a plugin's (by the core plugin mtkd.cli), so
+    # one of the same name is refused as any name registered twice is, both plugins named
+    with pytest.raises(
+        mtkd.PluginError, match=r"command 'run' is registered twice: by plugin 'mtkd\.cli' and by"
+    ):
+        mtkd.load_plugins(objects=[("shadow", _Shadowing())])
+    assert set(cli.BUILT_IN) <= set(plugins.commands.values())  # one mechanism
+    assert plugins.commands.by_plugin("mtkd.cli")[:3] == ["compare", "embed", "eval"]
 
 
 class _ShadowCommand(mtkd.Command):

@@ -21,6 +21,7 @@ from ..console import make_console
 from ..context import EpochTally, TrainContext
 from ..data.build import EpochSampler
 from ..errors import Interrupted, MtkdError
+from ..hookspecs import HookCalls
 from ..metrics.evaluate import evaluate_loader, prefixed
 from ..model.multitask import MultiTaskModel
 from ..plugins import PluginSet
@@ -112,7 +113,7 @@ class Loop:
         ctx: TrainContext[MultiTaskModel],
         loader: DataLoader,
         val_loader: DataLoader | None,
-        hook: Any,
+        hook: HookCalls | None,
         console: Console,
         progress: Progress,
         signals: StopSignals,

@@ -13,11 +13,15 @@ instead of trusting a 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassJaccardIndex
+
+if TYPE_CHECKING:
+    # torchmetrics loads matplotlib: mtkd.iou_summary / mtkd.jaccard_per_class (public, for
+    # task plugins) must not, so only the function that builds a metric imports it
+    from torchmetrics.classification import MulticlassJaccardIndex
 
 
 def iou_from_confusion(
@@ -58,6 +62,8 @@ def segmentation_iou(
     holds class indices (N, ...); pixels whose target is ``ignore_index`` are skipped. The
     IoU is torchmetrics' ``MulticlassJaccardIndex(average="none")``.
     """
+    from torchmetrics.classification import MulticlassJaccardIndex
+
     metric = MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index)
     metric.update(preds.detach().cpu(), target.detach().cpu())
     per_class = metric.compute().double().numpy()

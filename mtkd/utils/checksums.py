@@ -33,6 +33,8 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks: a weights file's identity,
+    e.g. in a teacher network's ``weights_fingerprint``."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -84,6 +86,13 @@ def forget(path: Path) -> None:
 def expected(path: Path) -> str | None:
     path = Path(path)
     return read_sums(path.parent).get(path.name)
+
+
+def weights_sha256(path: Path) -> str:
+    """A weights file's SHA-256 as its folder's ``SHA256SUMS`` records it (what loading
+    checks the file against), else hashed now: same value, without reading a large file
+    twice."""
+    return expected(path) or sha256_file(path)
 
 
 def verify(path: Path, data: bytes) -> None:

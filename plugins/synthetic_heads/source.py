@@ -86,9 +86,8 @@ def _balanced_views(rng: np.random.Generator, views: int, spread: int, people: i
     return [views + int(d) for d in rng.permutation(paired)]
 
 
-class SyntheticHeads(mtkd.SampleSource):
+class SyntheticHeads(mtkd.SampleSource[SyntheticHeadsOptions]):
     name = "synthetic_heads"
-    Options = SyntheticHeadsOptions
 
     def __init__(self, options: SyntheticHeadsOptions, image_size: int, seed: int) -> None:
         super().__init__(options, image_size, seed)

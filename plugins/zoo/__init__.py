@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mtkd
-from mtkd.pretrained import PretrainedEntry, read_cards
+from mtkd import PretrainedEntry, read_cards
 
 FOLDER = Path(__file__).resolve().parent
 

@@ -37,7 +37,6 @@ class HeadDirectionOptions:  # recipe keys under tasks.head_direction
 class HeadDirection(mtkd.Task[HeadDirectionOptions]):
     name = "head_direction"
     label_key = "pose"  # reads the pose vector; the classes are derived from it
-    Options = HeadDirectionOptions
 
     def setup(self) -> None:
         pose, component = self.label_space, self.options.component

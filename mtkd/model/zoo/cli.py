@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ...commands import Command
 from ...plugins import PluginSet, load_plugins
 from ...pretrained import PretrainedEntry
 from ...utils.files import read_json_object
@@ -84,7 +85,7 @@ def zoo_table(entries: list[PretrainedEntry]) -> Table:
     return table
 
 
-def cmd_zoo(args: argparse.Namespace, console: Console) -> int:
+def _list(args: argparse.Namespace, console: Console) -> int:
     plugins = load_plugins(args.plugin or [])
     if args.json:
         print(json.dumps(zoo_records(plugins), indent=2))
@@ -103,7 +104,7 @@ def _read_results(path: Path | None) -> dict[str, Any]:
     return read_json_object(path, "--results:")
 
 
-def cmd_zoo_release(args: argparse.Namespace, console: Console) -> int:
+def _release(args: argparse.Namespace, console: Console) -> int:
     options = ReleaseOptions(
         heads=args.heads,
         max_mb=args.max_mb,
@@ -128,13 +129,25 @@ def cmd_zoo_release(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def add_zoo_parser(sub: Any) -> None:
+class Zoo(Command):
     """``mtkd zoo [--json]`` and ``mtkd zoo release RUN_DIR --name NAME --out DIR``."""
-    p_zoo = sub.add_parser("zoo", help="list the pretrained encoders (model zoo); release one")
-    p_zoo.add_argument("--json", action="store_true", help="a JSON list instead of a table")
-    p_zoo.add_argument("--plugin", action="append", help="also load this module or .py file")
-    p_zoo.set_defaults(func=cmd_zoo)
-    actions = p_zoo.add_subparsers(dest="zoo_command", metavar="{release}")
+
+    name = "zoo"
+    help = "list the pretrained encoders (model zoo); release one"
+    description = ""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+        parser.add_argument("--plugin", action="append", help="also load this module or .py file")
+        _add_release_parser(parser.add_subparsers(dest="zoo_command", metavar="{release}"))
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        if args.zoo_command == "release":
+            return _release(args, console)
+        return _list(args, console)
+
+
+def _add_release_parser(actions: Any) -> None:
     p_rel = actions.add_parser("release", help="turn a finished run folder into a zoo entry")
     p_rel.add_argument("run_dir", type=Path, help="a finished run folder")
     p_rel.add_argument("--name", required=True, help="the entry's name (zoo:NAME)")
@@ -154,4 +167,3 @@ def add_zoo_parser(sub: Any) -> None:
     p_rel.add_argument(
         "--force", action="store_true", help="replace an entry of the same name in --out"
     )
-    p_rel.set_defaults(func=cmd_zoo_release)
