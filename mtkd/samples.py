@@ -133,8 +133,7 @@ def sample_to_tensors(
     image = torch.tensor(pixels)  # a copy of our own: caches are read-only
     if mirrored:
         image = image.flip(1)  # on uint8, before the float copy: a quarter of the bytes
-    # uint8 / 255.0 is float32 in one pass (each of the 256 values as .float().div_(255) gives)
-    out: Sample = {"image": torch.div(image.permute(2, 0, 1), 255.0)}
+    out: Sample = {"image": image.permute(2, 0, 1).float().div_(255.0)}
     height, width = pixels.shape[:2]
     for key, value in sample.items():
         if key == "image" or value is None:

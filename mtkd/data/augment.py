@@ -55,19 +55,21 @@ def _flip_table(flip: tuple[float, ...], dtype: torch.dtype | None) -> torch.Ten
 
 @lru_cache(maxsize=16)
 def _base_lines(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The x (W x 1) and y (H x 1 x 1) coordinates of ``F.affine_grid``'s pixel centres
+    """The x (1 x 1 x W) and y (1 x H x 1) coordinates of ``F.affine_grid``'s pixel centres
     (align_corners=False), made as ATen makes them, once per size."""
     x, y = (torch.linspace(-1, 1, steps) * (steps - 1) / steps for steps in (width, height))
-    return x[:, None], y[:, None, None]
+    return x.view(1, 1, width), y.view(1, height, 1)
 
 
 def _grid_by_products(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``F.affine_grid(theta)``'s values without its (H*W x 3) @ (3 x 2) matrix product, which
     costs more than the sampling itself at 128 px: each output is ``x*t0 + y*t1``, then
-    ``+ t2``: the order and rounding of that product (see :func:`_exact_products`)."""
+    ``+ t2``, the order and rounding of that product (see :func:`_exact_products`). Built as
+    an x plane and a y plane (rows of 128 floats, not pairs), seen as the 1 x H x W x 2 grid."""
     x, y = _base_lines(height, width)
-    t0, t1, t2 = theta[0].t()  # the coefficients of x, y and 1 in both outputs
-    return torch.add(x * t0, y * t1).add_(t2)[None]
+    t0, t1, t2 = (column.view(2, 1, 1) for column in theta[0].t())  # coefficients of x, y, 1
+    planes = torch.add(x * t0, y * t1).add_(t2)
+    return planes.permute(1, 2, 0)[None]
 
 
 @lru_cache(maxsize=16)
