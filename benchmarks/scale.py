@@ -87,10 +87,14 @@ def write_folder(root: Path, count: int, side: int) -> Path:
 
 
 def _peaks() -> dict[str, float]:
-    """This process's peak resident memory and its largest (waited-for) child's, in MiB."""
+    """This process's peak resident memory and its largest (waited-for) child's, in MiB,
+    and the CPU seconds of both (user + system)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "peak_mib": own.ru_maxrss / 1024,
+        "worker_peak_mib": children.ru_maxrss / 1024,
+        "cpu_s": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
     }
 
 
@@ -109,12 +113,14 @@ def child_build(folder: Path, cache: Path, workers: int, image_size: int) -> dic
     from mtkd.data.cache import materialize
 
     source = _source(folder, image_size)
+    before = _peaks()["cpu_s"]
     start = time.perf_counter()
     cached, report = materialize(
         source, [], image_size, mode="disk", cache_dir=cache, workers=workers
     )
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"seconds": seconds, "images": len(cached), **_peaks()}
+    result["cpu_s"] -= before
     assert report.kept == len(source), report.lines()
     del cached
     digests = {}
@@ -301,14 +307,22 @@ def report(
     n, small, size = args.images, args.small, args.image_size
     rate = {w: b["images"] / b["seconds"] for w, b in builds.items()}
     same = builds[1]["digests"] == builds[2]["digests"]
+    cpu = {w: b["images"] / b["cpu_s"] for w, b in builds.items()}
     print(f"\n(a) cache build, {n} JPEGs of {args.side} px -> {size} px, on disk")
-    print(f"{'workers':>8} {'seconds':>9} {'images/s':>9} {'building MiB':>13} {'worker MiB':>11}")
+    print(
+        f"{'workers':>8} {'seconds':>9} {'images/s':>9} {'per CPU-s':>10} "
+        f"{'building MiB':>13} {'worker MiB':>11}"
+    )
     for w, b in builds.items():
+        worker = f"{b['worker_peak_mib']:>11.0f}" if w > 1 else f"{'-':>11}"
         print(
-            f"{w:>8} {b['seconds']:>9.1f} {rate[w]:>9.0f} {b['peak_mib']:>13.0f} "
-            f"{b['worker_peak_mib']:>11.0f}"
+            f"{w:>8} {b['seconds']:>9.1f} {rate[w]:>9.0f} {cpu[w]:>10.0f} "
+            f"{b['peak_mib']:>13.0f} {worker}"
         )
-    print(f"2 workers / 1 worker: {rate[2] / rate[1]:.2f}x; byte-identical caches: {same}")
+    print(
+        f"2 workers / 1 worker: {rate[2] / rate[1]:.2f}x wall-clock, {cpu[2] / cpu[1]:.2f}x "
+        f"per CPU-second; byte-identical caches: {same}"
+    )
     print(f"\n(b) peak resident memory of a build, {small} against {n} images")
     print(f"{'workers':>8} {'process':>10} {small:>9} {n:>9} {'ratio':>7}")
     for w in (1, 2):
