@@ -124,16 +124,30 @@ class SampleSource(Configurable[OptionsT]):
 
 
 def sample_to_tensors(
-    sample: Sample, label_spaces: Mapping[str, LabelSpace], *, uint8: bool = False
+    sample: Sample,
+    label_spaces: Mapping[str, LabelSpace],
+    *,
+    mirrored: bool = False,
+    uint8: bool = False,
 ) -> Sample:
     """A cached sample (uint8 image at the model's size, labels) as tensors; image in [0, 1]
-    (or, with ``uint8``, C x H x W uint8 for the training device to convert)."""
-    image = torch.tensor(np.asarray(sample["image"])).permute(2, 0, 1)  # a copy: caches are r/o
+    (or, with ``uint8``, C x H x W uint8 for the training device to convert).
+
+    ``mirrored`` flips the image and per-pixel labels left-right on the way, before the float
+    conversion (an augmentation's flip; the labels' class swaps are left to it)."""
+    pixels = np.asarray(sample["image"])
+    image = torch.tensor(pixels)  # a copy of our own: caches are read-only
+    if mirrored:
+        image = image.flip(1)  # on uint8, before the float copy: a quarter of the bytes
+    image = image.permute(2, 0, 1)
     out: Sample = {"image": image if uint8 else image.float().div_(255.0)}
+    height, width = pixels.shape[:2]
     for key, value in sample.items():
         if key == "image" or value is None:
             continue
         tensor = torch.tensor(np.asarray(value))
+        if mirrored and tensor.shape == (height, width):
+            tensor = tensor.flip(-1)  # a per-pixel label
         space = label_spaces.get(key)
         vector = (space.kind in FLOAT_KINDS) if space is not None else tensor.is_floating_point()
         out[key] = tensor.float() if vector else tensor.long()

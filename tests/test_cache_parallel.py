@@ -205,6 +205,36 @@ def test_a_worker_that_dies_fails_the_build_cleanly_and_the_next_build_completes
     assert not report.from_cache and len(cached) == report.kept
 
 
+class KillsAWorker(Mixed):
+    """``Mixed`` (the same name and options, so the same cache key) whose worker process is
+    killed (SIGKILL, as by the OOM killer or a user) at sample 13."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index == 13 and os.getpid() != self.parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(index)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL of a forked worker")
+def test_a_killed_worker_fails_the_build_and_the_rerun_writes_the_serial_bytes(
+    tmp_path: Path,
+) -> None:
+    def build(source: Mixed, root: Path, workers: int) -> Any:
+        steps = [DropEveryFifth(mtkd.NoOptions(), 16)]
+        return materialize(
+            source, steps, 16, on_error="skip", mode="disk", cache_dir=root, workers=workers
+        )
+
+    options = MixedOptions(count=40, broken=[2, 31])
+    with pytest.raises(mtkd.DataError, match=r"worker process died \(exit code -9"):
+        build(KillsAWorker(options, 16, 0), tmp_path / "two", 2)
+    assert not any((tmp_path / "two").iterdir())  # no partial folder, no cache
+    _, report = build(Mixed(options, 16, 0), tmp_path / "two", 2)
+    assert not report.from_cache and report.kept > 0
+    build(Mixed(options, 16, 0), tmp_path / "one", 1)
+    _assert_same_cache(tmp_path / "one", tmp_path / "two")
+
+
 KILLED_PARENT = """
 import os, signal, sys, time
 sys.path.insert(0, {tests!r})
@@ -258,6 +288,9 @@ def test_a_killed_parallel_build_is_removed_by_the_next_build(tmp_path: Path) ->
     )
     assert any("left by a cache build that was killed" in line for line in heard)
     assert not list(root.glob(".*.partial")) and report.kept == len(cached) == 23
+    serial = tmp_path / "serial"
+    materialize(source, [], 16, on_error="skip", mode="disk", cache_dir=serial, workers=1)
+    _assert_same_cache(serial, root)  # the rebuilt cache is the one-process cache, byte for byte
 
 
 def test_cache_workers_default_to_the_cores_but_small_sets_stay_in_one_process() -> None:

@@ -22,7 +22,7 @@ from ..preprocess import Preprocessor
 from ..samples import LabelSpace, SampleSource, collate_samples, sample_to_tensors
 from ..teachers import TeacherNetwork, teacher_label_key
 from ..utils import distributed
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment_cached
 from .cache import CachedSamples, DataReport, cache_key, default_cache_dir, materialize
 from .splits import (
     SplitFilter,
@@ -69,12 +69,10 @@ class TensorView(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         spaces = self.cached.label_spaces
-        sample = sample_to_tensors(
-            self.cached.sample(int(self.indices[i])), spaces, uint8=self.uint8
-        )
-        if self.augment is not None:
-            sample = augment(sample, self.augment, spaces)
-        return sample
+        sample = self.cached.sample(int(self.indices[i]))
+        if self.augment is None:
+            return sample_to_tensors(sample, spaces, uint8=self.uint8)
+        return augment_cached(sample, self.augment, spaces)
 
 
 @dataclass

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.format import open_memmap
 
 from ..data_schema import check_resize_mode
 from ..errors import DataError, RecipeError
@@ -36,6 +35,7 @@ from .cache_store import (
     remove_abandoned_partials,
 )
 from .resize import resize_image
+from .rows import RowFile
 from .sample_steps import DataReport, label_array, preprocess_sample, read_sample
 
 __all__ = ["CachedSamples", "DataReport", "default_cache_dir", "materialize", "resize_image"]
@@ -107,18 +107,21 @@ def cache_key(
 
 
 class _Writer:
-    """Preallocated arrays (in memory, or .npy files being written) filled sample by sample."""
+    """Preallocated arrays (in memory, or .npy files being written) filled sample by sample.
+
+    On disk each array is a :class:`RowFile` (a small mapped window of rows), so the build's
+    resident memory does not grow with the data set."""
 
     def __init__(self, n: int, size: int, folder: Path | None, resize: str = "squash") -> None:
         self.n, self.size, self.folder, self.resize = n, size, folder, resize
         self.images = self._alloc("images", (n, size, size, 3), np.dtype(np.uint8))
-        self.labels: dict[str, np.ndarray] = {}
-        self.present: dict[str, np.ndarray] = {}
+        self.labels: dict[str, Any] = {}
+        self.present: dict[str, Any] = {}
 
-    def _alloc(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def _alloc(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         if self.folder is None:
             return np.zeros(shape, dtype=dtype)
-        return open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        return RowFile(self.folder / f"{name}.npy", dtype, shape)
 
     def put(self, row: int, sample: Sample) -> None:
         image = np.asarray(sample["image"])
@@ -144,6 +147,14 @@ class _Writer:
                 )
             self.labels[key][row] = array
             self.present[key][row] = True
+
+    def finish(self) -> None:
+        """Arrays from here on: a disk build's files, memory-mapped read-only."""
+        if self.folder is None:
+            return
+        self.images = self.images.array()
+        self.labels = {key: rows.array() for key, rows in self.labels.items()}
+        self.present = {key: rows.array() for key, rows in self.present.items()}
 
 
 def _build(
@@ -173,6 +184,7 @@ def _build(
         if sample is not None:
             writer.put(len(kept), sample)
             kept.append(index)
+    writer.finish()
     report.kept = len(kept)
     report.skipped, report.dropped = dict(skipped), dict(dropped)
     _finish_report(report, dict(source.report()), preprocessors)

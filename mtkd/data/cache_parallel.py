@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.format import open_memmap
 
 from ..errors import DataError, RecipeError
 from ..preprocess import Preprocessor
 from ..samples import SampleSource
 from .resize import resize_image
+from .rows import RowFile
 from .sample_steps import DataReport, label_array, preprocess_sample, read_sample
 
 MIN_AUTO_SHARD = 64  # with data.cache_workers: null, a worker gets at least this many samples
 SHARDS_PER_WORKER = 4  # more shards than workers: a slow shard does not hold up the others
+MAX_SHARD = 2048  # samples: a shard's labels are held whole, so memory stays flat in n
 _NOT_FAILED = 2**62
 
 
@@ -155,12 +156,12 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
     lo, hi = job.bounds[shard]
     local = _shard_dir(job.folder, shard)
     local.mkdir()
-    images: Any = np.load(job.folder / "images.npy", mmap_mode="r+")
+    images = RowFile(job.folder / "images.npy", create=False)
     counts_before = [Counter(p.counts) for p in job.steps]
     source_before = dict(job.source.report())
     report = DataReport(source=job.source.name, total=0)
     result = ShardResult(kept=np.zeros(0, np.int64))
-    values: dict[str, np.memmap[Any, Any]] = {}
+    values: dict[str, RowFile] = {}
     present: dict[str, np.ndarray] = {}
     kept: list[int] = []
     for index in range(lo, hi):
@@ -183,8 +184,8 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
                 result.labels[key] = _FirstLabel(
                     index, position, tuple(array.shape), _label_dtype(array).str
                 )
-                values[key] = open_memmap(
-                    local / f"label-{key}.npy", "w+", _local_dtype(array), (hi - lo, *array.shape)
+                values[key] = RowFile(
+                    local / f"label-{key}.npy", _local_dtype(array), (hi - lo, *array.shape)
                 )
                 present[key] = np.zeros(hi - lo, bool)
             if array.shape != values[key].shape[1:]:
@@ -195,9 +196,9 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
             values[key][index - lo] = array
             present[key][index - lo] = True
         kept.append(index)
-    images.flush()
+    images.close()
     for key, flags in present.items():
-        values[key].flush()
+        values[key].close()
         np.save(local / f"present-{key}.npy", flags)
     result.kept = np.asarray(kept, np.int64)
     result.examples = report.skipped_examples
@@ -249,7 +250,7 @@ def _context() -> Any:
 
 
 def _shards(n: int, workers: int) -> list[tuple[int, int]]:
-    count = min(n, workers * SHARDS_PER_WORKER)
+    count = min(n, max(workers * SHARDS_PER_WORKER, -(-n // MAX_SHARD)))
     edges = np.linspace(0, n, count + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
@@ -340,32 +341,30 @@ def _first_labels(
     return dict(sorted(first.items(), key=lambda kv: (kv[1].index, kv[1].position)))
 
 
-def _compact(images: np.ndarray, kept: np.ndarray, block: int = 256) -> None:
+def _compact(images: RowFile, kept: np.ndarray, block: int = 256) -> None:
     """Move the kept rows of ``images`` (in source order) down to rows 0..k-1 and zero the
     rest, in place: each block reads rows at or after the ones it writes."""
-    n, k = images.shape[0], kept.size
+    n, k = len(images), kept.size
     moved = np.flatnonzero(kept != np.arange(k))
     start = int(moved[0]) if moved.size else k
     for at in range(start, k, block):
         end = min(at + block, k)
-        images[at:end] = images[kept[at:end]]
-    if k < n:
-        images[k:] = 0
+        images.write(at, images.take(kept[at:end]))
+    for at in range(k, n, block):
+        images.write(at, np.zeros((min(block, n - at), *images.shape[1:]), images.dtype))
 
 
 def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndarray]:
     n = job.bounds[-1][1]
     kept = np.concatenate([r.kept for r in results]) if results else np.zeros(0, np.int64)
-    merged = MergedArrays()
-    merged.images = np.load(job.folder / "images.npy", mmap_mode="r+")
-    _compact(merged.images, kept)
+    images = RowFile(job.folder / "images.npy", create=False)
+    _compact(images, kept)
+    labels: dict[str, RowFile] = {}
+    present: dict[str, RowFile] = {}
     for key, first in _first_labels(results).items():
-        merged.labels[key] = open_memmap(
-            job.folder / f"label-{key}.npy", "w+", np.dtype(first.dtype), (n, *first.shape)
-        )
-        merged.present[key] = open_memmap(
-            job.folder / f"present-{key}.npy", "w+", np.dtype(bool), (n,)
-        )
+        shape = (n, *first.shape)
+        labels[key] = RowFile(job.folder / f"label-{key}.npy", np.dtype(first.dtype), shape)
+        present[key] = RowFile(job.folder / f"present-{key}.npy", np.dtype(bool), (n,))
     at = 0
     for shard, result in enumerate(results):
         lo = job.bounds[shard][0]
@@ -374,14 +373,16 @@ def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndar
             local = _shard_dir(job.folder, shard)
             values = np.load(local / f"label-{key}.npy", mmap_mode="r")
             flags = np.load(local / f"present-{key}.npy")
-            merged.labels[key][at : at + rows.size] = values[rows]
-            merged.present[key][at : at + rows.size] = flags[rows]
+            labels[key].write(at, values[rows].astype(labels[key].dtype, casting="unsafe"))
+            present[key].write(at, flags[rows])
+            del values
         at += rows.size
     for shard in range(len(job.bounds)):
         shutil.rmtree(_shard_dir(job.folder, shard), ignore_errors=True)
-    for array in (merged.images, *merged.labels.values(), *merged.present.values()):
-        if isinstance(array, np.memmap):
-            array.flush()
+    merged = MergedArrays()
+    merged.images = images.array()
+    merged.labels = {key: rows.array() for key, rows in labels.items()}
+    merged.present = {key: rows.array() for key, rows in present.items()}
     return merged, kept
 
 
@@ -406,7 +407,7 @@ def build_parallel(
             return merged, kept, results
     size, on_error, resize = settings
     n = len(source)
-    open_memmap(folder / "images.npy", "w+", np.dtype(np.uint8), (n, size, size, 3)).flush()
+    RowFile(folder / "images.npy", np.dtype(np.uint8), (n, size, size, 3)).close()
     job = _Job(source, steps, size, on_error, resize, folder, _shards(n, workers), os.getpid())
     _run_workers(job, workers, progress)
     results = _results(job)
