@@ -86,7 +86,9 @@ class KorniaAugment:
         image, keys = out["image"], _pixel_keys(out)
         out["image"] = self.affine(image)
         if keys:
-            matrix = self.affine.transform_matrix[:, :2]
+            transform = self.affine.transform_matrix  # set by the call just above
+            assert transform is not None
+            matrix = transform[:, :2]
             labels = torch.stack([out[key].float() for key in keys], dim=1)
             size = (image.shape[-2], image.shape[-1])
             moved = warp_affine(labels, matrix, size, "nearest", "zeros", align_corners=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,12 @@ from rich.console import Console
 
 import mtkd
 from mtkd.metrics.verification import (
-    embed_with_flip,
     generate_pairs,
     pair_distances,
     pair_labels,
     verification_accuracy,
 )
+from mtkd.model.embedding import embed_with_flip
 from mtkd.model.transfer import init_from
 
 QUIET = Console(quiet=True)
@@ -71,7 +72,7 @@ def score(recipe: Path, init: str | None, seed: int, overrides: list[str]) -> di
     model = mtkd.build_model(cfg, data.label_spaces).eval()
     if init:
         init_from(model, init, heads=True)
-    everything = torch.utils.data.ConcatDataset([data.train, data.val, data.test])
+    everything = torch.utils.data.ConcatDataset[dict[str, Any]]([data.train, data.val, data.test])
     with torch.no_grad():
         train, test = embeddings(model, data.train), embeddings(model, data.test)
         every, people = embeddings(model, everything)

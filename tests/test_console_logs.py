@@ -61,7 +61,7 @@ class RecordingProgress(Progress):
 
     moved: list[int] = []
 
-    def update(self, task_id: Any, **fields: Any) -> None:  # type: ignore[override]
+    def update(self, task_id: Any, **fields: Any) -> None:
         if "completed" in fields:
             RecordingProgress.moved.append(int(fields["completed"]))
         super().update(task_id, **fields)

@@ -56,6 +56,7 @@ def test_a_symlink_loop_is_cut_and_counted_so_each_photo_is_one_correctly_labell
     assert data.report.source_counts["ignored_symlink_loops"] == 1
     names = data.label_spaces["identity"].names
     assert names == ("alice", "bob", "carol")
+    assert data.cached.groups is not None  # a folder of people has groups
     assert np.bincount(data.cached.groups).tolist() == [5, 5, 5]
     seen = [*data.train.indices, *data.val.indices, *data.test.indices]
     assert sorted(seen) == list(range(15))  # no sample in two splits
@@ -273,7 +274,8 @@ def test_a_damaged_cache_is_rebuilt_with_a_message_not_a_traceback(
     (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     del first
     DAMAGE[damage](folder)
-    again, heard = Counting(CountingOptions(), 8, 0), []
+    again = Counting(CountingOptions(), 8, 0)
+    heard: list[str] = []
     cached, report = materialize(again, [], 8, mode="disk", cache_dir=tmp_path, notify=heard.append)
     assert again.reads == 6 and not report.from_cache  # rebuilt from the source
     np.testing.assert_array_equal(cached.images, want)
@@ -412,6 +414,7 @@ def test_validation_is_carved_out_of_train_per_identity_when_the_split_has_none(
         "identity_folder", root, dataset=dataset, split={"val": 0.2, "val_from_train": True}
     )
     groups = carved.cached.groups
+    assert groups is not None
     assert np.bincount(groups[carved.val.indices]).tolist() == [1, 1, 1]  # per person
     assert np.bincount(groups[carved.train.indices]).tolist() == [5, 5, 5]
     assert carved.test.indices.tolist() == before.test.indices.tolist()

@@ -312,31 +312,3 @@ def test_a_clipped_views_spread_averages_exactly_the_views_asked(people: int) ->
         options = SyntheticHeadsOptions(identities=people, views=4, views_spread=50, seed=seed)
         counts = views_per_identity(options)
         assert sum(counts) == 4 * people and min(counts) >= 1 and max(counts) <= 7
-
-
-MLFLOW_TAGS = {"mtkd.replaced", "mtkd.replaced_at"}  # tags mtkd sets on MLflow runs, not Python
-
-
-def test_every_mtkd_name_the_docs_give_exists() -> None:
-    """docs/export.md once named ``mtkd.export.load_exported``, which did not exist."""
-    import importlib
-    import re
-
-    docs = [*sorted((RECIPES.parent / "docs").glob("*.md")), RECIPES.parent / "README.md"]
-    missing = []
-    for page in docs:
-        for name in re.findall(r"`(mtkd(?:\.[A-Za-z_]\w*)+)", page.read_text()):
-            if name in MLFLOW_TAGS:
-                continue
-            parts = name.split(".")
-            for cut in range(len(parts), 0, -1):
-                try:
-                    found: object = importlib.import_module(".".join(parts[:cut]))
-                    break
-                except ImportError:
-                    continue
-            for attribute in parts[cut:]:
-                found = getattr(found, attribute, None)
-            if found is None:
-                missing.append(f"{page.name}: {name}")
-    assert not missing

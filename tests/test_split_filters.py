@@ -35,7 +35,9 @@ def cached_with_yaw(yaws: list[float | None], groups: list[int]) -> CachedSample
 
 
 def split_cfg(**values: Any) -> DictConfig:
-    return OmegaConf.merge(OmegaConf.structured(SplitConfig), values)
+    merged = OmegaConf.merge(OmegaConf.structured(SplitConfig), values)
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def fixed(train: list[int], val: list[int], test: list[int]) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from helpers import RECIPES, tiny_overrides
+from helpers import RECIPES, ListDataset, tiny_overrides
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -192,8 +192,8 @@ def test_every_evaluation_loader_takes_eval_batch_size_else_batch_size() -> None
     from mtkd.data.build import make_eval_loader
 
     cfg = mtkd.recipe_from_dict({"data": {"batch_size": 16}})
-    assert make_eval_loader(list(range(40)), cfg.data).batch_size == 16
+    assert make_eval_loader(ListDataset(range(40)), cfg.data).batch_size == 16
     cfg.data.eval_batch_size = 64
-    loader = make_eval_loader(list(range(40)), cfg.data)
+    loader = make_eval_loader(ListDataset(range(40)), cfg.data)
     assert loader.batch_size == 64
     assert not isinstance(loader.sampler, torch.utils.data.RandomSampler)  # in order
