@@ -210,6 +210,7 @@ materialize(Counting(CountingOptions(count=50, delay=0.2), 8, 0), [], 8, mode="d
 """
 
 
+@pytest.mark.slow  # a subprocess that imports torch and mtkd, killed mid-build
 def test_a_cache_build_killed_midway_leaves_a_partial_folder_the_next_build_removes(
     tmp_path: Path,
 ) -> None:
