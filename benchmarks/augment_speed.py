@@ -18,6 +18,7 @@ faster than today). mtkd switches only if kornia is at least as fast (docs/bench
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -166,6 +167,10 @@ def check_flip_matches(groups: list[list[Sample]], spaces: Mapping[str, LabelSpa
         assert torch.equal(flipped[key], expected[key]), key
 
 
+def apply_each(augmenter: Callable[[Batch], Batch], collated: list[Batch]) -> list[Batch]:
+    return [augmenter(one) for one in collated]
+
+
 def timed(work: Callable[[], object], device: torch.device) -> float:
     started = time.perf_counter()
     work()
@@ -184,7 +189,7 @@ def compare(size: int, batch: int, name: str, rounds: int, device: torch.device)
         lambda: [[augment(sample, cfg, spaces) for sample in group] for group in groups]
     ]
     for candidate in (KorniaAugment(cfg, spaces), TorchAugment(cfg, spaces)):
-        runs.append(lambda c=candidate: [c(one) for one in collated])  # type: ignore[misc]
+        runs.append(functools.partial(apply_each, candidate, collated))
     seconds: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds + 1):  # the first round warms up allocators and kernels
         for times, run in zip(seconds, runs, strict=True):

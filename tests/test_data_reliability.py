@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock
 from helpers import (
     PALETTE,
+    ListDataset,
     banded_mask,
     build_folder_data,
     folder_plugins,
@@ -111,16 +112,16 @@ def test_a_last_batch_of_one_is_left_out_when_the_model_needs_two_and_resume_sta
 
 def test_the_loader_yields_as_many_batches_as_the_epoch_is_counted_in_and_none_of_one() -> None:
     dataset = [{"image": torch.full((3, 2, 2), float(i))} for i in range(42)]
-    loader = make_train_loader(dataset, 41, seed=0, min_batch=2)  # type: ignore[arg-type]
+    loader = make_train_loader(ListDataset(dataset), 41, seed=0, min_batch=2)
     sampler = loader.sampler
     assert isinstance(sampler, EpochSampler)
     steps = -(-sampler.length() // 41)  # how the training loop counts an epoch's steps
     batches = [len(batch["image"]) for batch in loader]
     assert len(batches) == steps == 1 and batches == [41]
     with pytest.raises(mtkd.RecipeError, match=r"data\.batch_size: 1 .*at least 2"):
-        make_train_loader(dataset, 1, min_batch=2)  # type: ignore[arg-type]
+        make_train_loader(ListDataset(dataset), 1, min_batch=2)
     with pytest.raises(mtkd.DataError, match="1 training sample"):
-        make_train_loader([0], 8, min_batch=2)  # type: ignore[arg-type]
+        make_train_loader(ListDataset([0]), 8, min_batch=2)
 
 
 def test_the_probe_tells_a_model_whose_batchnorm_cannot_train_on_one_image() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import RECIPE, RECIPES, interrupted_copy, tiny_run, tiny_run_args, train_quietly
@@ -129,8 +130,8 @@ def nan_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every validation loss comes out NaN, as after an absurd learning rate."""
     evaluate = mtkd.engine.fit.evaluate_loader
 
-    def broken(*args: object, **kwargs: object) -> dict[str, object]:
-        values = evaluate(*args, **kwargs)  # type: ignore[arg-type]
+    def broken(*args: Any, **kwargs: Any) -> dict[str, object]:
+        values = evaluate(*args, **kwargs)
         return {k: float("nan") if k.endswith("loss") else v for k, v in values.items()}
 
     monkeypatch.setattr(mtkd.engine.fit, "evaluate_loader", broken)
