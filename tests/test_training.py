@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from helpers import RECIPES, ListDataset, tiny_overrides
 from omegaconf import DictConfig
@@ -162,6 +163,8 @@ def test_resume_cuts_the_metrics_log_back_atomically(tmp_path: Path) -> None:
     assert path.stat().st_ino != inode and not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
+# end to end through mtkd.run; test_data_reliability.py trains the same 42-in-41 case via fit
+@pytest.mark.slow
 def test_a_last_training_batch_of_one_sample_is_left_out_instead_of_crashing_batchnorm(
     tmp_path: Path,
 ) -> None:
