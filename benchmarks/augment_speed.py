@@ -23,6 +23,7 @@ A second table times the whole training loader as ``data.augment_on`` sets it up
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -91,7 +92,9 @@ class KorniaAugment:
         image, keys = out["image"], _pixel_keys(out)
         out["image"] = self.affine(image)
         if keys:
-            matrix = self.affine.transform_matrix[:, :2]
+            transform = self.affine.transform_matrix  # set by the call just above
+            assert transform is not None
+            matrix = transform[:, :2]
             labels = torch.stack([out[key].float() for key in keys], dim=1)
             size = (image.shape[-2], image.shape[-1])
             moved = warp_affine(labels, matrix, size, "nearest", "zeros", align_corners=False)
@@ -130,6 +133,10 @@ def check_flip_matches(groups: list[list[Sample]], spaces: Mapping[str, LabelSpa
         assert torch.equal(flipped[key], expected[key]), key
 
 
+def apply_each(augmenter: Callable[[Batch], Batch], collated: list[Batch]) -> list[Batch]:
+    return [augmenter(one) for one in collated]
+
+
 def timed(work: Callable[[], object], device: torch.device) -> float:
     started = time.perf_counter()
     work()
@@ -148,7 +155,7 @@ def compare(size: int, batch: int, name: str, rounds: int, device: torch.device)
         lambda: [[augment(sample, cfg, spaces) for sample in group] for group in groups]
     ]
     for candidate in (KorniaAugment(cfg, spaces), DeviceAugment(cfg, spaces)):
-        runs.append(lambda c=candidate: [c(one) for one in collated])  # type: ignore[misc]
+        runs.append(functools.partial(apply_each, candidate, collated))
     seconds: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds + 1):  # the first round warms up allocators and kernels
         for times, run in zip(seconds, runs, strict=True):

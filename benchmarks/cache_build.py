@@ -52,7 +52,8 @@ class InMemoryPngs(mtkd.SampleSource):
         self.blobs = []
         for _ in range(ENCODED):
             smooth = rng.integers(0, 255, (options.side // 8, options.side // 8, 3), np.uint8)
-            image = Image.fromarray(smooth).resize((options.side, options.side), Image.BILINEAR)
+            side = (options.side, options.side)
+            image = Image.fromarray(smooth).resize(side, Image.Resampling.BILINEAR)
             out = io.BytesIO()
             image.save(out, format="PNG")
             self.blobs.append(out.getvalue())

@@ -1,10 +1,10 @@
 """What mtkd's trainer costs over a minimal hand-written PyTorch loop.
 
 The same model, batch, optimizer (Adam) and in-memory data are trained (a) by a plain loop
-(forward, cross-entropy losses, backward, step) and (b) by ``mtkd.train.fit`` with its defaults
-(NaN check every step, progress every 10 steps, per-task loss bookkeeping, hooks), alternating
-A/B in one process over several rounds. Prints images/s of each and the ratio mtkd / hand
-(target: >= 0.97) for MobileNetV2 with the ID head and with ID + segmentation heads.
+(forward, cross-entropy losses, backward, step) and (b) by ``mtkd.engine.fit.fit`` with its
+defaults (NaN check every step, progress every 10 steps, per-task loss bookkeeping, hooks),
+alternating A/B in one process over several rounds. Prints images/s of each and the ratio
+mtkd / hand (target: >= 0.97) for MobileNetV2 with the ID head and with ID + segmentation heads.
 
     python benchmarks/engine_overhead.py [--size 128] [--batch 32] [--steps 6] [--rounds 5]
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torch.utils.data import DataLoader
 
 import mtkd
 from mtkd.data.build import make_train_loader
@@ -53,7 +54,9 @@ def _setup(recipe: str, size: int, batch: int, steps: int) -> tuple:
     return cfg, model, loader
 
 
-def hand_loop(model: mtkd.MultiTaskModel, loader, steps: int, channels_last: bool) -> int:
+def hand_loop(
+    model: mtkd.MultiTaskModel, loader: DataLoader, steps: int, channels_last: bool
+) -> int:
     """The minimal loop: what a user would write by hand for the same model and data."""
     weights = {key: task.weight for key, task in model.tasks.items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def score(recipe: Path, init: str | None, seed: int, overrides: list[str]) -> di
     model = mtkd.build_model(cfg, data.label_spaces).eval()
     if init:
         init_from(model, init, heads=True)
-    everything = torch.utils.data.ConcatDataset([data.train, data.val, data.test])
+    everything = torch.utils.data.ConcatDataset[dict[str, Any]]([data.train, data.val, data.test])
     with torch.no_grad():
         train, test = embeddings(model, data.train), embeddings(model, data.test)
         every, people = embeddings(model, everything)

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 
-HEAVY = ("torch", "timm", "torchmetrics", "torchvision", "scipy", "matplotlib", "mlflow")
-HEAVY += ("tensorboard", "onnx", "onnxruntime")
+HEAVY: tuple[str, ...] = ("torch", "timm", "torchmetrics", "torchvision", "scipy", "matplotlib")
+HEAVY += ("mlflow", "tensorboard", "onnx", "onnxruntime")
 CASES = {"import mtkd": "import mtkd", "import mtkd; mtkd.run": "import mtkd\nmtkd.run"}
 
 

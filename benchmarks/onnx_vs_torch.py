@@ -2,7 +2,7 @@
 
 The model is the paper's inference model — ``mobilenetv2_100`` + the identification head,
 U-Net teacher removed — randomly initialised (latency does not depend on the weights) with 67
-identities, at 128 px. It is exported with ``mtkd.export.export_onnx`` (so the parity check
+identities, at 128 px. It is exported with ``mtkd.deploy.export.export_onnx`` (so the parity check
 runs too), then both runtimes get the same inputs at batch 1 and batch 32 with the same thread
 count. Runs alternate in short blocks (PyTorch, ONNX Runtime, PyTorch, ...) so background load
 on a shared machine hits both alike; each figure is the median of the timed runs after warm-up.

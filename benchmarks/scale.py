@@ -61,7 +61,7 @@ def _variants(side: int, seed: int) -> list[bytes]:
     out = []
     for _ in range(VARIANTS):
         coarse = rng.integers(0, 256, (6, 6, 3), np.uint8)
-        image = Image.fromarray(coarse).resize((side, side), Image.BICUBIC)
+        image = Image.fromarray(coarse).resize((side, side), Image.Resampling.BICUBIC)
         blob = io.BytesIO()
         image.save(blob, format="JPEG", quality=90)
         out.append(blob.getvalue())

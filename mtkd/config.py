@@ -303,7 +303,8 @@ def load_recipe(
     """Read a recipe, its bases, YAML ``overlays`` and ``key=value`` ``overrides``; validate.
 
     The result follows :class:`RecipeConfig`; task and data-set options are validated against
-    their plugins when the model and data are built (see :func:`mtkd.resolve_recipe`).
+    their plugins when the model and data are built (:func:`mtkd.build_model`,
+    :func:`mtkd.build_data`).
     """
     path = find_recipe(path)
     cfg: DictConfig = OmegaConf.structured(RecipeConfig)

@@ -13,20 +13,37 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from mtkd_plugins.folders import plugin as folders_plugin
 from PIL import Image
 from rich.console import Console
+from torch.utils.data import Dataset
 
 import mtkd
 
+T = TypeVar("T")
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
+
+
+class ListDataset(Dataset[T]):
+    """A list as a map-style data set, for handing ready-made samples to a loader."""
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> T:
+        return self.items[index]
 
 
 def tiny_overrides(tmp: Path, **extra: Any) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from omegaconf import DictConfig
 from PIL import Image
 
 import mtkd
@@ -21,7 +22,7 @@ def image(seed: int, size: int = 24) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
 
 
-def mask(size: int = 24, colour: tuple[int, int, int] = (128, 128, 128)) -> np.ndarray:
+def mask(size: int = 24, colour: tuple[int, ...] = (128, 128, 128)) -> np.ndarray:
     """A palette mask; as class indices (index_folder) when the colour is a 1-tuple."""
     out = np.zeros((size, size, len(colour)), np.uint8)
     out[size // 2 :] = colour
@@ -63,14 +64,15 @@ def faulty_tree(root: Path, with_masks: bool, indices: bool = False) -> dict[str
     return faults
 
 
-ADAPTERS = {  # options, has masks, masks hold class indices
+ADAPTERS: dict[str, tuple[dict[str, Any], bool, bool]] = {
+    # options, has masks, masks hold class indices
     "identity_folder": ({"images": "images"}, False, False),
     "palette_folder": ({"palette": PALETTE}, True, False),
     "index_folder": ({"classes": ["background", "skin"]}, True, True),
 }
 
 
-def recipe(name: str, root: Path, policy: str, **extra: Any) -> mtkd.RecipeConfig:
+def recipe(name: str, root: Path, policy: str, **extra: Any) -> DictConfig:
     options = ADAPTERS[name][0]
     if ADAPTERS[name][1]:  # a bad mask fails its sample, as data.on_error says
         options = {"bad_masks": "fail", **options, **extra}
@@ -96,7 +98,9 @@ def test_bad_files_are_skipped_and_counted(name: str, tmp_path: Path) -> None:
     assert report.kept == 13  # 3 people x 4 views + the person with one view
     assert report.source_counts["ignored_non_image_files"] == 1  # counted, not silently dropped
     solo = data.label_spaces["identity"].names.index("solo")
-    assert solo in data.cached.groups[data.train.indices]  # a one-image person still trains
+    groups = data.cached.groups
+    assert groups is not None  # a folder of people has groups
+    assert solo in groups[data.train.indices]  # a one-image person still trains
 
 
 @pytest.mark.parametrize("name", sorted(ADAPTERS))

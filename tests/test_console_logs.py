@@ -44,6 +44,7 @@ def test_a_studys_table_in_a_log_file_is_whole_and_is_the_table_in_the_study_fol
     study.write_text(
         "study:\n  members: [{name: a_member_with_a_long_descriptive_name, "
         f"recipe: {RECIPES / 'mobilenetv2_id.yaml'}}}]\n  seeds: [0]\n"
+        f"  dir: {tmp_path / 'a_study_with_a_long_name'}\n"  # not runs/ under the cwd
     )
     log = io.StringIO()
     overrides = tiny_overrides(tmp_path, **{"encoder.name": "test_efficientnet"})
@@ -61,7 +62,7 @@ class RecordingProgress(Progress):
 
     moved: list[int] = []
 
-    def update(self, task_id: Any, **fields: Any) -> None:  # type: ignore[override]
+    def update(self, task_id: Any, **fields: Any) -> None:
         if "completed" in fields:
             RecordingProgress.moved.append(int(fields["completed"]))
         super().update(task_id, **fields)

@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock
 from helpers import (
     PALETTE,
+    ListDataset,
     banded_mask,
     build_folder_data,
     folder_plugins,
@@ -56,6 +57,7 @@ def test_a_symlink_loop_is_cut_and_counted_so_each_photo_is_one_correctly_labell
     assert data.report.source_counts["ignored_symlink_loops"] == 1
     names = data.label_spaces["identity"].names
     assert names == ("alice", "bob", "carol")
+    assert data.cached.groups is not None  # a folder of people has groups
     assert np.bincount(data.cached.groups).tolist() == [5, 5, 5]
     seen = [*data.train.indices, *data.val.indices, *data.test.indices]
     assert sorted(seen) == list(range(15))  # no sample in two splits
@@ -110,16 +112,16 @@ def test_a_last_batch_of_one_is_left_out_when_the_model_needs_two_and_resume_sta
 
 def test_the_loader_yields_as_many_batches_as_the_epoch_is_counted_in_and_none_of_one() -> None:
     dataset = [{"image": torch.full((3, 2, 2), float(i))} for i in range(42)]
-    loader = make_train_loader(dataset, 41, seed=0, min_batch=2)  # type: ignore[arg-type]
+    loader = make_train_loader(ListDataset(dataset), 41, seed=0, min_batch=2)
     sampler = loader.sampler
     assert isinstance(sampler, EpochSampler)
     steps = -(-sampler.length() // 41)  # how the training loop counts an epoch's steps
     batches = [len(batch["image"]) for batch in loader]
     assert len(batches) == steps == 1 and batches == [41]
     with pytest.raises(mtkd.RecipeError, match=r"data\.batch_size: 1 .*at least 2"):
-        make_train_loader(dataset, 1, min_batch=2)  # type: ignore[arg-type]
+        make_train_loader(ListDataset(dataset), 1, min_batch=2)
     with pytest.raises(mtkd.DataError, match="1 training sample"):
-        make_train_loader([0], 8, min_batch=2)  # type: ignore[arg-type]
+        make_train_loader(ListDataset([0]), 8, min_batch=2)
 
 
 def test_the_probe_tells_a_model_whose_batchnorm_cannot_train_on_one_image() -> None:
@@ -209,6 +211,7 @@ materialize(Counting(CountingOptions(count=50, delay=0.2), 8, 0), [], 8, mode="d
 """
 
 
+@pytest.mark.slow  # a subprocess that imports torch and mtkd, killed mid-build
 def test_a_cache_build_killed_midway_leaves_a_partial_folder_the_next_build_removes(
     tmp_path: Path,
 ) -> None:
@@ -273,7 +276,8 @@ def test_a_damaged_cache_is_rebuilt_with_a_message_not_a_traceback(
     (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     del first
     DAMAGE[damage](folder)
-    again, heard = Counting(CountingOptions(), 8, 0), []
+    again = Counting(CountingOptions(), 8, 0)
+    heard: list[str] = []
     cached, report = materialize(again, [], 8, mode="disk", cache_dir=tmp_path, notify=heard.append)
     assert again.reads == 6 and not report.from_cache  # rebuilt from the source
     np.testing.assert_array_equal(cached.images, want)
@@ -412,6 +416,7 @@ def test_validation_is_carved_out_of_train_per_identity_when_the_split_has_none(
         "identity_folder", root, dataset=dataset, split={"val": 0.2, "val_from_train": True}
     )
     groups = carved.cached.groups
+    assert groups is not None
     assert np.bincount(groups[carved.val.indices]).tolist() == [1, 1, 1]  # per person
     assert np.bincount(groups[carved.train.indices]).tolist() == [5, 5, 5]
     assert carved.test.indices.tolist() == before.test.indices.tolist()

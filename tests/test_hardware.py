@@ -36,9 +36,10 @@ def test_bf16_autocasts_the_forward_and_needs_no_grad_scaler() -> None:
 
 
 def test_channels_last_applies_to_weights_and_images() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    conv = nn.Conv2d(3, 4, 3)
+    model = nn.Sequential(conv)
     hardware.to_memory_format(model, _trainer())
-    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     images = hardware.prepare_images(torch.randn(2, 3, 8, 8), _trainer())
     assert images.is_contiguous(memory_format=torch.channels_last)
     plain = hardware.prepare_images(torch.randn(2, 3, 8, 8), _trainer(channels_last=False))
@@ -55,7 +56,7 @@ def test_sync_batchnorm_is_undone_with_its_statistics() -> None:
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert isinstance(synced[1], nn.SyncBatchNorm)
     plain = hardware.plain_batchnorm(synced)
-    assert type(plain[1]) is nn.BatchNorm2d
+    assert type(plain.get_submodule("1")) is nn.BatchNorm2d
     assert torch.equal(plain(x), expected)
 
 

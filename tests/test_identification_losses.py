@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import RECIPES
+from mtkd_plugins.identification import EmbeddingLayer, MarginIdentificationHead
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -36,6 +37,18 @@ def model_for(*extra: str) -> mtkd.MultiTaskModel:
 
 def task_for(*extra: str) -> mtkd.Task:
     return mtkd.build_tasks(recipe(*extra), SPACES)["identification"]
+
+
+def margin_head(module: torch.nn.Module) -> MarginIdentificationHead:
+    """``module`` (a model's identification head), typed as the margin head it must be."""
+    assert isinstance(module, MarginIdentificationHead), type(module)
+    return module
+
+
+def embedding_head(module: torch.nn.Module) -> EmbeddingLayer:
+    """``module`` (an identification head of either kind), typed as its embedding layer."""
+    assert isinstance(module, EmbeddingLayer), type(module)
+    return module
 
 
 def images(n: int = 8) -> torch.Tensor:
@@ -68,7 +81,7 @@ def test_each_loss_lowers_its_training_loss_in_a_few_steps(loss: str) -> None:
 @pytest.mark.parametrize("loss", MARGIN_LOSSES)
 def test_margin_loss_trains_the_class_centres_held_in_the_head(loss: str) -> None:
     model = model_for(f"tasks.identification.loss={loss}").train()
-    head = model.heads["identification"]
+    head = margin_head(model.heads["identification"])
     centres = head.margin_loss.W
     assert any(p is centres for p in model.parameters())  # the optimizer sees W
     assert "heads.identification.margin_loss.W" in model.state_dict()  # and checkpoints hold it
@@ -83,7 +96,7 @@ def test_margin_loss_trains_the_class_centres_held_in_the_head(loss: str) -> Non
 @pytest.mark.parametrize("loss", LOSSES)
 def test_embedding_is_the_relu_feature_layer_for_every_loss(loss: str) -> None:
     model = model_for(f"tasks.identification.loss={loss}").eval()
-    head = model.heads["identification"]
+    head = embedding_head(model.heads["identification"])
     x = images(3)
     with torch.no_grad():
         out = model(x)["identification"]
@@ -101,12 +114,12 @@ def test_embedding_dim_option_sizes_the_margin_embedding_and_centres(loss: str) 
     model = model_for(f"tasks.identification.loss={loss}", "tasks.identification.embedding_dim=16")
     out = model.eval()(images(2))["identification"]
     assert out["embedding"].shape == (2, 16)
-    assert model.heads["identification"].margin_loss.W.shape[0] == 16
+    assert margin_head(model.heads["identification"]).margin_loss.W.shape[0] == 16
 
 
-def _identity_head(task: mtkd.Task, centres: torch.Tensor) -> torch.nn.Module:
+def _identity_head(task: mtkd.Task, centres: torch.Tensor) -> MarginIdentificationHead:
     """A 2-channel head whose embedding is the pooled feature itself, with these centres."""
-    head = task.build_head(features(2))
+    head = margin_head(task.build_head(features(2)))
     with torch.no_grad():
         head.embed.weight.copy_(torch.eye(2))
         head.embed.bias.zero_()
@@ -154,7 +167,8 @@ def test_subcenter_logits_take_each_class_closest_sub_centre() -> None:
 
 @pytest.mark.parametrize("loss", MARGIN_LOSSES)
 def test_margin_logits_match_the_losses_own_get_logits(loss: str) -> None:
-    head = model_for(f"tasks.identification.loss={loss}").heads["identification"].eval()
+    head = margin_head(model_for(f"tasks.identification.loss={loss}").heads["identification"])
+    head.eval()
     embedding = torch.randn(5, 128, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(
@@ -253,15 +267,17 @@ def test_an_arcface_margin_given_in_radians_warns_that_it_is_degrees() -> None:
 def test_default_margins_follow_pytorch_metric_learning() -> None:
     from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
 
-    arc = model_for("tasks.identification.loss=arcface").heads["identification"].margin_loss
-    cos = model_for("tasks.identification.loss=cosface").heads["identification"].margin_loss
-    sub = model_for("tasks.identification.loss=subcenter_arcface").heads["identification"]
+    arc = margin_head(model_for("tasks.identification.loss=arcface").heads["identification"])
+    cos = margin_head(model_for("tasks.identification.loss=cosface").heads["identification"])
+    sub = margin_head(
+        model_for("tasks.identification.loss=subcenter_arcface").heads["identification"]
+    )
     reference_arc, reference_cos = ArcFaceLoss(IDENTITIES, 128), CosFaceLoss(IDENTITIES, 128)
-    assert arc.margin == pytest.approx(reference_arc.margin)  # 28.6° = 0.499 rad
-    assert arc.margin == pytest.approx(math.radians(28.6))
-    assert arc.scale == reference_arc.scale == 64
-    assert cos.margin == pytest.approx(reference_cos.margin) == pytest.approx(0.35)
-    assert cos.scale == reference_cos.scale == 64
+    assert arc.margin_loss.margin == pytest.approx(reference_arc.margin)  # 28.6° = 0.499 rad
+    assert arc.margin_loss.margin == pytest.approx(math.radians(28.6))
+    assert arc.margin_loss.scale == reference_arc.scale == 64
+    assert cos.margin_loss.margin == pytest.approx(reference_cos.margin) == pytest.approx(0.35)
+    assert cos.margin_loss.scale == reference_cos.scale == 64
     assert sub.margin_loss.sub_centers == 3
     assert sub.margin_loss.W.shape == (128, IDENTITIES * 3)
 
@@ -269,7 +285,7 @@ def test_default_margins_follow_pytorch_metric_learning() -> None:
 @pytest.mark.parametrize("loss", MARGIN_LOSSES)
 def test_margin_loss_runs_in_float32_under_autocast_and_keeps_its_weights(loss: str) -> None:
     model = model_for(f"tasks.identification.loss={loss}").train()
-    task, head = model.tasks["identification"], model.heads["identification"]
+    task, head = model.tasks["identification"], margin_head(model.heads["identification"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images(4))["identification"]
         value = task.loss(out, TARGET[:4], head)
@@ -289,7 +305,7 @@ def test_margin_loss_runs_in_float32_under_autocast_and_keeps_its_weights(loss: 
 def test_margin_centres_follow_the_model_to_another_device(loss: str) -> None:
     model = model_for(f"tasks.identification.loss={loss}")
     model.to("meta")  # moves every parameter without needing an accelerator
-    assert model.heads["identification"].margin_loss.W.device.type == "meta"
+    assert margin_head(model.heads["identification"]).margin_loss.W.device.type == "meta"
     if torch.cuda.is_available():
         model = model_for(f"tasks.identification.loss={loss}").cuda()
         out = model(images(4).cuda())["identification"]
@@ -301,8 +317,8 @@ def test_a_copied_model_trains_its_own_centres() -> None:
     """Distillation deep-copies the model; the copy's task must use the copy's W."""
     model = model_for("tasks.identification.loss=arcface")
     clone = model.without_tasks([])
-    original_w = model.heads["identification"].margin_loss.W
-    clone_w = clone.heads["identification"].margin_loss.W
+    original_w = margin_head(model.heads["identification"]).margin_loss.W
+    clone_w = margin_head(clone.heads["identification"]).margin_loss.W
     assert clone_w is not original_w
     clone.task_loss("identification", clone(images(4))["identification"], TARGET[:4]).backward()
     assert clone_w.grad is not None
@@ -411,9 +427,11 @@ def test_a_batch_normalised_embedding_stays_alive_where_a_plain_one_dies(loss: s
     part of the batch whatever the weights."""
     pooled = torch.rand(16, 40, 2, 2, generator=torch.Generator().manual_seed(0))  # >= 0
     for norm, alive in (("none", False), ("batchnorm", True)):
-        head = task_for(
-            f"tasks.identification.loss={loss}", f"tasks.identification.embedding_norm={norm}"
-        ).build_head(features(40))
+        head = embedding_head(
+            task_for(
+                f"tasks.identification.loss={loss}", f"tasks.identification.embedding_norm={norm}"
+            ).build_head(features(40))
+        )
         with torch.no_grad():
             head.embed.weight.copy_(-head.embed.weight.abs())  # what Adam did in epoch 1
             head.embed.bias.fill_(-0.01)

@@ -41,8 +41,9 @@ def loaded_after(code: str) -> list[str]:
     return sorted(set(NEVER_ON_IMPORT) & modules)
 
 
-# a fresh interpreter is the only honest view of sys.modules; the import itself takes a
-# fraction of a second, so this one stays in the inner loop
+# a fresh interpreter is the only honest view of sys.modules; starting one is a subprocess,
+# so CI runs this and the inner loop keeps the in-process checks below
+@pytest.mark.slow
 def test_import_mtkd_loads_no_heavy_library() -> None:
     assert loaded_after("import mtkd") == []
 

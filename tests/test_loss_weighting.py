@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -90,8 +90,12 @@ def test_gradnorm_lowers_the_weight_of_the_task_with_the_larger_gradient() -> No
 
 
 def test_fixed_weighting_is_the_recipe_weights() -> None:
-    tasks = {"a": SimpleNamespace(weight=1.0), "b": SimpleNamespace(weight=0.1)}
-    weighting = FixedWeighting(tasks, None, [])  # type: ignore[arg-type]
+    space = mtkd.LabelSpace(("x", "y"))
+    tasks = {
+        key: mtkd.Task(key, mtkd.NoOptions(), role="student", weight=weight, label_space=space)
+        for key, weight in (("a", 1.0), ("b", 0.1))
+    }
+    weighting = FixedWeighting(tasks, None, [])
     total = weighting.combine({"a": torch.tensor(2.0), "b": torch.tensor(3.0)}, {"a": 1, "b": 1})
     assert float(total) == pytest.approx(2.3)
 
@@ -134,9 +138,11 @@ class HalfWeights(LossWeighting):
     name = "halves"
     calls = 0
 
-    def combine(self, losses: Any, counts: Any) -> torch.Tensor:
+    def combine(
+        self, losses: Mapping[str, torch.Tensor], counts: Mapping[str, int]
+    ) -> torch.Tensor:
         HalfWeights.calls += 1
-        return sum(0.5 * loss for loss in losses.values())  # type: ignore[return-value]
+        return sum((0.5 * loss for loss in losses.values()), torch.zeros(()))
 
 
 class _WeightingPlugin:

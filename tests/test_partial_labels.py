@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import ListDataset
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -70,7 +71,7 @@ def test_a_batch_without_any_mask_keeps_the_decoder_in_the_graph(
     batch = collate_samples([sample_to_tensors(s, SPACES) for s in make_samples([False, False])])
     losses, counts = task_losses(model(batch["image"]), batch, model.tasks, model.heads)
     assert counts["segmentation"] == 0 and float(losses["segmentation"].detach()) == 0.0
-    sum(losses.values()).backward()
+    sum(losses.values(), torch.zeros(())).backward()
     decoder_grads = [p.grad for p in model.heads["segmentation"].parameters()]
     assert all(g is not None and float(g.abs().sum()) == 0.0 for g in decoder_grads)
 
@@ -102,7 +103,7 @@ def test_training_and_validation_weigh_tasks_by_one_rule(
     model = mtkd.build_model(tiny_recipe(), SPACES).eval()
     masks = [False] * 4 + [True, True, False, True]  # the first batch has no mask at all
     loader = make_loader(
-        [sample_to_tensors(s, SPACES) for s in make_samples(masks)], 4, shuffle=False
+        ListDataset([sample_to_tensors(s, SPACES) for s in make_samples(masks)]), 4, shuffle=False
     )
     evaluated = evaluate_loader(model, loader)
     tally = RunningTally(list(model.tasks), EpochTally(), torch.device("cpu"))

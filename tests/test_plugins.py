@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -262,8 +263,8 @@ class _ShadowCommand(mtkd.Command):
 
 class _Shadowing:
     @mtkd.hookimpl
-    def register_commands(self, register: object) -> None:
-        register(_ShadowCommand)  # type: ignore[operator]
+    def register_commands(self, register: Callable[[type[mtkd.Command]], None]) -> None:
+        register(_ShadowCommand)
 
 
 def test_the_hook_reference_in_the_guide_is_generated_from_the_hookspecs() -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import RECIPES
+from mtkd_plugins.pose import PoseHead
+from omegaconf import DictConfig
 from rich.console import Console
 
 import mtkd
@@ -17,7 +19,7 @@ POSE = mtkd.LabelSpace(("yaw", "pitch", "roll"), kind="vector", flip=(-1, 1, -1)
 SPACES = {"identity": mtkd.LabelSpace(tuple(f"id{i}" for i in range(5))), "pose": POSE}
 
 
-def recipe(*extra: str) -> mtkd.RecipeConfig:
+def recipe(*extra: str) -> DictConfig:
     return mtkd.load_recipe(
         RECIPE, ["encoder.name=test_efficientnet", "data.image_size=32", *extra]
     )
@@ -28,6 +30,12 @@ def model_for(*extra: str) -> mtkd.MultiTaskModel:
     return mtkd.build_model(recipe(*extra), SPACES)
 
 
+def pose_head(module: torch.nn.Module) -> PoseHead:
+    """``module`` (a model's pose head), typed as the :class:`PoseHead` it must be."""
+    assert isinstance(module, PoseHead), type(module)
+    return module
+
+
 def images(n: int = 4) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -35,7 +43,7 @@ def images(n: int = 4) -> torch.Tensor:
 @pytest.mark.parametrize("parameterisation", ["regression", "bins"])
 def test_head_outputs_angles_in_degrees(parameterisation: str) -> None:
     model = model_for(f"tasks.pose.parameterisation={parameterisation}").eval()
-    task, head = model.tasks["pose"], model.heads["pose"]
+    task, head = model.tasks["pose"], pose_head(model.heads["pose"])
     assert task.role == "teacher"  # the task's default role
     with torch.no_grad():
         head.out.weight.zero_()  # the output is the bias alone, whatever the image
@@ -175,8 +183,9 @@ def test_a_batch_normalised_hidden_layer_stays_alive_where_a_plain_one_dies() ->
     pooled = torch.rand(16, 40, 2, 2, generator=torch.Generator().manual_seed(0))
     for norm, alive in (("none", False), ("batchnorm", True)):
         model = model_for("tasks.pose.role=student", f"tasks.pose.hidden_norm={norm}")
-        head = model.tasks["pose"].build_head(mtkd.FeatureInfo((), (), (), 40, 32, 32))
+        head = pose_head(model.tasks["pose"].build_head(mtkd.FeatureInfo((), (), (), 40, 32, 32)))
         linear = head.features[2]
+        assert isinstance(linear, torch.nn.Linear), head.features
         with torch.no_grad():
             linear.weight.copy_(-linear.weight.abs())
             linear.bias.fill_(-0.01)

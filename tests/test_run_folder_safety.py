@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,7 +166,12 @@ def test_opening_a_run_folder_does_not_import_the_plugins_it_names(
 ) -> None:
     monkeypatch.delenv("MTKD_TRUST_PLUGINS", raising=False)
     run, marker = planted
-    extra = {"predict": [image], "embed": [image], "eval": [], "export": ["--format", "onnx"]}
+    extra: dict[str, list[object]] = {
+        "predict": [image],
+        "embed": [image],
+        "eval": [],
+        "export": ["--format", "onnx"],
+    }
     code, err = run_cli(capsys, command, run, *extra[command])
     assert code == 2 and not marker.exists()
     assert "evil.py" in err and "--trust-plugins" in err and "MTKD_TRUST_PLUGINS=1" in err
@@ -256,7 +262,7 @@ def test_a_pickle_as_encoder_weights_is_refused_in_one_line(
     marker = tmp_path / "pwned"
 
     class Exploit:
-        def __reduce__(self):  # type: ignore[no-untyped-def]
+        def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
             return (os.system, (f"touch {marker}",))
 
     weights = tmp_path / "encoder.pth"

@@ -35,7 +35,9 @@ def cached_with_yaw(yaws: list[float | None], groups: list[int]) -> CachedSample
 
 
 def split_cfg(**values: Any) -> DictConfig:
-    return OmegaConf.merge(OmegaConf.structured(SplitConfig), values)
+    merged = OmegaConf.merge(OmegaConf.structured(SplitConfig), values)
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def fixed(train: list[int], val: list[int], test: list[int]) -> dict[str, np.ndarray]:
@@ -108,9 +110,9 @@ def test_a_filter_that_leaves_a_person_without_training_samples_names_the_key_an
 
 
 def test_holdout_people_keep_every_view_and_do_not_count_as_training_people() -> None:
-    yaws = [float(y) for y in np.linspace(-90, 90, 10)] * 6
+    yaws: list[float | None] = [float(y) for _ in range(6) for y in np.linspace(-90, 90, 10)]
     groups = [g for g in range(6) for _ in range(10)]
-    cached = cached_with_yaw(yaws, groups)  # type: ignore[arg-type]
+    cached = cached_with_yaw(yaws, groups)
     split = split_cfg(test=0.2, val=0.2, holdout=0.34, train_where={"yaw": [-45, 45]})
     parts = split_parts(cached, split)
     out, _ = restrict_splits(cached, parts, split)

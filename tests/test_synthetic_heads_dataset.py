@@ -40,7 +40,8 @@ def test_samples_are_deterministic_and_fully_labelled() -> None:
     assert a["image"].shape == (48, 48, 3) and a["mask"].shape == (48, 48)
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["mask"], b["mask"])
-    assert a["identity"] == first.groups()[7]
+    groups = first.groups()
+    assert groups is not None and a["identity"] == groups[7]
     yaw, pitch, roll = a["pose"]
     assert -90 <= yaw <= 90 and -40 <= pitch <= 40 and -15 <= roll <= 15
 
@@ -126,7 +127,7 @@ def _digest(size: int, **options: object) -> str:
 
     from mtkd_plugins.synthetic_heads.source import SyntheticHeads, SyntheticHeadsOptions
 
-    source = SyntheticHeads(SyntheticHeadsOptions(**options), image_size=size, seed=0)  # type: ignore[arg-type]
+    source = SyntheticHeads(SyntheticHeadsOptions(**options), image_size=size, seed=0)
     digest = hashlib.sha256()
     for index in range(0, len(source), max(1, len(source) // 12)):
         sample = source[index]

@@ -117,7 +117,8 @@ def test_the_default_class_map_draws_only_a_map_with_one_channel_per_class() -> 
     assert task.class_map(torch.zeros(2, 2)) is None  # its output space is a vector
     seg = mtkd.Task("seg", mtkd.NoOptions(), role="student", weight=1.0, label_space=spaces["mask"])
     logits = torch.randn(2, 3, 4, 4)
-    assert torch.equal(seg.class_map(logits), logits.argmax(1))
+    classes = seg.class_map(logits)
+    assert classes is not None and torch.equal(classes, logits.argmax(1))
     assert seg.class_map(torch.randn(2, 5, 4, 4)) is None  # channels are not the classes
     assert seg.class_map(torch.randn(2, 3)) is None  # per image, not per pixel
 

@@ -107,6 +107,7 @@ def test_mlflow_holds_the_recipe_as_params_every_epoch_and_the_artefacts(
     assert json.loads(local.read_text())["test"] == tracked.results["test"]
 
 
+@pytest.mark.slow  # kills a CLI subprocess mid-run, then resumes it in a second one
 def test_a_resumed_run_continues_the_same_tensorboard_and_mlflow_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     overrides = tiny_overrides(
@@ -142,6 +143,7 @@ def test_a_resumed_run_continues_the_same_tensorboard_and_mlflow_run(tmp_path: P
     assert [s.value for s in scalars] == pytest.approx([r["train/loss"] for r in records])
 
 
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 def test_under_torchrun_only_rank_0_logs(tmp_path: Path) -> None:
     out = tmp_path / "run"

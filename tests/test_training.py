@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
-from helpers import RECIPES, tiny_overrides
+from helpers import RECIPES, ListDataset, tiny_overrides
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -162,6 +163,8 @@ def test_resume_cuts_the_metrics_log_back_atomically(tmp_path: Path) -> None:
     assert path.stat().st_ino != inode and not (tmp_path / "metrics.jsonl.tmp").exists()
 
 
+# end to end through mtkd.run; test_data_reliability.py trains the same 42-in-41 case via fit
+@pytest.mark.slow
 def test_a_last_training_batch_of_one_sample_is_left_out_instead_of_crashing_batchnorm(
     tmp_path: Path,
 ) -> None:
@@ -192,8 +195,8 @@ def test_every_evaluation_loader_takes_eval_batch_size_else_batch_size() -> None
     from mtkd.data.build import make_eval_loader
 
     cfg = mtkd.recipe_from_dict({"data": {"batch_size": 16}})
-    assert make_eval_loader(list(range(40)), cfg.data).batch_size == 16
+    assert make_eval_loader(ListDataset(range(40)), cfg.data).batch_size == 16
     cfg.data.eval_batch_size = 64
-    loader = make_eval_loader(list(range(40)), cfg.data)
+    loader = make_eval_loader(ListDataset(range(40)), cfg.data)
     assert loader.batch_size == 64
     assert not isinstance(loader.sampler, torch.utils.data.RandomSampler)  # in order

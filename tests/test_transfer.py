@@ -26,6 +26,7 @@ from mtkd.utils.checkpoint import save_weights
 from mtkd.utils.layout import INIT_FROM
 
 STAND_IN = "mobilenetv2_035"
+RESNET: dict[str, Any] = {"encoder.name": "test_resnet"}  # tiny_model's overrides: Any values
 
 
 def tiny_cfg(tmp: Path, **extra: Any) -> DictConfig:
@@ -165,7 +166,7 @@ def test_a_run_folder_source_prefers_best_then_distilled_then_last(tmp_path: Pat
 
 def test_a_source_that_fits_no_encoder_tensor_is_an_error(tmp_path: Path) -> None:
     save_weights(tiny_model(tmp_path), tmp_path / "mobilenet.safetensors")
-    other = tiny_model(tmp_path, **{"encoder.name": "test_resnet"})
+    other = tiny_model(tmp_path, **RESNET)
     with pytest.raises(mtkd.RecipeError, match=r"init_from: nothing in .*mobilenet.* fits"):
         init_from(other, tmp_path / "mobilenet.safetensors")
 
@@ -190,7 +191,7 @@ def test_timm_source_loads_the_trunks_hub_weights(
         return hub
 
     monkeypatch.setattr(transfer, "create_timm_trunk", fake_trunk)
-    model = tiny_model(tmp_path, **{"encoder.name": "test_resnet"})
+    model = tiny_model(tmp_path, **RESNET)
     report = init_from(model, "timm")
     assert asked == [("test_resnet.r160_in1k", True)]
     assert report.resolved == "timm:test_resnet.r160_in1k"
@@ -281,17 +282,19 @@ def test_freezing_depends_only_on_the_epoch(tmp_path: Path) -> None:
         freeze.set_train_mode(model, epoch)
         assert all(p.requires_grad != frozen for p in model.encoder.parameters())
         assert all(p.requires_grad for p in model.heads.parameters())
-        assert model.encoder.trunk.bn1.training != frozen and model.heads.training
+        assert model.encoder.trunk.get_submodule("bn1").training != frozen and model.heads.training
     freeze.release(model)
     assert all(p.requires_grad for p in model.parameters())
 
 
 def test_no_freezing_leaves_requires_grad_alone(tmp_path: Path) -> None:
     model = tiny_model(tmp_path)
-    model.encoder.trunk.conv_stem.weight.requires_grad_(False)  # someone else's choice
+    model.encoder.trunk.get_parameter("conv_stem.weight").requires_grad_(
+        False
+    )  # someone else's choice
     set_train_mode(model, 0, trainer_cfg())
-    assert not model.encoder.trunk.conv_stem.weight.requires_grad
-    assert model.training and model.encoder.trunk.bn1.training
+    assert not model.encoder.trunk.get_parameter("conv_stem.weight").requires_grad
+    assert model.training and model.encoder.trunk.get_submodule("bn1").training
 
 
 def lr_of(groups: list[dict[str, Any]], model: torch.nn.Module) -> dict[str, float]:

@@ -315,7 +315,7 @@ class EpochSampler(Sampler[int]):
     run resumed mid-epoch sees exactly the samples the uninterrupted run would have seen.
 
     Under torchrun each rank takes its share of every global batch of ``global_batch``
-    samples (see :func:`mtkd.distributed.shard`); the order itself is the same everywhere.
+    samples (see :func:`mtkd.utils.distributed.shard`); the order itself is the same everywhere.
     With ``min_batch`` above 1 (a model whose BatchNorm cannot train on one sample), an epoch's
     last batch is left out when it would give a rank fewer than ``min_batch`` samples: those
     few samples, a different few each epoch, wait for the next epoch's shuffle.

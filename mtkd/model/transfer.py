@@ -11,7 +11,7 @@ Recipe use::
     init_from: {source: model.safetensors, heads: false, strict: true}
     init_from: zoo:mobilenetv2_heads64       # a pretrained zoo entry (mtkd.model.zoo.load)
 
-Library use: ``mtkd.transfer.init_from(model, "runs/...")`` before ``mtkd.train(...)``.
+Library use: ``mtkd.model.transfer.init_from(model, "runs/...")`` before ``mtkd.train(...)``.
 """
 
 from __future__ import annotations

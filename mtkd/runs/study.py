@@ -157,7 +157,7 @@ def _resolved(saved_path: Path) -> dict[str, Any]:
     ``path=runs/x-seed${data.split.seed}`` is saved as written and compared resolved."""
     raw: dict[str, Any] = yaml.safe_load(saved_path.read_text()) or {}
     try:
-        resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+        resolved: Any = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     except OmegaConfBaseException:
         return raw  # an interpolation that no longer resolves: compare it as written
     return {str(k): v for k, v in resolved.items()} if isinstance(resolved, dict) else raw
