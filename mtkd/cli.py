@@ -317,13 +317,25 @@ class Export(Command):
         _add_run_folder(parser)
         parser.add_argument("--format", required=True, choices=list(FORMATS))
         parser.add_argument("--out", help="output file (default: <run>/export/model.<ext>)")
+        parser.add_argument(
+            "--no-flip-embedding",
+            dest="flip_embedding",
+            action="store_false",
+            help="leave out <task>.flip_embedding (mtkd embed's vectors; costs a second "
+            "forward pass on the mirrored image)",
+        )
         _add_trust_flag(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         from .deploy.export import export_run
 
         export_run(
-            args.run_dir, args.format, args.out, console=console, trust_plugins=args.trust_plugins
+            args.run_dir,
+            args.format,
+            args.out,
+            console=console,
+            trust_plugins=args.trust_plugins,
+            flip_embedding=args.flip_embedding,
         )
         return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from omegaconf import DictConfig
 
 import mtkd
 
-torch.set_num_threads(2)
+# one torch thread per pytest-xdist worker (`pytest -n 2` on 2 cores); two threads alone
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture

@@ -26,7 +26,11 @@ from mtkd.model.embedding import embed_with_flip
 
 QUIET = rich.console.Console(quiet=True)
 IDENTITIES = 6  # the tiny profile's people
-EXPECTED_OUTPUTS = ["identification.logits", "identification.embedding"]
+EXPECTED_OUTPUTS = [
+    "identification.logits",
+    "identification.embedding",
+    "identification.flip_embedding",
+]
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +254,27 @@ def test_mtkd_embed_returns_the_vectors_verification_scores(run_dir: Path, tmp_p
     out = tmp_path / "embeddings.npy"
     assert main(["embed", str(run_dir), *map(str, paths), "--out", str(out)]) == 0
     np.testing.assert_allclose(np.load(out), scored, rtol=0, atol=1e-6)
+
+
+def test_the_onnx_flip_embedding_is_mtkd_embeds_vector(
+    run_dir: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """An ONNX user compares faces with the vectors verification scored: the exported
+    flip_embedding of an image equals what mtkd embed prints for the same file."""
+    import onnxruntime as ort
+
+    path = export_run(run_dir, "onnx", tmp_path / "model.onnx", console=QUIET)
+    rule = {o["name"]: o.get("rule") for o in _info(path)["outputs"]}
+    assert "mirror" in str(rule["identification.flip_embedding"])
+    predictor = Predictor(run_dir)
+    batch = torch.stack([predictor.load(p) for p in images]).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = session.run(["identification.flip_embedding"], {"image": batch})[0]
+    out = tmp_path / "embeddings.npy"
+    assert main(["embed", str(run_dir), *map(str, images), "--out", str(out)]) == 0
+    np.testing.assert_allclose(exported, np.load(out), rtol=0, atol=1e-5)
+    single = export_run(
+        run_dir, "onnx", tmp_path / "single.onnx", console=QUIET, flip_embedding=False
+    )
+    outputs = [o.name for o in ort.InferenceSession(str(single)).get_outputs()]
+    assert outputs == EXPECTED_OUTPUTS[:2]

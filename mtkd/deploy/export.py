@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from rich.console import Console
 from torch import nn
@@ -37,6 +38,9 @@ from ..utils import checksums
 from ..utils.checkpoint import load_weights, save_weights, write_json
 from ..utils.layout import CONFIG, EXPORT
 
+EMBEDDING = "embedding"  # a head output that is an embedding ...
+FLIP_EMBEDDING = "flip_embedding"  # ... and the output added beside it: mtkd's embedding rule
+FLIP_RULE = "L2-normalise(embedding(image) + embedding(mirrored image)), as mtkd embed"
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4  # max abs difference allowed between an artefact and PyTorch
 INPUT_NAME = "image"
@@ -54,7 +58,9 @@ class FlatOutputs(nn.Module):
     put in eval mode: exports are for inference (BatchNorm uses its running statistics).
     """
 
-    def __init__(self, model: MultiTaskModel, image_size: int) -> None:
+    def __init__(
+        self, model: MultiTaskModel, image_size: int, *, flip_embedding: bool = True
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         self.image_size = image_size
@@ -74,23 +80,39 @@ class FlatOutputs(nn.Module):
                     "dict of tensors per task"
                 )
         self.paths: tuple[tuple[str, str | None], ...] = tuple(paths)
+        # the embedding mtkd embed, Predictor.embed and verification use, inside the graph
+        self.flip_tasks: tuple[str, ...] = (
+            tuple(task for task, key in paths if key == EMBEDDING) if flip_embedding else ()
+        )
         self.output_names: tuple[str, ...] = tuple(
             task if key is None else f"{task}.{key}" for task, key in paths
-        )
+        ) + tuple(f"{task}.{FLIP_EMBEDDING}" for task in self.flip_tasks)
         self.output_shapes: tuple[tuple[int, ...], ...] = tuple(
             tuple(_pick(sample, task, key).shape[1:]) for task, key in paths
-        )
+        ) + tuple(tuple(_pick(sample, task, EMBEDDING).shape[1:]) for task in self.flip_tasks)
         self.eval()
+
+    @property
+    def output_paths(self) -> tuple[tuple[str, str | None], ...]:
+        """(task, key) of every output, in ``output_names`` order."""
+        return self.paths + tuple((task, FLIP_EMBEDDING) for task in self.flip_tasks)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(image)
-        return tuple(_pick(out, task, key) for task, key in self.paths)
+        flat = tuple(_pick(out, task, key) for task, key in self.paths)
+        if not self.flip_tasks:
+            return flat
+        mirrored = self.model(torch.flip(image, dims=(-1,)))
+        return flat + tuple(
+            F.normalize(_pick(out, t, EMBEDDING) + _pick(mirrored, t, EMBEDDING), dim=1)
+            for t in self.flip_tasks
+        )
 
     def class_names(self) -> dict[str, list[str] | None]:
         """Class names along dim 1 of each output: logits-like outputs only, else None."""
         names: dict[str, list[str] | None] = {}
         for name, (task, key), shape in zip(
-            self.output_names, self.paths, self.output_shapes, strict=True
+            self.output_names, self.output_paths, self.output_shapes, strict=True
         ):
             space = self.model.tasks[task].output_space
             logits_like = key in (None, "logits") and len(shape) >= 1
@@ -105,7 +127,7 @@ class FlatOutputs(nn.Module):
         components of a ``vector`` output space whose size the output has, else None."""
         names: dict[str, list[str] | None] = {}
         for name, (task, key), shape in zip(
-            self.output_names, self.paths, self.output_shapes, strict=True
+            self.output_names, self.output_paths, self.output_shapes, strict=True
         ):
             space = self.model.tasks[task].output_space
             vector = space is not None and space.kind == "vector" and key is None
@@ -362,6 +384,8 @@ def _output_entry(
     entry: dict[str, Any] = {"name": name, "shape": ["batch", *shape], "classes": classes}
     if components is not None:
         entry["components"] = components
+    if name.endswith(f".{FLIP_EMBEDDING}"):
+        entry["rule"] = FLIP_RULE
     return entry
 
 
@@ -373,8 +397,14 @@ def export_run(
     console: Console | None = None,
     plugins: PluginSet | None = None,
     trust_plugins: bool = False,
+    flip_embedding: bool = True,
 ) -> Path:
     """Export a run's distilled model; default ``<run>/export/model.<ext>``. Returns the file.
+
+    Beside each ``<task>.embedding`` the artefact outputs ``<task>.flip_embedding``: the image's
+    and its mirror's embeddings summed and L2-normalised, the vectors ``mtkd embed``,
+    ``Predictor.embed`` and verification use (a second forward pass on the mirrored image;
+    ``flip_embedding=False`` leaves it out).
 
     Raises ``MtkdError`` when the artefact's outputs differ from PyTorch's by ``TOLERANCE`` or
     more (nothing is written then). ``out`` may be a file or an existing folder. The file's
@@ -386,7 +416,7 @@ def export_run(
     run_dir = require_run_folder(run_dir)
     cfg = OmegaConf.load(run_dir / CONFIG)
     model = load_run(run_dir, plugins=plugins, trust_plugins=trust_plugins)
-    flat = FlatOutputs(model, int(cfg.data.image_size))
+    flat = FlatOutputs(model, int(cfg.data.image_size), flip_embedding=flip_embedding)
     path = Path(out) if out is not None else default_export_path(run_dir, fmt)
     if path.is_dir():
         path = path / f"model{FORMATS[fmt]}"
