@@ -216,3 +216,31 @@ def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_dd
         state0 = load_file(str(out / "weighting-0.safetensors"))
         state1 = load_file(str(out / "weighting-1.safetensors"))
         assert _max_difference(state0, state1) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("rank", "local_rank", "builds_first"),
+    [(0, 0, True), (8, 0, True), (1, 1, False), (9, 1, False)],
+)
+def test_each_machines_local_rank_0_builds_the_cache_before_the_other_ranks_read_it(
+    monkeypatch: pytest.MonkeyPatch, rank: int, local_rank: int, builds_first: bool
+) -> None:
+    # rank 8 is local rank 0 of a second machine with 8 GPUs: without a shared file system
+    # it must build that machine's cache itself, not wait for global rank 0's
+    events: list[str] = []
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: rank)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
+    with distributed.node_main_first():
+        events.append("build or read")
+    assert events == (
+        ["build or read", "barrier"] if builds_first else ["barrier", "build or read"]
+    )
+
+
+def test_outside_torchrun_the_process_is_its_machines_local_rank_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "3")  # left over in the environment: not launched
+    assert distributed.local_rank() == 0

@@ -272,7 +272,7 @@ def _run_in_folder(
     main = distributed.is_main()
     _check_folder(cfg, resume_dir, force, main, console, plugins)
     seed_everything(cfg.trainer.seed)
-    with distributed.main_first():  # rank 0 fills the disk cache, the others then read it
+    with distributed.node_main_first():  # one build per machine; the other ranks read it
         data = build_data(cfg, plugins, console)
     model = build_model(cfg, data.label_spaces, plugins)
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before

@@ -133,10 +133,19 @@ def broadcast_object(value: Any) -> Any:
     return box[0]
 
 
+def local_rank() -> int:
+    """This process's rank on its own machine (torchrun's ``LOCAL_RANK``), 0 alone."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_active() else 0
+
+
 @contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. fills the disk cache), then the others."""
-    if is_main():
+def node_main_first() -> Iterator[None]:
+    """Each machine's local rank 0 runs the block first, all machines at once, then every
+    other rank. For the sample cache: one process per machine builds it, with that machine's
+    cores (``data.cache_workers``), so machines without a shared file system each get their
+    own; on a shared one the builds race safely (the first to finish is kept, the cache is
+    the same bytes) and the other ranks read it."""
+    if local_rank() == 0:
         yield
         barrier()
     else:
