@@ -163,7 +163,8 @@ class RecipeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "a recipe") -> dict[str, Any]:
+    """A recipe, overlay or study file as a dict; unreadable YAML is a one-line error."""
     if not path.is_file():
         raise RecipeError(f"recipe file '{path}' not found")  # find_recipe names close ones
     try:
@@ -173,7 +174,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+        raise RecipeError(f"{path}: {what} must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
@@ -183,7 +184,7 @@ def _with_defaults(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise RecipeError(f"{path}: defaults form a cycle: {cycle}")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     defaults = data.pop("defaults", [])
     if isinstance(defaults, str):
         defaults = [defaults]
@@ -312,7 +313,7 @@ def load_recipe(
         cfg = _merge(cfg, data, str(layer_path))
     for overlay in overlays:
         overlay_path = find_recipe(overlay, profile=True)
-        data = _read_yaml(overlay_path)
+        data = read_yaml_mapping(overlay_path)
         if "defaults" in data:
             raise RecipeError(f"{overlay_path}: an overlay cannot have 'defaults'")
         cfg = _merge(cfg, data, str(overlay_path))

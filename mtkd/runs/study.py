@@ -38,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import load_recipe
+from ..config import load_recipe, read_yaml_mapping
 from ..console import make_console
 from ..errors import Interrupted, MtkdError, RecipeError, did_you_mean
 from ..recipe_files import find_recipe
@@ -71,17 +71,12 @@ def is_study(path: str | Path) -> bool:
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read a study file; ``study.*`` overrides apply to the study itself."""
     path = find_recipe(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a study file is a mapping with 'study:'")
+    data = read_yaml_mapping(path, "a study file")
     unknown = set(data) - {"study"}
     if unknown:
         raise RecipeError(f"{path}: a study file holds only 'study:', found {sorted(unknown)}")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(StudyConfig), data["study"] or {})
+        cfg = OmegaConf.merge(OmegaConf.structured(StudyConfig), data.get("study") or {})
         for item in overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item.removeprefix("study.")]))
     except OmegaConfBaseException as exc:
@@ -259,8 +254,7 @@ def run_study(
     for planned in plan:
         if planned.run_dir in finished:
             _check_same_settings(planned.run_dir, planned.cfg)
-    for planned in plan:
-        if planned.run_dir not in finished:
+        else:  # decided again once claimed; here only checked, before anything trains
             _resumable(planned.run_dir, planned.cfg)
     failed: dict[Path, str] = {}
     for index, planned in enumerate(plan, 1):
