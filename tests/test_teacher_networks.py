@@ -21,7 +21,7 @@ from mtkd_plugins.network_teacher import relational_kd, soft_target_kl
 from rich.console import Console
 
 import mtkd
-from mtkd.data.targets import centroid_logits
+from mtkd.data.targets import ClassCentroids, centroid_logits
 
 SHARED_ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
@@ -280,6 +280,26 @@ def test_an_online_teacher_sees_each_augmented_training_batch(tmp_path: Path) ->
     )
 
 
+def test_an_online_as_classes_teacher_scores_augmented_batches_by_training_centroids(
+    tmp_path: Path,
+) -> None:
+    augment = {"data.augment.brightness": 0.5, "data.augment.hflip": 0.5}
+    raw = mtkd.build_data(_recipe(tmp_path, "{name: mean_colour}", **augment), _plugins())
+    block = "{name: mean_colour, online: true, as_classes: identification, class_scale: 5}"
+    data = mtkd.build_data(_recipe(tmp_path, block, **augment), _plugins())
+    key = mtkd.teacher_label_key("kd")
+    train = np.zeros(len(raw.cached), dtype=bool)
+    train[raw.train.indices] = True
+    fitted = ClassCentroids.fit(raw.cached.labels[key], train, raw.cached.labels["identity"], 4, 5)
+    torch.manual_seed(0)
+    batch = data.train_collate([data.train[i] for i in range(4)])
+    seen = batch["image"].clamp(0, 1).mul(255).round().div(255).mean(dim=(2, 3))
+    assert batch[key].shape == (4, 4)  # logits over the four people, not colours
+    assert torch.allclose(batch[key], torch.from_numpy(fitted.logits(seen.numpy())), atol=1e-4)
+    cached = np.asarray(data.cached.labels[key])[data.train.indices[:4]]
+    assert not np.allclose(batch[key].numpy(), cached, atol=1e-3)  # the augmented images count
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_with_a_teacher_network_matches_an_uninterrupted_run(
     tmp_path: Path,
@@ -391,8 +411,6 @@ def test_a_wrong_as_classes_is_one_line_naming_its_recipe_key(tmp_path: Path) ->
     where = r"tasks\.kd\.teacher\."
     with pytest.raises(mtkd.RecipeError, match=where + r"as_classes: 'nobody' is not a task"):
         _as_classes_data(tmp_path, "{name: mean_colour, as_classes: nobody}")
-    with pytest.raises(mtkd.RecipeError, match=where + r"as_classes: cannot be combined"):
-        _as_classes_data(tmp_path, "{name: mean_colour, as_classes: identification, online: true}")
     with pytest.raises(mtkd.RecipeError, match=where + r"class_scale: only means something"):
         _as_classes_data(tmp_path, "{name: mean_colour, class_scale: 3}")
     with pytest.raises(mtkd.RecipeError, match=where + r"class_scale: must be a number > 0"):

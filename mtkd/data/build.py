@@ -32,12 +32,14 @@ from .splits import (
     validation_from_train,
 )
 from .targets import (
+    ClassCentroids,
     OnlineTargets,
     TargetStore,
     Teachers,
     attach_targets,
     build_teachers,
     class_targets,
+    class_targets_name,
     teacher_targets,
 )
 from .where import describe, resolve_where, where_mask
@@ -209,9 +211,12 @@ def _check_every_group_trains(
     )
 
 
-def _train_collate(teachers: Teachers) -> Callable[[Sequence[Any]], Any]:
+def _train_collate(
+    teachers: Teachers, centroids: Mapping[str, ClassCentroids]
+) -> Callable[[Sequence[Any]], Any]:
     online = {k: t for k, t in teachers.networks.items() if k in teachers.online}
-    return OnlineTargets(online) if online else collate_samples
+    scored = {k: c for k, c in centroids.items() if k in online}
+    return OnlineTargets(online, scored) if online else collate_samples
 
 
 def _advance(progress: Progress, bar: TaskID, done: int, _total: int) -> None:
@@ -285,11 +290,13 @@ def build_data(
     if len(cached) == 0:
         raise DataError(f"data set '{source.name}': no sample is left after loading")
     parts, filters = restrict_splits(cached, split_parts(cached, data.split), data.split)
-    if teachers.as_classes:  # centroids of the training split only, once it is known
-        for name, counts in class_targets(cached, teachers.as_classes, parts["train"]).items():
-            report.preprocess_counts[name] = counts
-            shown = ", ".join(f"{k} {v}" for k, v in counts.items())
-            console.print(f"  {name}: {shown}", highlight=False, markup=False)
+    # centroids of the training split only, once it is known
+    centroids = class_targets(cached, teachers.as_classes, parts["train"])
+    for key, fitted in centroids.items():
+        name, counts = class_targets_name(key, teachers.as_classes[key]), fitted.counts()
+        report.preprocess_counts[name] = counts
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+        console.print(f"  {name}: {shown}", highlight=False, markup=False)
     gallery_where = cfg.get("evaluate", {}).get("gallery_where")  # checked before training
     resolve_where(gallery_where, "evaluate.gallery_where", cached.label_spaces)
     for applied in filters:
@@ -306,7 +313,7 @@ def build_data(
         label_spaces=dict(cached.label_spaces),
         report=report,
         filters=filters,
-        train_collate=_train_collate(teachers),
+        train_collate=_train_collate(teachers, centroids),
     )
 
 

@@ -10,7 +10,8 @@ weights, other options) computes them again.
 ``as_classes: <task key>`` in a teacher block turns an embedding teacher into a logits teacher
 over that task's classes, once the split is known (:func:`class_targets`): the targets become
 the scaled cosines of each sample's embedding to the class centroids of the training split.
-The cached embeddings are unchanged by it, so the option costs no teacher call.
+The cached embeddings are unchanged by it, so the option costs no teacher call. An online
+teacher's embeddings of each augmented batch are scored by the same centroids.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def build_teachers(cfg: DictConfig, plugins: PluginSet) -> Teachers:
         name, values = named_block(block, where)
         if values.pop(ONLINE_KEY, False):
             teachers.online.add(key)
-        as_classes = _as_classes(values, where, label_keys, key in teachers.online)
+        as_classes = _as_classes(values, where, label_keys)
         network_cls = plugins.teachers.get(name, key=f"{where}.name")
         options = parse_options(network_cls.Options, values, where)
         try:
@@ -110,7 +111,7 @@ def build_teachers(cfg: DictConfig, plugins: PluginSet) -> Teachers:
 
 
 def _as_classes(
-    values: dict[str, Any], where: str, label_keys: Mapping[str, str], online: bool
+    values: dict[str, Any], where: str, label_keys: Mapping[str, str]
 ) -> AsClasses | None:
     """The teacher block's ``as_classes``/``class_scale``, checked (and taken out of it)."""
     task, scale = values.pop(CLASSES_KEY, None), values.pop(SCALE_KEY, None)
@@ -123,8 +124,6 @@ def _as_classes(
             f"{where}.{CLASSES_KEY}: '{task}' is not a task of this recipe "
             f"(tasks: {', '.join(label_keys)})"
         )
-    if online:
-        raise RecipeError(f"{where}.{CLASSES_KEY}: cannot be combined with {ONLINE_KEY}: true")
     scale = DEFAULT_CLASS_SCALE if scale is None else scale
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
         raise RecipeError(f"{where}.{SCALE_KEY}: must be a number > 0, got {scale!r}")
@@ -286,6 +285,56 @@ def attach_targets(
         cached.label_spaces[label] = teacher.label_space()
 
 
+@dataclass(frozen=True)
+class ClassCentroids:
+    """An embedding teacher's nearest-centroid classifier over a task's classes, fitted on
+    the training split's cached embeddings: turns any embedding of that teacher (cached or
+    computed online on an augmented image) into class logits."""
+
+    mean: np.ndarray  # (components,) the usable samples' mean, which every embedding loses
+    centroids: np.ndarray  # (classes, components) unit length; a class without samples: 0
+    scale: float
+    samples: int  # how many samples shaped the centroids
+    missing: int  # classes that had none
+
+    @classmethod
+    def fit(
+        cls,
+        values: np.ndarray,
+        usable: np.ndarray,
+        classes: np.ndarray,
+        num_classes: int,
+        scale: float,
+    ) -> ClassCentroids:
+        """Centroids of the ``usable`` samples (training, with a target and a class label):
+        each class's L2-normalised mean of its centred unit embeddings. Centring matters: a
+        face recogniser's raw vectors share a large common part (dlib's: cosine 0.87 between
+        different people)."""
+        x = np.asarray(values, dtype=np.float64)
+        usable = np.asarray(usable, dtype=bool)
+        mean = x[usable].mean(axis=0) if usable.any() else np.zeros(x.shape[1])
+        centroids = np.zeros((num_classes, x.shape[1]))
+        used = np.asarray(classes)[usable].astype(np.int64)
+        np.add.at(centroids, used, _unit(x[usable] - mean))
+        missing = num_classes - len(np.unique(used))
+        return cls(mean, _unit(centroids), float(scale), int(usable.sum()), missing)
+
+    def logits(self, values: np.ndarray) -> np.ndarray:
+        """``scale`` x the cosine between each centred embedding and each class centroid."""
+        if not self.samples:
+            return np.zeros((len(values), len(self.centroids)), dtype=np.float32)
+        unit = _unit(np.asarray(values, dtype=np.float64) - self.mean)
+        return (self.scale * unit @ self.centroids.T).astype(np.float32)
+
+    def counts(self) -> dict[str, int]:
+        """What the data report says of them."""
+        return {
+            "centroid samples": self.samples,
+            "classes": len(self.centroids),
+            "classes without a centroid": self.missing,
+        }
+
+
 def centroid_logits(
     values: np.ndarray,
     usable: np.ndarray,
@@ -294,20 +343,9 @@ def centroid_logits(
     scale: float,
 ) -> np.ndarray:
     """Each sample's teacher embedding as class logits: ``scale`` x the cosine between the
-    embedding and each class's centroid, both centred on the mean of the ``usable`` samples.
-
-    Only the ``usable`` samples (training, with a target and a class label) define the mean
-    and the centroids (a class's L2-normalised mean of its unit embeddings); a class with
-    none has a zero centroid (logit 0). Centring matters: the raw vectors of a face
-    recogniser share a large common part (dlib's: cosine 0.87 between different people).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if not usable.any():
-        return np.zeros((len(x), num_classes), dtype=np.float32)
-    unit = _unit(x - x[usable].mean(axis=0))
-    centroids = np.zeros((num_classes, x.shape[1]))
-    np.add.at(centroids, classes[usable].astype(np.int64), unit[usable])
-    return (scale * unit @ _unit(centroids).T).astype(np.float32)
+    embedding and each class's centroid, both centred on the mean of the ``usable`` samples
+    (:class:`ClassCentroids`; a class with no usable sample scores 0)."""
+    return ClassCentroids.fit(values, usable, classes, num_classes, scale).logits(values)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -317,12 +355,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def class_targets(
     cached: CachedSamples, as_classes: Mapping[str, AsClasses], train: np.ndarray
-) -> dict[str, dict[str, int]]:
-    """Replace each ``as_classes`` teacher's embeddings by class logits (:func:`centroid_logits`)
-    whose centroids come from the ``train`` indices only, so validation and test photos never
-    shape their own targets. A sample the teacher abstained on stays unlabelled. Returns
-    what each one used, for the data report."""
-    done = {}
+) -> dict[str, ClassCentroids]:
+    """Replace each ``as_classes`` teacher's embeddings by class logits whose centroids come
+    from the ``train`` indices only, so validation and test photos never shape their own
+    targets. A sample the teacher abstained on stays unlabelled. Returns the fitted
+    centroids by task key (an online teacher's batches are scored by the same ones)."""
+    fitted = {}
     for key, spec in as_classes.items():
         label = teacher_label_key(key)
         space = cached.label_spaces.get(spec.label)
@@ -336,27 +374,36 @@ def class_targets(
         in_train = np.zeros(len(present), dtype=bool)
         in_train[train] = True
         usable = in_train & present & np.asarray(cached.present[spec.label], dtype=bool)
-        n = space.num_classes
-        logits = centroid_logits(cached.labels[label], usable, np.asarray(classes), n, spec.scale)
+        centroids = ClassCentroids.fit(
+            cached.labels[label], usable, np.asarray(classes), space.num_classes, spec.scale
+        )
+        logits = centroids.logits(cached.labels[label])
         logits[~present] = 0.0
         cached.labels[label] = logits
         cached.label_spaces[label] = LabelSpace(space.names, kind="logits")
-        seen = len(np.unique(np.asarray(classes)[usable]))
-        done[f"{label} as {spec.task} classes"] = {
-            "centroid samples": int(usable.sum()),
-            "classes": n,
-            "classes without a centroid": n - seen,
-        }
-    return done
+        fitted[key] = centroids
+    return fitted
+
+
+def class_targets_name(key: str, spec: AsClasses) -> str:
+    """The data report's name for the class targets of task ``key``."""
+    return f"{teacher_label_key(key)} as {spec.task} classes"
 
 
 class OnlineTargets:
     """The training loader's collate for online teachers: each batch's targets are the
     teachers' outputs on its augmented images (what they would see as uint8), replacing the
-    cached ones. Costs a teacher forward per batch: measure it (docs/teacher-networks.md)."""
+    cached ones; an ``as_classes`` teacher's embeddings are scored by the centroids fitted on
+    the cached training embeddings. Costs a teacher forward per batch: measure it
+    (docs/teacher-networks.md)."""
 
-    def __init__(self, teachers: Mapping[str, TeacherNetwork]) -> None:
+    def __init__(
+        self,
+        teachers: Mapping[str, TeacherNetwork],
+        as_classes: Mapping[str, ClassCentroids] | None = None,
+    ) -> None:
         self.teachers = dict(teachers)
+        self.as_classes = dict(as_classes or {})
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         batch = collate_samples(samples)
@@ -364,6 +411,9 @@ class OnlineTargets:
         images = list(pixels.permute(0, 2, 3, 1).numpy())
         for key, teacher in self.teachers.items():
             values, present = run_teacher(teacher, images)
+            if key in self.as_classes:
+                values = self.as_classes[key].logits(values)
+                values[~present] = 0.0
             label = teacher_label_key(key)
             batch[label] = torch.from_numpy(values)
             batch[PRESENT][label] = torch.from_numpy(present)
@@ -372,6 +422,7 @@ class OnlineTargets:
 
 __all__ = [
     "AsClasses",
+    "ClassCentroids",
     "OnlineTargets",
     "TargetStore",
     "Teachers",
@@ -379,6 +430,7 @@ __all__ = [
     "build_teachers",
     "centroid_logits",
     "class_targets",
+    "class_targets_name",
     "compute_targets",
     "targets_folder",
     "teacher_targets",
