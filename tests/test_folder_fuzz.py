@@ -5,6 +5,7 @@ accounted for: a sample (kept or skipped by reason) or an ignored file counted b
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -207,3 +208,25 @@ def test_random_damage_ends_in_a_named_error_or_counted_skips(
             assert policy == "fail" or "no sample is left" in message or "no usable" in message
         else:
             check_accounting(data, root, adapter)
+
+
+def _tuple_natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """The natural order the folder data sets have always used (digit runs by value, before
+    text; text without case), as a tuple of tuples: what the compact key must reproduce."""
+    import re
+
+    parts = re.split(r"(\d+)", text)
+    return tuple((0, int(p)) if i % 2 else (1, p.lower()) for i, p in enumerate(parts) if p)
+
+
+def test_the_compact_natural_key_sorts_exactly_as_the_tuple_key() -> None:
+    from mtkd_plugins.folders.index import natural_key
+
+    rng = np.random.default_rng(0)
+    alphabet = [*list("aAbZ_-./ 0123456789"), "\x00", "\x01", "\x02", "\x03", "é", "٣", "İ"]
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 12)))) for _ in range(4000)]
+    texts += ["s1", "s2", "s10", "s01", "S1", "s1a", "s1/", "a1b", "a1/b", "007", "7", ""]
+    assert sorted(texts, key=natural_key) == sorted(texts, key=_tuple_natural_key)
+    for a, b in itertools.pairwise(texts):  # ties are ties in both
+        tied = _tuple_natural_key(a) == _tuple_natural_key(b)
+        assert tied == (natural_key(a) == natural_key(b))

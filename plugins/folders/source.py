@@ -111,7 +111,7 @@ class FolderSource(mtkd.SampleSource):
             entries = attach_masks(located, finder, options.require_masks, self.counts)
         else:
             self.counts["ignored_csv_masks"] += sum(e.mask is not None for e, _ in located)
-            entries = [replace(e, mask=None) for e, _ in located]
+            entries = [e if e.mask is None else replace(e, mask=None) for e, _ in located]
         if not entries:
             raise no_images_error(catalog.images, self.counts)
         return entries
