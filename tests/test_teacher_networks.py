@@ -21,7 +21,7 @@ from mtkd_plugins.network_teacher import relational_kd, soft_target_kl
 from rich.console import Console
 
 import mtkd
-from mtkd.data.targets import ClassCentroids, centroid_logits
+from mtkd.data.targets import ClassCentroids, OnlineTargets, centroid_logits
 
 SHARED_ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
@@ -278,6 +278,24 @@ def test_an_online_teacher_sees_each_augmented_training_batch(tmp_path: Path) ->
         next(iter(val))[key],
         torch.tensor(np.asarray(data.cached.labels[key])[data.val.indices[:4]]),
     )
+
+
+def test_an_online_teacher_runs_once_per_distinct_image_and_remembers_repeats(
+    tmp_path: Path,
+) -> None:
+    cfg = _recipe(tmp_path, "{name: mean_colour, online: true}", **{"data.augment.hflip": 1.0})
+    data = mtkd.build_data(cfg, _plugins(), console=Console(quiet=True))
+    samples = [data.train[i] for i in range(4)]  # always flipped: the same four images again
+    MeanColour.calls = 0
+    first = data.train_collate(samples)
+    assert MeanColour.calls == 4
+    again = data.train_collate([data.train[i] for i in (2, 0, 1, 3, 0)])
+    assert MeanColour.calls == 4  # nothing new: every output remembered
+    key = mtkd.teacher_label_key("kd")
+    assert torch.equal(again[key], first[key][[2, 0, 1, 3, 0]])
+    collate = data.train_collate
+    assert isinstance(collate, OnlineTargets)
+    assert (collate.images, collate.computed) == (9, 4)
 
 
 def test_an_online_as_classes_teacher_scores_augmented_batches_by_training_centroids(

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,12 +391,22 @@ def class_targets_name(key: str, spec: AsClasses) -> str:
     return f"{teacher_label_key(key)} as {spec.task} classes"
 
 
+def _image_digest(image: np.ndarray) -> bytes:
+    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.digest()
+
+
 class OnlineTargets:
     """The training loader's collate for online teachers: each batch's targets are the
     teachers' outputs on its augmented images (what they would see as uint8), replacing the
     cached ones; an ``as_classes`` teacher's embeddings are scored by the centroids fitted on
-    the cached training embeddings. Costs a teacher forward per batch: measure it
+    the cached training embeddings. Costs a teacher forward per new image: an image seen
+    before (a discrete augmentation such as a flip repeats itself) reuses its remembered
+    output, since a teacher network is a fixed function of its input
     (docs/teacher-networks.md)."""
+
+    MEMO_SIZE = 65_536  # remembered outputs per teacher (least recently used dropped first)
 
     def __init__(
         self,
@@ -404,16 +415,41 @@ class OnlineTargets:
     ) -> None:
         self.teachers = dict(teachers)
         self.as_classes = dict(as_classes or {})
+        self.memo: dict[str, OrderedDict[bytes, tuple[np.ndarray, bool]]] = {
+            key: OrderedDict() for key in self.teachers
+        }
+        self.images = 0  # images seen per teacher, and of those, how many ran the teacher
+        self.computed = 0
+
+    def _outputs(self, key: str, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's vectors and presence flags for ``images``, new ones computed in one
+        call and remembered."""
+        memo = self.memo[key]
+        digests = [_image_digest(image) for image in images]
+        new = list(dict.fromkeys(d for d in digests if d not in memo))
+        if new:
+            where = {d: i for i, d in enumerate(digests)}
+            values, present = run_teacher(self.teachers[key], [images[where[d]] for d in new])
+            for d, value, flag in zip(new, values, present, strict=True):
+                memo[d] = (value, bool(flag))
+        self.images += len(images)
+        self.computed += len(new)
+        found = [memo[d] for d in digests]
+        for d in digests:
+            memo.move_to_end(d)
+        while len(memo) > self.MEMO_SIZE:
+            memo.popitem(last=False)
+        return np.stack([v for v, _ in found]), np.array([p for _, p in found], dtype=bool)
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         batch = collate_samples(samples)
         pixels = batch["image"].clamp(0, 1).mul(255).round().to(torch.uint8)
         images = list(pixels.permute(0, 2, 3, 1).numpy())
-        for key, teacher in self.teachers.items():
-            values, present = run_teacher(teacher, images)
+        for key in self.teachers:
+            values, present = self._outputs(key, images)
             if key in self.as_classes:
                 values = self.as_classes[key].logits(values)
-                values[~present] = 0.0
+            values[~present] = 0.0
             label = teacher_label_key(key)
             batch[label] = torch.from_numpy(values)
             batch[PRESENT][label] = torch.from_numpy(present)
