@@ -12,8 +12,9 @@ distilled from that teacher is measured against (docs/teacher-networks.md).
         --set tasks.kd.teacher.path=runs/resnet101_id
 
 With pose labels (generated heads) it also prints, per yaw bin, how many test images the
-teacher labelled and how many it identified: dlib under the cross-pose protocol (trained on
-near-frontal views, tested over +-90 degrees; docs/results.md, "Teacher networks"):
+teacher labelled and how many it identified: dlib on the generator's default people under
+the cross-pose split (trained on near-frontal views, tested over +-90 degrees; the override
+replaces face_id's folder data set; docs/results.md, "dlib at profile"):
 
     python benchmarks/teacher_nearest_centroid.py --overlay recipes/profiles/cross_pose.yaml \
         --set "data.dataset={name: synthetic_heads}" init_from=null --bin-width 30
@@ -76,9 +77,7 @@ def by_yaw(data: mtkd.DataBundle, key: str, width: float) -> list[str]:
         ]
         right = int((guesses == people[labelled]).sum())
         n = len(inside)
-        lines.append(
-            f"| {lo:+.0f}…{hi:+.0f}° | {n} | {len(labelled) / n:.0%} | {right / n:.0%} |"
-        )
+        lines.append(f"| {lo:+.0f}…{hi:+.0f}° | {n} | {len(labelled) / n:.0%} | {right / n:.0%} |")
     return lines
 
 
