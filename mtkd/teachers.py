@@ -61,7 +61,8 @@ class TeacherNetwork(Configurable[OptionsT]):
     def targets(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
         """One float vector per image (``len(names())`` values), or None to abstain.
 
-        Images are uint8, H x W x 3 (or H x W grey for ``sees = "source"``)."""
+        Images are uint8, H x W x 3 (or H x W grey for ``sees = "source"``). A fixed function
+        of the image: an online teacher's outputs are remembered by the image's bytes."""
         raise NotImplementedError
 
     def weights_fingerprint(self) -> str:
