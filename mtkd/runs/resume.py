@@ -48,19 +48,22 @@ def is_safe_on_resume(key: str) -> bool:
     return key in SAFE_ON_RESUME or key.startswith(SAFE_PREFIXES)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: leaf value} of a plain recipe container; an empty section is a leaf
+    (``{}``), so a section emptied or filled counts as a change. Resume and study reuse
+    compare saved and planned settings with it."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_settings(value, f"{prefix}{key}."))
         return out if out else {prefix.rstrip("."): {}}
     return {prefix.rstrip("."): node}
 
 
 def changed_settings(before: DictConfig, after: DictConfig) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (old, new)} for every leaf that differs (or exists on one side only)."""
-    old = _flat(OmegaConf.to_container(before, resolve=True))
-    new = _flat(OmegaConf.to_container(after, resolve=True))
+    old = flat_settings(OmegaConf.to_container(before, resolve=True))
+    new = flat_settings(OmegaConf.to_container(after, resolve=True))
     return {
         k: (old.get(k), new.get(k))
         for k in sorted(old.keys() | new.keys())

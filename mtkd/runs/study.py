@@ -47,6 +47,7 @@ from ..utils.layout import CONFIG, has_checkpoint, run_status
 from ..utils.run_lock import RunFolderBusy, claim_run_folder
 from .compare import comparison_rows, markdown_table, print_table, read_results
 from .pipeline import run
+from .resume import flat_settings
 
 
 @dataclass
@@ -125,15 +126,6 @@ def _member(study_path: Path, index: int, entry: Any) -> Member:
     return Member(name, path, overrides)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): node}
-
-
 # keys that change where a run is written or logged, not what it computes: a member may be
 # reused, or resumed, with loggers added or the study renamed
 UNSCORED = frozenset(
@@ -167,8 +159,8 @@ def _check_same_settings(run_dir: Path, cfg: Any, finished: bool = True) -> None
     saved_path = run_dir / CONFIG
     if not saved_path.is_file():
         return
-    saved = _flat(_resolved(saved_path))
-    planned = _flat(OmegaConf.to_container(cfg, resolve=True))
+    saved = flat_settings(_resolved(saved_path))
+    planned = flat_settings(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(
         k for k in saved.keys() & planned.keys() if saved[k] != planned[k] and k not in UNSCORED
     )
