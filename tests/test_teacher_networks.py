@@ -21,7 +21,7 @@ from mtkd_plugins.network_teacher import relational_kd, soft_target_kl
 from rich.console import Console
 
 import mtkd
-from mtkd.data.targets import ClassCentroids, OnlineTargets, centroid_logits
+from mtkd.data.targets import ClassCentroids, OnlineTargets
 
 SHARED_ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
@@ -378,17 +378,17 @@ def test_damaged_cached_targets_are_computed_again(tmp_path: Path) -> None:
     assert np.load(folder / "values.npy").shape == np.asarray(first.cached.labels[key]).shape
 
 
-def test_centroid_logits_match_hand_computed_cosines_to_training_centroids() -> None:
+def test_class_centroid_logits_match_hand_computed_cosines_to_training_centroids() -> None:
     values = np.array([[2.0, 0.0], [0.0, 2.0], [3.0, 1.0], [5.0, 5.0]])
     usable = np.array([True, True, False, False])  # 2 and 3 are validation or test photos
     classes = np.array([0, 1, 0, 0])
-    logits = centroid_logits(values, usable, classes, num_classes=3, scale=10.0)
+    logits = ClassCentroids.fit(values, usable, classes, num_classes=3, scale=10.0).logits(values)
     # centre (1, 1): the centroids are (1, -1)/sqrt 2 and (-1, 1)/sqrt 2, class 2 has none
     r = 10.0 / math.sqrt(2)
     expected = [[10.0, -10.0, 0.0], [-10.0, 10.0, 0.0], [r, -r, 0.0], [0.0, 0.0, 0.0]]
     assert logits == pytest.approx(np.array(expected), abs=1e-5)
     assert logits.dtype == np.float32
-    with_all = centroid_logits(values, np.ones(4, dtype=bool), classes, 3, 10.0)
+    with_all = ClassCentroids.fit(values, np.ones(4, dtype=bool), classes, 3, 10.0).logits(values)
     assert not np.allclose(with_all, logits, atol=1e-3)  # the usable set does decide
 
 
@@ -414,10 +414,10 @@ def test_as_classes_turns_an_embedding_into_logits_from_training_centroids_only(
     train = np.zeros(len(present), dtype=bool)
     train[raw.train.indices] = True
     usable = train & present
-    expected = centroid_logits(embeddings, usable, classes, 4, 5.0)
+    expected = ClassCentroids.fit(embeddings, usable, classes, 4, 5.0).logits(embeddings)
     got = np.asarray(data.cached.labels[key])
     assert got[present] == pytest.approx(expected[present], abs=1e-5)
-    everyone = centroid_logits(embeddings, present, classes, 4, 5.0)
+    everyone = ClassCentroids.fit(embeddings, present, classes, 4, 5.0).logits(embeddings)
     assert not np.allclose(got[present], everyone[present], atol=1e-3)  # val/test left out
     counts = data.report.preprocess_counts[f"{key} as identification classes"]
     assert counts["centroid samples"] == usable.sum()

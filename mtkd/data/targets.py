@@ -336,19 +336,6 @@ class ClassCentroids:
         }
 
 
-def centroid_logits(
-    values: np.ndarray,
-    usable: np.ndarray,
-    classes: np.ndarray,
-    num_classes: int,
-    scale: float,
-) -> np.ndarray:
-    """Each sample's teacher embedding as class logits: ``scale`` x the cosine between the
-    embedding and each class's centroid, both centred on the mean of the ``usable`` samples
-    (:class:`ClassCentroids`; a class with no usable sample scores 0)."""
-    return ClassCentroids.fit(values, usable, classes, num_classes, scale).logits(values)
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 1e-12)
@@ -464,7 +451,6 @@ __all__ = [
     "Teachers",
     "attach_targets",
     "build_teachers",
-    "centroid_logits",
     "class_targets",
     "class_targets_name",
     "compute_targets",
