@@ -14,12 +14,16 @@ memory comparison. Then, each measurement in a fresh Python process (its own pea
   ``--image-size`` px, with the host augmentation of the recipes (flip, colour, small affine)
   and without, for today's code and for the path of before (``benchmarks/host_path_v1.py``),
   in alternating blocks, medians;
-- (d) the bytes of one batch moved to the device: float32 images as today, against uint8.
+- (d) the bytes of one batch moved to the device: float32 images as today, against uint8;
+- (e) the same build split between two "machines" that share the cache folder
+  (``data.cache_fs: shared``): two processes, one cache worker each, started together, against
+  the one-worker build of (a); the time is the coordinator's, from start to swap-in.
 
 Ratios from one run are the figures to quote: the machine may be shared.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py                      # 50,000 images
     OMP_NUM_THREADS=1 python benchmarks/scale.py --images 2000 --small 500   # a quick look
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --shared-rounds 3   # (a) against (e) only
 """
 
 from __future__ import annotations
@@ -108,16 +112,32 @@ def _source(folder: Path, image_size: int) -> Any:
     return mtkd.build_source(cfg)
 
 
-def child_build(folder: Path, cache: Path, workers: int, image_size: int) -> dict[str, Any]:
-    """One disk cache build in this (fresh) process: time, rate, peaks, a digest per file."""
+def _wait_for_go(sync: Path, member: int) -> None:
+    """Say this process is ready (imported, indexed), then wait for the parent's go."""
+    (sync / f"ready-{member}").touch()
+    while not (sync / "go").exists():
+        time.sleep(0.01)
+
+
+def child_build(
+    folder: Path, cache: Path, workers: int, image_size: int, shared: list[str] | None = None
+) -> dict[str, Any]:
+    """One disk cache build in this (fresh) process: time, rate, peaks, a digest per file.
+    ``shared``: [sync folder, member, members] of a build split between processes."""
     from mtkd.data.cache import materialize
+    from mtkd.data.cache_parallel import SharedBuild
 
     source = _source(folder, image_size)
+    split = None
+    if shared is not None:
+        sync, member, members = Path(shared[0]), int(shared[1]), int(shared[2])
+        split = SharedBuild(sync.name, member == 0, members, member=f"machine {member}")
+        _wait_for_go(sync, member)
     before = _peaks()["cpu_s"]
     indexed = _peaks()["peak_mib"]  # the data set's index of files, before any image
     start = time.perf_counter()
     cached, report = materialize(
-        source, [], image_size, mode="disk", cache_dir=cache, workers=workers
+        source, [], image_size, mode="disk", cache_dir=cache, workers=workers, shared=split
     )
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"seconds": seconds, "images": len(cached), **_peaks()}
@@ -254,11 +274,45 @@ def _build(folder: Path, workers: int, image_size: int, keep: Path | None = None
         return _child("build", str(folder), tmp, str(workers), str(image_size))
 
 
+def _shared_build(folder: Path, image_size: int, members: int = 2) -> dict[str, Any]:
+    """(e): ``members`` processes, one cache worker each, build one cache folder together."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mtkd-scale-shared-") as tmp,
+        tempfile.TemporaryDirectory(prefix="job") as sync,
+    ):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        child = [sys.executable, __file__, "--child", "shared", str(folder), tmp, str(image_size)]
+        procs = [
+            subprocess.Popen(
+                [*child, sync, str(member), str(members)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for member in range(members)
+        ]
+        while not all((Path(sync) / f"ready-{m}").exists() for m in range(members)):
+            if any(proc.poll() not in (None, 0) for proc in procs):
+                break
+            time.sleep(0.01)
+        (Path(sync) / "go").touch()
+        outs = [proc.communicate() for proc in procs]
+        if any(proc.returncode for proc in procs):
+            sys.exit("shared build failed:\n" + "\n".join(err[-2000:] for _, err in outs))
+        results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    coordinator: dict[str, Any] = results[0]
+    return coordinator
+
+
 def _run_child(args: list[str]) -> None:
     kind, *rest = args
     if kind == "build":
         folder, cache, workers, size = rest
         result = child_build(Path(folder), Path(cache), int(workers), int(size))
+    elif kind == "shared":
+        folder, cache, size, *shared = rest
+        result = child_build(Path(folder), Path(cache), 1, int(size), shared)
     else:
         folder, cache, size, images, batch, rounds = rest
         result = child_loader(
@@ -277,10 +331,19 @@ def main() -> None:
     parser.add_argument("--loader-images", type=int, default=1024, help="per timed block")
     parser.add_argument("--rounds", type=int, default=5, help="alternating loader blocks")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--shared-rounds",
+        type=int,
+        default=0,
+        help="only the builds of (a) and (e), in this many alternating rounds",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _run_child(args.child)
+        return
+    if args.shared_rounds:
+        shared_rounds(write_folder(args.root, args.images, args.side), args)
         return
     start = time.perf_counter()
     big = write_folder(args.root, args.images, args.side)
@@ -290,6 +353,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mtkd-scale-kept-") as kept:
         builds = {1: _build(big, 1, size), 2: _build(big, 2, size, Path(kept))}
         memory = {w: _build(small, w, size) for w in (1, 2)}
+        builds_shared = _shared_build(big, size)
         loader = _child(
             "loader",
             str(big),
@@ -299,7 +363,28 @@ def main() -> None:
             str(args.batch),
             str(args.rounds),
         )
-    report(args, builds, memory, loader)
+    report(args, builds, memory, loader, builds_shared)
+
+
+def shared_rounds(folder: Path, args: argparse.Namespace) -> None:
+    """(a) and (e) alternated: 1 worker, 2 workers, 2 processes x 1 worker sharing a folder."""
+    seconds: dict[str, list[float]] = {"1 worker": [], "2 workers": [], "shared 2 x 1": []}
+    print(f"{args.images} JPEGs of {args.side} px -> {args.image_size} px (seconds)")
+    for round_ in range(args.shared_rounds):
+        one = _build(folder, 1, args.image_size)
+        two = _build(folder, 2, args.image_size)
+        shared = _shared_build(folder, args.image_size)
+        if not one["digests"] == two["digests"] == shared["digests"]:
+            sys.exit("the caches differ")
+        for key, build in zip(seconds, (one, two, shared), strict=True):
+            seconds[key].append(build["seconds"])
+        print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in seconds.items()))
+    median = {key: statistics.median(values) for key, values in seconds.items()}
+    print(
+        f"medians: shared 2 x 1 = {median['1 worker'] / median['shared 2 x 1']:.2f}x the "
+        f"1-worker rate, {median['2 workers'] / median['shared 2 x 1']:.2f}x the 2-worker "
+        "rate; every cache byte-identical"
+    )
 
 
 def report(
@@ -307,6 +392,7 @@ def report(
     builds: dict[int, dict[str, Any]],
     memory: dict[int, dict[str, Any]],
     loader: dict[str, Any],
+    shared: dict[str, Any],
 ) -> None:
     """The table of figures and ratios of this run."""
     n, small, size = args.images, args.small, args.image_size
@@ -353,8 +439,18 @@ def report(
     print(f"\n(d) one batch of {loader['batch']} moved to the device")
     print(f"images float32 {f32 / 2**20:.2f} MiB, as uint8 {u8 / 2**20:.2f} MiB ({f32 / u8:.0f}x);")
     print(f"labels {loader['label_bytes']} bytes")
-    if not same:
-        sys.exit("the 1- and 2-worker caches differ")
+    shared_rate = shared["images"] / shared["seconds"]
+    shared_same = shared["digests"] == builds[1]["digests"]
+    print(
+        "\n(e) the build of (a) split between 2 processes sharing the cache folder, 1 worker each"
+    )
+    print(
+        f"{shared['seconds']:.1f} s, {shared_rate:.0f} images/s: {shared_rate / rate[1]:.2f}x "
+        f"the 1-worker build, {shared_rate / rate[2]:.2f}x the 2-worker build (the same "
+        f"cores); byte-identical to them: {shared_same}"
+    )
+    if not same or not shared_same:
+        sys.exit("the caches differ")
 
 
 if __name__ == "__main__":

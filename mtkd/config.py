@@ -70,6 +70,10 @@ class DataConfig:
     # one process; 2 processes built 1.84x as fast as one on an idle 2-core machine), 1 = this
     # process alone; the cache is the same byte for byte either way
     cache_workers: int | None = None
+    # under torchrun on several machines: local (each machine builds its own copy of the cache
+    # in its data.cache_dir) or shared (data.cache_dir is one file system every machine sees:
+    # the machines split the build, each with its own cache_workers)
+    cache_fs: str = "local"
 
 
 @dataclass
@@ -376,12 +380,18 @@ def check_data(data: Any) -> None:
         raise RecipeError(f"data.num_workers: must be 0 or more, got {data.num_workers}")
     check_resize_mode(getattr(data, "resize", "squash"))
     check_augment_on(getattr(data, "augment_on", "auto"))
+    cache_fs = getattr(data, "cache_fs", "local")
+    if cache_fs not in CACHE_FILE_SYSTEMS:
+        raise RecipeError(
+            f"data.cache_fs: '{cache_fs}' is not one of {', '.join(CACHE_FILE_SYSTEMS)}"
+        )
     split = getattr(data, "split", None)
     for key in ("train_where", "val_where"):
         check_where(getattr(split, key, None), f"data.split.{key}")
 
 
 AUGMENT_PLACES = ("auto", "host", "device")  # data.augment_on (mtkd.data.batch_augment)
+CACHE_FILE_SYSTEMS = ("local", "shared")  # data.cache_fs (mtkd.data.cache_shared)
 
 
 def check_augment_on(value: object) -> None:

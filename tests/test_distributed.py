@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 from helpers import RECIPES
 from safetensors.torch import load_file
+from test_cache_parallel import _assert_same_cache
 
 import mtkd
 from mtkd.utils import distributed
@@ -244,3 +246,59 @@ def test_outside_torchrun_the_process_is_its_machines_local_rank_0(
 ) -> None:
     monkeypatch.setenv("LOCAL_RANK", "3")  # left over in the environment: not launched
     assert distributed.local_rank() == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_machines_on_a_shared_file_system_split_the_cache_build(tmp_path: Path) -> None:
+    # two torchrun agents on this host stand for two machines (each rank is its machine's
+    # local rank 0) that see one cache folder
+    data = [
+        "data.cache=disk",
+        "data.dataset.identities=24",
+        "data.dataset.views=40",
+        "trainer.max_epochs=1",
+    ]
+    args = [
+        "run",
+        str(RECIPES / "pose_distilled_id.yaml"),
+        str(RECIPES / "profiles" / "tiny.yaml"),
+        *OVERRIDES[:1],
+        *OVERRIDES[2:],
+        *data,
+        f"data.cache_dir={tmp_path / 'shared'}",
+        "data.cache_fs=shared",
+        f"output.dir={tmp_path / 'run'}",
+    ]
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    rendezvous = ["--master_addr=127.0.0.1", f"--master_port={port}"]
+    nodes = [
+        subprocess.Popen(
+            [*launcher, f"--node_rank={node}", *rendezvous, "-m", "mtkd", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert re.search(r"sample cache: \d+ shards built by [12] machines \(rank 0 \d+", logs[0])
+    # the same cache, byte for byte, as one process builds without sharing
+    cfg = mtkd.load_recipe(
+        RECIPES / "pose_distilled_id.yaml",
+        [*OVERRIDES[:1], *data, f"data.cache_dir={tmp_path / 'local'}", "data.cache_workers=1"],
+        overlays=[RECIPES / "profiles" / "tiny.yaml"],
+    )
+    mtkd.build_data(cfg)
+    _assert_same_cache(tmp_path / "local", tmp_path / "shared")

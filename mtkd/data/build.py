@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,6 +25,7 @@ from ..teachers import TeacherNetwork, teacher_label_key
 from ..utils import distributed
 from .augment import AugmentConfig, augment_cached
 from .cache import CachedSamples, DataReport, cache_key, default_cache_dir, materialize
+from .cache_parallel import SharedBuild
 from .splits import (
     SplitFilter,
     fixed_split_indices,
@@ -254,10 +256,29 @@ def _add_teacher_targets(
     attach_targets(cached, teachers, stores)
 
 
+def shared_cache_build(cfg: DictConfig) -> SharedBuild | None:
+    """How this launch splits the sample cache's build between machines (``data.cache_fs:
+    shared`` under torchrun, disk caches), or None. Every rank must call it: the launch's
+    build id is rank 0's, sent to all (so no stale folder of an earlier launch is joined)."""
+    data = cfg.data
+    if data.get("cache_fs", "local") != "shared" or data.cache != "disk":
+        return None
+    if not distributed.is_active():
+        return None
+    job = distributed.broadcast_object(uuid.uuid4().hex[:16])
+    machines = max(1, distributed.world_size() // distributed.local_world_size())
+    rank = distributed.rank()
+    return SharedBuild(job, coordinator=rank == 0, machines=machines, member=f"rank {rank}")
+
+
 def build_data(
-    cfg: DictConfig, plugins: PluginSet | None = None, console: Console | None = None
+    cfg: DictConfig,
+    plugins: PluginSet | None = None,
+    console: Console | None = None,
+    shared: SharedBuild | None = None,
 ) -> DataBundle:
-    """The recipe's data set: preprocessed and cached once, then split per group."""
+    """The recipe's data set: preprocessed and cached once, then split per group (``shared``:
+    from :func:`shared_cache_build`, when machines split the cache build)."""
     plugins = plugins_for(cfg, plugins)
     source = build_source(cfg, plugins)
     # only the labels a task reads are decoded where decoding is optional (masks of an
@@ -281,6 +302,7 @@ def build_data(
             resize=data.get("resize", "squash"),
             notify=lambda line: console.print(line, highlight=False, markup=False),
             workers=data.get("cache_workers"),
+            shared=shared,
         )
     if teachers.networks:
         key = cache_key(source, steps, data.image_size, data.on_error, data.get("resize", "squash"))

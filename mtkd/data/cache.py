@@ -24,7 +24,15 @@ from ..errors import DataError, RecipeError
 from ..preprocess import Preprocessor
 from ..samples import LabelSpace, Sample, SampleSource
 from ..utils.files import strict_json
-from .cache_parallel import MergedArrays, add_counts, build_parallel, cache_workers
+from .cache_parallel import (
+    MergedArrays,
+    SharedBuild,
+    add_counts,
+    build_parallel,
+    cache_workers,
+    close_shared,
+)
+from .cache_shared import join_shared, shared_tag, telling_others_why
 from .cache_store import (
     CacheDamaged,
     default_cache_dir,
@@ -166,10 +174,11 @@ def _build(
     progress: Any,
     resize: str = "squash",
     workers: int = 1,
+    shared: SharedBuild | None = None,
 ) -> tuple[CachedSamples, DataReport, list[int]]:
-    if workers > 1:
+    if workers > 1 or shared is not None:
         return _build_parallel(
-            source, preprocessors, (size, on_error, resize), folder, progress, workers
+            source, preprocessors, (size, on_error, resize), folder, progress, workers, shared
         )
     n = len(source)
     writer = _Writer(n, size, folder, resize)
@@ -213,12 +222,13 @@ def _build_parallel(
     folder: Path | None,
     progress: Any,
     workers: int,
+    shared: SharedBuild | None = None,
 ) -> tuple[CachedSamples, DataReport, list[int]]:
     """The serial build's result from ``workers`` processes (see :mod:`.cache_parallel`):
     the shards' counts are added up in sample order, into the preprocessors' counts too."""
     source_counts = dict(source.report())
     merged, kept_rows, results = build_parallel(
-        source, preprocessors, settings, folder, progress, workers
+        source, preprocessors, settings, folder, progress, workers, shared
     )
     report = DataReport(source=source.name, total=len(source), kept=int(kept_rows.size))
     skipped: Counter[str] = Counter()
@@ -334,13 +344,41 @@ def _build_on_disk(
     folder: Path,
     progress: Any,
     workers: int = 1,
+    shared: SharedBuild | None = None,
+    tell: Callable[[str], None] = lambda _line: None,
 ) -> None:
-    """Build the cache of ``source`` into a locked partial folder and swap it in as ``folder``."""
+    """Build the cache of ``source`` into a locked partial folder and swap it in as ``folder``
+    (with ``shared``, other machines build shards of it in the same folder)."""
+    if shared is not None:
+        with telling_others_why(folder, shared):
+            _build_in_partial(
+                source, preprocessors, settings, folder, progress, workers, shared, tell
+            )
+    else:
+        _build_in_partial(source, preprocessors, settings, folder, progress, workers, None, tell)
+
+
+def _build_in_partial(
+    source: SampleSource,
+    preprocessors: Sequence[Preprocessor],
+    settings: tuple[int, str, str],
+    folder: Path,
+    progress: Any,
+    workers: int,
+    shared: SharedBuild | None,
+    tell: Callable[[str], None],
+) -> None:
     size, on_error, resize = settings
-    with partial_folder(folder.parent, folder.name) as partial:
+    tag = shared_tag(shared) if shared is not None else None
+    with partial_folder(folder.parent, folder.name, tag) as partial:
         cached, report, _ = _build(
-            source, preprocessors, size, on_error, partial, progress, resize, workers
+            source, preprocessors, size, on_error, partial, progress, resize, workers, shared
         )
+        if shared is not None:
+            built = close_shared(partial)
+            shares = ", ".join(f"{member} {count}" for member, count in sorted(built.items()))
+            machines = f"{len(built)} machine{'s' if len(built) != 1 else ''}"
+            tell(f"sample cache: {sum(built.values())} shards built by {machines} ({shares})")
         _save_meta(partial, cached, report)
         del cached
         if not (folder / "meta.json").is_file():  # else another process finished it first
@@ -363,12 +401,14 @@ def materialize(
     resize: str = "squash",
     notify: Callable[[str], None] | None = None,
     workers: int | None = 1,
+    shared: SharedBuild | None = None,
 ) -> tuple[CachedSamples, DataReport]:
     """Every sample of ``source``, preprocessed and resized to ``size``, as cached arrays.
 
     ``notify`` hears what happened to the disk cache on the way (a damaged one rebuilt).
     ``workers`` processes build it (None: the cores available; 1: this process alone); the
-    arrays are the same whatever the number."""
+    arrays are the same whatever the number. With ``shared`` (disk caches only), several
+    machines split the build of one cache folder (see :mod:`.cache_shared`)."""
     if on_error not in ON_ERROR:
         raise RecipeError(f"data.on_error: '{on_error}' is not one of {', '.join(ON_ERROR)}")
     if mode not in MODES:
@@ -388,7 +428,11 @@ def materialize(
     found = _open_or_discard(folder, size, tell)
     if found is not None:
         return found
-    _build_on_disk(source, preprocessors, (size, on_error, resize), folder, tick, procs)
+    settings = (size, on_error, resize)
+    if shared is None or shared.coordinator:
+        _build_on_disk(source, preprocessors, settings, folder, tick, procs, shared, tell)
+    else:
+        join_shared(source, preprocessors, settings, folder, tick, procs, shared)
     try:
         cached, report = _load(folder, size)
     except CacheDamaged as exc:

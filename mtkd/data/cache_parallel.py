@@ -9,16 +9,24 @@ rows, the same label dtypes (taken from the first sample that has the label, as 
 build does) and the same report. The parent holds no per-sample images, so its memory stays
 flat; workers die with the parent (a killed build leaves a partial folder that the next build
 removes), and a worker's error or death reaches the user as one :class:`DataError`.
+
+A *shared* build (``shared=True``, see :mod:`.cache_shared`) is split between machines that see
+one file system: each shard is claimed by creating a file (``O_EXCL``, atomic on NFS too), and
+a shard writes its images into its own folder rather than into rows of a file other machines
+write (page-sized writes of two machines could overwrite each other's rows); the merge copies
+them into place.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing as mp
 import os
 import pickle
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -132,6 +140,9 @@ class _Job:
     next_shard: Any = None  # multiprocessing.Value
     failed: Any = None  # the lowest failed shard
     done: Any = None  # multiprocessing.Array: samples processed, per shard
+    shared: bool = False  # machines split the shards by claim files (see the module's doc)
+    stall_s: float = 1800.0  # a shared build waits this long for another machine's shard
+    member: str = ""  # who this machine is in a shared build's claims (its rank)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -152,21 +163,125 @@ def _shard_dir(folder: Path, shard: int) -> Path:
     return folder / f"shard-{shard:05d}"
 
 
+def _result_path(folder: Path, shard: int) -> Path:
+    return _shard_dir(folder, shard) / "result.pickle"
+
+
+FAILED = "failed"  # a shared build's marker: some shard failed, every machine stops claiming
+CLAIMS = "claims"  # a shared build's folder of claim files, one per shard taken
+JOB_FILE = "job.json"  # a shared build's layout, written last: other machines may join
+HEARTBEAT_S = 10.0  # a shared build's worker touches its claim this often while it builds
+
+
+def _claim_path(folder: Path, shard: int) -> Path:
+    return folder / CLAIMS / f"shard-{shard:05d}"
+
+
+def _claim(folder: Path, shard: int, member: str) -> bool:
+    """Whether this process now owns ``shard`` of a shared build (the first to create its
+    claim file does; the file names the member, machine and process, for whoever looks)."""
+    try:
+        fd = os.open(_claim_path(folder, shard), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except (FileExistsError, FileNotFoundError):  # taken, or the build is being merged
+        return False
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{member or socket.gethostname()}\t{socket.gethostname()} {os.getpid()}\n")
+    return True
+
+
+def claimed_by(folder: Path) -> dict[int, tuple[str, str]]:
+    """Who claimed each shard of a shared build: (member, ``host pid``), by shard."""
+    claims = {}
+    for path in sorted((folder / CLAIMS).glob("shard-*")):
+        member, _, process = path.read_text().strip().partition("\t")
+        claims[int(path.name.removeprefix("shard-"))] = (member, process)
+    return claims
+
+
+def close_shared(folder: Path) -> Counter[str]:
+    """Remove a merged shared build's claims and layout (so the folder holds what the
+    one-process build writes); the shards each member built."""
+    built = Counter(member for member, _ in claimed_by(folder).values())
+    (folder / JOB_FILE).unlink()
+    shutil.rmtree(folder / CLAIMS)
+    return built
+
+
+def _next_shard(job: _Job) -> int | None:
+    """The next shard this worker builds, or None when none is left (or one failed)."""
+    while True:
+        with job.next_shard.get_lock():
+            shard = job.next_shard.value
+            job.next_shard.value += 1
+        if shard >= len(job.bounds) or job.failed.value < shard:
+            return None
+        if not job.shared:
+            return shard
+        if (job.folder / FAILED).exists():
+            return None
+        if _claim(job.folder, shard, job.member):
+            return shard
+
+
+class _ShardLabels:
+    """A shard's labels: their values in shard-local files, and which rows have each."""
+
+    def __init__(self, folder: Path, lo: int, hi: int, result: ShardResult) -> None:
+        self.folder, self.lo, self.hi, self.result = folder, lo, hi, result
+        self.values: dict[str, RowFile] = {}
+        self.present: dict[str, np.ndarray] = {}
+
+    def put(
+        self, index: int, sample: dict[str, Any], image_shape: tuple[int, ...], job: _Job
+    ) -> None:
+        for position, (key, value) in enumerate(sample.items()):
+            if key == "image" or value is None:
+                continue
+            array = label_array(value, image_shape, job.size, job.resize)
+            if key not in self.values:
+                self.result.labels[key] = _FirstLabel(
+                    index, position, tuple(array.shape), _label_dtype(array).str
+                )
+                shape = (self.hi - self.lo, *array.shape)
+                self.values[key] = RowFile(
+                    self.folder / f"label-{key}.npy", _local_dtype(array), shape
+                )
+                self.present[key] = np.zeros(self.hi - self.lo, bool)
+            if array.shape != self.values[key].shape[1:]:
+                raise DataError(
+                    f"label '{key}' has shape {array.shape} here but "
+                    f"{self.values[key].shape[1:]} in earlier samples"
+                )
+            self.values[key][index - self.lo] = array
+            self.present[key][index - self.lo] = True
+
+    def close(self) -> None:
+        for key, flags in self.present.items():
+            self.values[key].close()
+            np.save(self.folder / f"present-{key}.npy", flags)
+
+
 def _run_shard(job: _Job, shard: int) -> ShardResult:
     lo, hi = job.bounds[shard]
     local = _shard_dir(job.folder, shard)
     local.mkdir()
-    images = RowFile(job.folder / "images.npy", create=False)
+    if job.shared:  # this shard's own file, kept rows first
+        images = RowFile(local / "images.npy", np.dtype(np.uint8), (hi - lo, job.size, job.size, 3))
+    else:  # the final file, at the samples' source rows
+        images = RowFile(job.folder / "images.npy", create=False)
     counts_before = [Counter(p.counts) for p in job.steps]
     source_before = dict(job.source.report())
     report = DataReport(source=job.source.name, total=0)
     result = ShardResult(kept=np.zeros(0, np.int64))
-    values: dict[str, RowFile] = {}
-    present: dict[str, np.ndarray] = {}
+    labels = _ShardLabels(local, lo, hi, result)
     kept: list[int] = []
+    beat = time.monotonic()
     for index in range(lo, hi):
         if os.getppid() != job.parent:
             os._exit(1)  # the parent is gone (where the kernel cannot tell us)
+        if job.shared and time.monotonic() - beat > HEARTBEAT_S:
+            os.utime(_claim_path(job.folder, shard))  # still at it: see _Elsewhere
+            beat = time.monotonic()
         if job.failed.value < shard:
             break  # an earlier shard failed: the build is lost anyway
         sample = read_sample(job.source, index, job.on_error, result.skipped, report)
@@ -175,31 +290,11 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
         if sample is None:
             continue
         image = np.asarray(sample["image"])
-        images[index] = resize_image(image, job.size, job.resize)
-        for position, (key, value) in enumerate(sample.items()):
-            if key == "image" or value is None:
-                continue
-            array = label_array(value, image.shape, job.size, job.resize)
-            if key not in values:
-                result.labels[key] = _FirstLabel(
-                    index, position, tuple(array.shape), _label_dtype(array).str
-                )
-                values[key] = RowFile(
-                    local / f"label-{key}.npy", _local_dtype(array), (hi - lo, *array.shape)
-                )
-                present[key] = np.zeros(hi - lo, bool)
-            if array.shape != values[key].shape[1:]:
-                raise DataError(
-                    f"label '{key}' has shape {array.shape} here but "
-                    f"{values[key].shape[1:]} in earlier samples"
-                )
-            values[key][index - lo] = array
-            present[key][index - lo] = True
+        images[len(kept) if job.shared else index] = resize_image(image, job.size, job.resize)
+        labels.put(index, sample, image.shape, job)
         kept.append(index)
     images.close()
-    for key, flags in present.items():
-        values[key].close()
-        np.save(local / f"present-{key}.npy", flags)
+    labels.close()
     result.kept = np.asarray(kept, np.int64)
     result.examples = report.skipped_examples
     result.preprocess_delta = [
@@ -211,7 +306,7 @@ def _run_shard(job: _Job, shard: int) -> ShardResult:
 
 
 def _save_result(job: _Job, shard: int, result: ShardResult) -> None:
-    path = _shard_dir(job.folder, shard) / "result.pickle"
+    path = _result_path(job.folder, shard)
     path.parent.mkdir(exist_ok=True)
     try:
         blob = pickle.dumps(result)
@@ -228,17 +323,19 @@ def _worker(job: _Job) -> None:
     """Take shards until none is left (or one failed), saving each shard's result."""
     _die_with_parent(job.parent)
     while True:
-        with job.next_shard.get_lock():
-            shard = job.next_shard.value
-            job.next_shard.value += 1
-        if shard >= len(job.bounds) or job.failed.value < shard:
+        shard = _next_shard(job)
+        if shard is None:
             return
         try:
             result = _run_shard(job, shard)
         except Exception as exc:  # handed to the parent, raised there
             result = ShardResult(kept=np.zeros(0, np.int64), error=exc)
+        if job.shared and not job.folder.exists():
+            return  # the shared build ended elsewhere (failed): nothing to hand in
         _save_result(job, shard, result)
         if result.error is not None:
+            if job.shared:
+                (job.folder / FAILED).touch()
             with job.failed.get_lock():
                 job.failed.value = min(job.failed.value, shard)
             return
@@ -255,24 +352,40 @@ def _shards(n: int, workers: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def _run_workers(job: _Job, workers: int, progress: Callable[[int, int], None]) -> None:
+def _run_workers(
+    job: _Job,
+    workers: int,
+    progress: Callable[[int, int], None],
+    *,
+    await_all: bool = True,
+    watch: Callable[[], None] | None = None,
+) -> None:
     """Start the workers and wait for them, telling ``progress`` about every sample in order
-    (as the serial build does); a worker that died raises :class:`DataError`."""
+    (as the serial build does); a worker that died raises :class:`DataError`. In a shared
+    build with ``await_all``, wait on until other machines have finished their shards too.
+    ``watch`` is called about once a second: what it raises stops the workers."""
     ctx = _context()
     job.next_shard = ctx.Value("q", 0)
     job.failed = ctx.Value("q", _NOT_FAILED)
     job.done = ctx.Array("q", len(job.bounds), lock=False)
     procs = [ctx.Process(target=_worker, args=(job,), daemon=True) for _ in range(workers)]
+    elsewhere = _Elsewhere(job) if job.shared and await_all else None
     n = job.bounds[-1][1]
-    told = 0
+    told, watched = 0, time.monotonic()
     try:
         for proc in procs:
             proc.start()
         while True:
+            if watch is not None and time.monotonic() - watched > 1.0:
+                watch()
+                watched = time.monotonic()
             alive = any(p.is_alive() for p in procs)
+            waiting = elsewhere is not None and not elsewhere.finished()
             told = _tell(job, progress, told, n)
-            if not alive:
+            if not alive and not waiting:
                 break
+            if not alive and any(p.exitcode for p in procs):
+                break  # a dead worker of ours: no use waiting for the others
             time.sleep(0.05)
     finally:
         for proc in procs:
@@ -285,6 +398,64 @@ def _run_workers(job: _Job, workers: int, progress: Callable[[int, int], None]) 
             f"data set '{job.source.name}': a cache-build worker process died (exit code "
             f"{dead[0]}: killed, or out of memory?); its partial cache was removed, run again "
             "or set data.cache_workers=1"
+        )
+
+
+class _Elsewhere:
+    """A shared build's shards as seen from one machine: which have a result (from any
+    machine), checked four times a second. A build that goes ``job.stall_s`` without a new
+    result or a heartbeat (a claim file touched by the worker building it) fails, naming
+    the shards it waits for and who claimed them."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.pending = set(range(len(job.bounds)))
+        self.checked = self.progressed = self.beats_checked = time.monotonic()
+        self.beats: dict[int, int] = {}
+
+    def finished(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < 0.25:
+            return not self.pending
+        self.checked = now
+        for shard in sorted(self.pending):
+            if _result_path(self.job.folder, shard).is_file():
+                self.pending.discard(shard)
+                lo, hi = self.job.bounds[shard]
+                self.job.done[shard] = hi - lo
+                self.progressed = now
+        if (self.job.folder / FAILED).exists():
+            return True  # the results say which shard failed
+        if self.pending and now - self.beats_checked > HEARTBEAT_S / 2:
+            self.beats_checked = now
+            if self._heard_beats():
+                self.progressed = now
+        if self.pending and now - self.progressed > self.job.stall_s:
+            self._fail()
+        return not self.pending
+
+    def _heard_beats(self) -> bool:
+        """Whether a pending shard's claim was touched (or made) since the last look."""
+        heard = False
+        for shard in self.pending:
+            try:
+                mtime = _claim_path(self.job.folder, shard).stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            heard |= self.beats.get(shard) != mtime
+            self.beats[shard] = mtime
+        return heard
+
+    def _fail(self) -> None:
+        owners = claimed_by(self.job.folder)
+        late = [
+            f"{s} ({' on '.join(owners[s]) if s in owners else 'unclaimed'})"
+            for s in sorted(self.pending)[:3]
+        ]
+        raise DataError(
+            f"data set '{self.job.source.name}': the shared cache build in "
+            f"'{self.job.folder}' has waited {self.job.stall_s:.0f} s for shards "
+            f"{', '.join(late)}: did a machine die? Run again (the build restarts)"
         )
 
 
@@ -310,17 +481,23 @@ class MergedArrays:
 
 
 def _results(job: _Job) -> list[ShardResult]:
-    """Every shard's result in order; the first error (in sample order) is raised."""
-    out = []
+    """Every shard's result in order; the first error (in sample order) is raised. In a
+    shared build, where shards after a failed one may never have been built, the first
+    error among the results there is raised."""
+    found: dict[int, ShardResult] = {}
     for shard in range(len(job.bounds)):
-        path = _shard_dir(job.folder, shard) / "result.pickle"
-        if not path.is_file():
-            raise DataError(f"data set '{job.source.name}': a cache-build worker left no result")
-        result: ShardResult = pickle.loads(path.read_bytes())
-        if result.error is not None:
-            raise result.error
-        out.append(result)
-    return out
+        path = _result_path(job.folder, shard)
+        if path.is_file():
+            found[shard] = pickle.loads(path.read_bytes())
+        elif not job.shared:
+            break
+    for shard in sorted(found):
+        error = found[shard].error
+        if error is not None:
+            raise error
+    if len(found) < len(job.bounds):
+        raise DataError(f"data set '{job.source.name}': a cache-build worker left no result")
+    return [found[shard] for shard in range(len(job.bounds))]
 
 
 def _first_labels(
@@ -354,11 +531,36 @@ def _compact(images: RowFile, kept: np.ndarray, block: int = 256) -> None:
         images.write(at, np.zeros((min(block, n - at), *images.shape[1:]), images.dtype))
 
 
+def _copy_rows(path: Path, into: RowFile, at: int, count: int) -> None:
+    """Rows 0..count-1 of the .npy file at ``path``, written at row ``at`` of ``into``: one
+    byte range, copied by the kernel (by the server, on NFS 4.2) where it can."""
+    source = RowFile(path, create=False)
+    into.close()  # nothing of ours is left in a mapped window
+    size = count * into.row_bytes
+    with path.open("rb") as src, into.path.open("r+b") as dst:
+        read_at, write_at = source.offset, into.offset + at * into.row_bytes
+        done = 0
+        while done < size:
+            try:
+                step = os.copy_file_range(
+                    src.fileno(), dst.fileno(), size - done, read_at + done, write_at + done
+                )
+            except (AttributeError, OSError):  # not on this system or file system
+                chunk = os.pread(src.fileno(), min(size - done, 1 << 23), read_at + done)
+                step = os.pwrite(dst.fileno(), chunk, write_at + done)
+            if step <= 0:
+                raise DataError(f"'{path}' ends before its {count} rows")
+            done += step
+
+
 def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndarray]:
     n = job.bounds[-1][1]
     kept = np.concatenate([r.kept for r in results]) if results else np.zeros(0, np.int64)
-    images = RowFile(job.folder / "images.npy", create=False)
-    _compact(images, kept)
+    if job.shared:  # each shard's images are in its own folder, kept rows first
+        images = RowFile(job.folder / "images.npy", np.dtype(np.uint8), (n, job.size, job.size, 3))
+    else:
+        images = RowFile(job.folder / "images.npy", create=False)
+        _compact(images, kept)
     labels: dict[str, RowFile] = {}
     present: dict[str, RowFile] = {}
     for key, first in _first_labels(results).items():
@@ -369,8 +571,10 @@ def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndar
     for shard, result in enumerate(results):
         lo = job.bounds[shard][0]
         rows = result.kept - lo
+        local = _shard_dir(job.folder, shard)
+        if job.shared and rows.size:
+            _copy_rows(local / "images.npy", images, at, rows.size)
         for key in result.labels:
-            local = _shard_dir(job.folder, shard)
             values = np.load(local / f"label-{key}.npy", mmap_mode="r")
             flags = np.load(local / f"present-{key}.npy")
             labels[key].write(at, values[rows].astype(labels[key].dtype, casting="unsafe"))
@@ -386,6 +590,19 @@ def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndar
     return merged, kept
 
 
+@dataclass(frozen=True)
+class SharedBuild:
+    """One cache build split between machines that see one file system (``data.cache_fs:
+    shared`` under torchrun): the same ``job`` on every machine, new for every launch; the
+    ``coordinator`` (global rank 0's machine) lays the build out, merges and swaps it in."""
+
+    job: str
+    coordinator: bool
+    machines: int = 1
+    timeout_s: float = 1800.0  # waiting for another machine (to start, or a stalled shard)
+    member: str = ""  # this machine's name in the claims (its rank; by default its host name)
+
+
 def build_parallel(
     source: SampleSource,
     steps: Sequence[Preprocessor],
@@ -393,13 +610,16 @@ def build_parallel(
     folder: Path | None,
     progress: Callable[[int, int], None],
     workers: int,
+    shared: SharedBuild | None = None,
 ) -> tuple[MergedArrays, np.ndarray, list[ShardResult]]:
     """Build every sample of ``source`` with ``workers`` processes into ``folder`` (a
-    temporary folder, read into memory, when None): the final arrays, kept rows, results."""
+    temporary folder, read into memory, when None): the final arrays, kept rows, results.
+    With ``shared``, other machines' processes build a share of the shards (see
+    :func:`join_parallel`)."""
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="mtkd-cache-") as tmp:
             merged, kept, results = build_parallel(
-                source, steps, settings, Path(tmp), progress, workers
+                source, steps, settings, Path(tmp), progress, workers, shared
             )
             merged.images = np.array(merged.images)
             merged.labels = {k: np.array(v) for k, v in merged.labels.items()}
@@ -407,9 +627,59 @@ def build_parallel(
             return merged, kept, results
     size, on_error, resize = settings
     n = len(source)
-    RowFile(folder / "images.npy", np.dtype(np.uint8), (n, size, size, 3)).close()
-    job = _Job(source, steps, size, on_error, resize, folder, _shards(n, workers), os.getpid())
+    if shared is None:
+        RowFile(folder / "images.npy", np.dtype(np.uint8), (n, size, size, 3)).close()
+        bounds = _shards(n, workers)
+    else:
+        bounds = _shards(n, workers * max(1, shared.machines))
+        (folder / CLAIMS).mkdir()
+        layout = folder / f"{JOB_FILE}.tmp"
+        layout.write_text(json.dumps({"job": shared.job, "n": n, "bounds": bounds}))
+        os.replace(layout, folder / JOB_FILE)
+    job = _Job(source, steps, size, on_error, resize, folder, bounds, os.getpid())
+    if shared is not None:
+        job.shared, job.stall_s, job.member = True, shared.timeout_s, shared.member
     _run_workers(job, workers, progress)
     results = _results(job)
     merged, kept = _merge(job, results)
     return merged, kept, results
+
+
+def join_parallel(
+    source: SampleSource,
+    steps: Sequence[Preprocessor],
+    settings: tuple[int, str, str],
+    folder: Path,
+    progress: Callable[[int, int], None],
+    workers: int,
+    shared: SharedBuild,
+    watch: Callable[[], None] | None = None,
+) -> int:
+    """Build shards of another machine's shared build in ``folder`` (laid out in its
+    ``job.json``) until none is left unclaimed; that machine merges them. Returns the
+    number of shards. ``watch`` raises when that machine is gone (see :func:`_run_workers`)."""
+    layout = json.loads((folder / JOB_FILE).read_text())
+    n = len(source)
+    if layout["n"] != n:
+        raise DataError(
+            f"data set '{source.name}': this machine reads {n} samples, but the machine that "
+            f"started the shared cache build in '{folder}' reads {layout['n']}: every machine "
+            "needs the same data (or set data.cache_fs=local)"
+        )
+    size, on_error, resize = settings
+    bounds = [(int(lo), int(hi)) for lo, hi in layout["bounds"]]
+    job = _Job(source, steps, size, on_error, resize, folder, bounds, os.getpid())
+    job.shared, job.stall_s, job.member = True, shared.timeout_s, shared.member
+    _run_workers(job, workers, progress, await_all=False, watch=watch)
+    return len(bounds)
+
+
+def first_error(folder: Path, shards: int) -> BaseException | None:
+    """The error of the first failed shard of a shared build in ``folder``, if any."""
+    for shard in range(shards):
+        path = _result_path(folder, shard)
+        if path.is_file():
+            result: ShardResult = pickle.loads(path.read_bytes())
+            if result.error is not None:
+                return result.error
+    return None

@@ -28,6 +28,8 @@ LOCK = ".lock"
 # a partial folder without a lock file (written before locks existed) counts as abandoned
 # once it is this old: no build takes a day
 ABANDONED_AFTER_S = 24 * 3600.0
+ENDED = ".ended"  # a note a failed shared build leaves for the other machines (one line)
+ENDED_KEPT_S = 2 * 3600.0  # long after every machine has read it
 
 
 class CacheDamaged(DataError):
@@ -81,14 +83,45 @@ def remove_abandoned_partials(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     now = time.time()
+    for note in root.glob(f".*{ENDED}"):
+        with suppress(OSError):
+            if now - note.stat().st_mtime > ENDED_KEPT_S:
+                note.unlink()
     return [p for p in sorted(root.glob(f".*{PARTIAL}")) if _remove_if_abandoned(p, now)]
 
 
+def partial_path(root: Path, name: str, tag: str) -> Path:
+    """Where ``name`` is built: a hidden folder beside it, told apart by ``tag``."""
+    return root / f".{name}.{tag}{PARTIAL}"
+
+
+def ended_note(partial: Path) -> Path:
+    """Where a failed shared build in ``partial`` says why, for the other machines."""
+    return partial.with_name(partial.name.removesuffix(PARTIAL) + ENDED)
+
+
+def holds_lock(partial: Path) -> bool:
+    """Whether a live process (on any machine, where the file system shares locks) still
+    writes ``partial``: its lock file is locked. A free one is left for the next build's
+    clean-up, which removes the folder with it (see :func:`remove_abandoned_partials`)."""
+    lock_file = _lock_file(partial)
+    if not lock_file.exists():
+        return False
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except (Timeout, OSError):
+        return True
+    lock.release()
+    return False
+
+
 @contextmanager
-def partial_folder(root: Path, name: str) -> Iterator[Path]:
-    """An empty hidden folder to build ``name`` in, locked for as long as this process writes
-    it; whatever is left of it afterwards (nothing, once swapped in) is removed."""
-    partial = root / f".{name}.{os.getpid()}{PARTIAL}"
+def partial_folder(root: Path, name: str, tag: str | None = None) -> Iterator[Path]:
+    """An empty hidden folder to build ``name`` in (named by ``tag``, by default this
+    process's id), locked for as long as this process writes it; whatever is left of it
+    afterwards (nothing, once swapped in) is removed."""
+    partial = partial_path(root, name, tag or str(os.getpid()))
     lock = FileLock(_lock_file(partial))
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from ..data.build import (
     make_eval_loader,
     make_train_loader,
     rank_share,
+    shared_cache_build,
 )
 from ..data.targets import OnlineTargets
 from ..engine.fit import fit
@@ -272,8 +273,9 @@ def _run_in_folder(
     main = distributed.is_main()
     _check_folder(cfg, resume_dir, force, main, console, plugins)
     seed_everything(cfg.trainer.seed)
+    shared = shared_cache_build(cfg)  # every rank, before the machines part ways
     with distributed.node_main_first():  # one build per machine; the other ranks read it
-        data = build_data(cfg, plugins, console)
+        data = build_data(cfg, plugins, console, shared)
     model = build_model(cfg, data.label_spaces, plugins)
     # a resumed run loads its own checkpoint; a new one starts from init_from, if named (before
     # the run folder exists, so a source that fits nothing leaves no empty run behind)

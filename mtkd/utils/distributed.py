@@ -138,13 +138,18 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0")) if is_active() else 0
 
 
+def local_world_size() -> int:
+    """Ranks on this process's machine (torchrun's ``LOCAL_WORLD_SIZE``), 1 alone."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if is_active() else 1
+
+
 @contextmanager
 def node_main_first() -> Iterator[None]:
     """Each machine's local rank 0 runs the block first, all machines at once, then every
     other rank. For the sample cache: one process per machine builds it, with that machine's
     cores (``data.cache_workers``), so machines without a shared file system each get their
-    own; on a shared one the builds race safely (the first to finish is kept, the cache is
-    the same bytes) and the other ranks read it."""
+    own; on a shared one they split the build (``data.cache_fs: shared``) or race safely (the
+    first to finish is kept, the cache is the same bytes), and the other ranks read it."""
     if local_rank() == 0:
         yield
         barrier()
