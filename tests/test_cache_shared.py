@@ -43,6 +43,9 @@ spec = json.loads(sys.argv[1])
 if "heartbeat" in spec:
     import mtkd.data.cache_parallel
     mtkd.data.cache_parallel.HEARTBEAT_S = spec["heartbeat"]
+if spec.get("local_locks"):  # file locks this machine cannot see others hold
+    import mtkd.data.cache_shared
+    mtkd.data.cache_shared.holds_lock = lambda partial: False
 
 class Logged(Mixed):
     reads = 0
@@ -203,6 +206,25 @@ def test_a_slow_machine_that_keeps_touching_its_claims_is_waited_for(tmp_path: P
     assert "n" in first and "n" in second, (first, second)
     assert _reads(tmp_path).get("b")
     _assert_same_cache(_serial(tmp_path), tmp_path / "shared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("coordinator_dies", [False, True])
+def test_where_locks_are_local_to_each_machine_the_heartbeat_tells_if_rank_0_lives(
+    tmp_path: Path, coordinator_dies: bool
+) -> None:
+    joiner = _start(tmp_path, "b", coordinator=False, heartbeat=0.3, local_locks=True)
+    spec = {"kill_after": 10} if coordinator_dies else {}
+    coordinator = _start(tmp_path, "a", coordinator=True, heartbeat=0.3, **spec)
+    if coordinator_dies:
+        coordinator.communicate(timeout=120)
+        started = time.monotonic()
+        assert "ended the shared build" in _outcome(joiner).get("error", "")
+        assert time.monotonic() - started < 10
+    else:  # a live rank 0 is waited for, and its folder is left alone
+        first, second = _outcome(coordinator), _outcome(joiner)
+        assert "n" in first and "n" in second, (first, second)
+        _assert_same_cache(_serial(tmp_path), tmp_path / "shared")
 
 
 def test_a_machine_with_other_data_says_so(tmp_path: Path) -> None:

@@ -421,7 +421,8 @@ def materialize(
         return cached, report
     tell = notify or (lambda _line: None)
     root = cache_dir or default_cache_dir()
-    for partial in remove_abandoned_partials(root):
+    keep = shared_tag(shared) if shared is not None else None
+    for partial in remove_abandoned_partials(root, keep):
         tell(f"removed '{partial}', left by a cache build that was killed")
     key = cache_key(source, preprocessors, size, on_error, resize)
     folder = root / f"{source.name}-{size}px-{key}"

@@ -29,9 +29,11 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -637,12 +639,38 @@ def build_parallel(
         layout.write_text(json.dumps({"job": shared.job, "n": n, "bounds": bounds}))
         os.replace(layout, folder / JOB_FILE)
     job = _Job(source, steps, size, on_error, resize, folder, bounds, os.getpid())
-    if shared is not None:
-        job.shared, job.stall_s, job.member = True, shared.timeout_s, shared.member
-    _run_workers(job, workers, progress)
-    results = _results(job)
-    merged, kept = _merge(job, results)
+    if shared is None:
+        _run_workers(job, workers, progress)
+        results = _results(job)
+        merged, kept = _merge(job, results)
+        return merged, kept, results
+    job.shared, job.stall_s, job.member = True, shared.timeout_s, shared.member
+    with heartbeat(folder / JOB_FILE):  # the others see this machine is alive, merge included
+        _run_workers(job, workers, progress)
+        results = _results(job)
+        merged, kept = _merge(job, results)
     return merged, kept, results
+
+
+@contextmanager
+def heartbeat(path: Path) -> Iterator[None]:
+    """Touch ``path`` every ``HEARTBEAT_S`` from a thread while the block runs: a sign of
+    life other machines can see where file locks are local to each machine (NFS mounted
+    with ``local_lock``, some cloud file stores)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with suppress(OSError):
+                os.utime(path)
+
+    thread = threading.Thread(target=beat, name="mtkd-cache-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def join_parallel(

@@ -8,7 +8,8 @@ the finished cache), claims and builds shards with its own worker processes unti
 unclaimed, then waits for the coordinator to merge them and swap the cache in. A failed shard
 stops every machine with that shard's error; a coordinator that fails leaves its error in a
 one-line note beside the cache (``.<cache>.shared-<job>.ended``) for the others to repeat, and
-one that dies (its lock comes free) ends the others' wait with an error that says so.
+one that dies (its lock comes free, and its heartbeat stops) ends the others' wait with an
+error that says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..preprocess import Preprocessor
 from ..samples import SampleSource
+from . import cache_parallel
 from .cache_parallel import FAILED, JOB_FILE, SharedBuild, first_error, join_parallel
 from .cache_store import ended_note, holds_lock, partial_path
 
@@ -80,17 +82,40 @@ def _wait_for_layout(folder: Path, partial: Path, shared: SharedBuild) -> bool:
     return True
 
 
-def _check_coordinator(folder: Path, partial: Path) -> None:
-    """Raise when the coordinator no longer writes ``partial`` and left no cache."""
-    _check_ended(folder, partial)
-    if not holds_lock(partial) and not _done(folder):
-        raise DataError(
-            f"sample cache '{folder}': the machine of rank 0 ended the shared build in "
-            f"'{partial}' without a cache; its log says why"
-        )
+class _Coordinator:
+    """Whether the coordinator still builds ``partial``. Where file locks are shared between
+    machines (it holds its lock when this machine joins), a free lock means it is gone; where
+    they are not (NFS mounted with ``local_lock``, some cloud file stores), its heartbeat is
+    the sign: the layout file touched lately (see :func:`.cache_parallel.heartbeat`), as this
+    machine's own clock measures."""
+
+    def __init__(self, folder: Path, partial: Path) -> None:
+        self.folder, self.partial = folder, partial
+        self.locks_shared = holds_lock(partial)
+        self.seen: int | None = None
+        self.changed = time.monotonic()
+
+    def _beating(self) -> bool:
+        try:
+            mtime: int | None = (self.partial / JOB_FILE).stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime != self.seen:
+            self.seen, self.changed = mtime, time.monotonic()
+        return time.monotonic() - self.changed < 2.5 * cache_parallel.HEARTBEAT_S
+
+    def check(self) -> None:
+        """Raise when the coordinator has stopped without a cache."""
+        _check_ended(self.folder, self.partial)
+        alive = holds_lock(self.partial) if self.locks_shared else self._beating()
+        if not alive and not _done(self.folder):
+            raise DataError(
+                f"sample cache '{self.folder}': the machine of rank 0 ended the shared build "
+                f"in '{self.partial}' without a cache; its log says why"
+            )
 
 
-def _wait_for_cache(folder: Path, partial: Path, shards: int) -> None:
+def _wait_for_cache(folder: Path, partial: Path, shards: int, coordinator: _Coordinator) -> None:
     """Wait until the coordinator has swapped the cache in; a shard's error, or the
     coordinator's end without a cache, is raised here too."""
     checked = time.monotonic()
@@ -101,7 +126,7 @@ def _wait_for_cache(folder: Path, partial: Path, shards: int) -> None:
                 raise error
         if time.monotonic() - checked > 1.0:
             checked = time.monotonic()
-            _check_coordinator(folder, partial)
+            coordinator.check()
         time.sleep(POLL_S)
 
 
@@ -118,6 +143,7 @@ def join_shared(
     partial = partial_path(folder.parent, folder.name, shared_tag(shared))
     if not _wait_for_layout(folder, partial, shared):
         return
+    coordinator = _Coordinator(folder, partial)
     try:
         shards = join_parallel(
             source,
@@ -127,7 +153,7 @@ def join_shared(
             progress,
             workers,
             shared,
-            watch=lambda: _check_coordinator(folder, partial),
+            watch=coordinator.check,
         )
     except FileNotFoundError:  # its layout is gone: merged already, or its builder died
         shards = 0
@@ -135,4 +161,4 @@ def join_shared(
         if partial.exists():
             raise  # this machine's own failure (a worker died)
         shards = 0  # the folder went away under our workers: the wait below says why
-    _wait_for_cache(folder, partial, shards)
+    _wait_for_cache(folder, partial, shards, coordinator)

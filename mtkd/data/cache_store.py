@@ -78,8 +78,10 @@ def _remove_if_abandoned(partial: Path, now: float) -> bool:
     return True
 
 
-def remove_abandoned_partials(root: Path) -> list[Path]:
-    """Partial folders of killed builds under ``root``, removed; the ones removed."""
+def remove_abandoned_partials(root: Path, keep: str | None = None) -> list[Path]:
+    """Partial folders of killed builds under ``root``, removed; the ones removed. A folder
+    tagged ``keep`` (the shared build this machine is about to join) is never one: where
+    locks are local to each machine, its builder's lock would look free from here."""
     if not root.is_dir():
         return []
     now = time.time()
@@ -87,7 +89,10 @@ def remove_abandoned_partials(root: Path) -> list[Path]:
         with suppress(OSError):
             if now - note.stat().st_mtime > ENDED_KEPT_S:
                 note.unlink()
-    return [p for p in sorted(root.glob(f".*{PARTIAL}")) if _remove_if_abandoned(p, now)]
+    partials = sorted(root.glob(f".*{PARTIAL}"))
+    if keep is not None:
+        partials = [p for p in partials if not p.name.endswith(f".{keep}{PARTIAL}")]
+    return [p for p in partials if _remove_if_abandoned(p, now)]
 
 
 def partial_path(root: Path, name: str, tag: str) -> Path:
