@@ -29,11 +29,10 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,7 +364,8 @@ def _run_workers(
     """Start the workers and wait for them, telling ``progress`` about every sample in order
     (as the serial build does); a worker that died raises :class:`DataError`. In a shared
     build with ``await_all``, wait on until other machines have finished their shards too.
-    ``watch`` is called about once a second: what it raises stops the workers."""
+    ``watch`` is called 20 times a second (it keeps its own pace): what it raises stops the
+    workers."""
     ctx = _context()
     job.next_shard = ctx.Value("q", 0)
     job.failed = ctx.Value("q", _NOT_FAILED)
@@ -373,14 +373,13 @@ def _run_workers(
     procs = [ctx.Process(target=_worker, args=(job,), daemon=True) for _ in range(workers)]
     elsewhere = _Elsewhere(job) if job.shared and await_all else None
     n = job.bounds[-1][1]
-    told, watched = 0, time.monotonic()
+    told = 0
     try:
         for proc in procs:
             proc.start()
         while True:
-            if watch is not None and time.monotonic() - watched > 1.0:
+            if watch is not None:
                 watch()
-                watched = time.monotonic()
             alive = any(p.is_alive() for p in procs)
             waiting = elsewhere is not None and not elsewhere.finished()
             told = _tell(job, progress, told, n)
@@ -555,7 +554,9 @@ def _copy_rows(path: Path, into: RowFile, at: int, count: int) -> None:
             done += step
 
 
-def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndarray]:
+def _merge(
+    job: _Job, results: list[ShardResult], beat: Callable[[], None] = lambda: None
+) -> tuple[MergedArrays, np.ndarray]:
     n = job.bounds[-1][1]
     kept = np.concatenate([r.kept for r in results]) if results else np.zeros(0, np.int64)
     if job.shared:  # each shard's images are in its own folder, kept rows first
@@ -574,6 +575,7 @@ def _merge(job: _Job, results: list[ShardResult]) -> tuple[MergedArrays, np.ndar
         lo = job.bounds[shard][0]
         rows = result.kept - lo
         local = _shard_dir(job.folder, shard)
+        beat()
         if job.shared and rows.size:
             _copy_rows(local / "images.npy", images, at, rows.size)
         for key in result.labels:
@@ -645,32 +647,27 @@ def build_parallel(
         merged, kept = _merge(job, results)
         return merged, kept, results
     job.shared, job.stall_s, job.member = True, shared.timeout_s, shared.member
-    with heartbeat(folder / JOB_FILE):  # the others see this machine is alive, merge included
-        _run_workers(job, workers, progress)
-        results = _results(job)
-        merged, kept = _merge(job, results)
+    beat = Heartbeat(folder / JOB_FILE)  # the others see this machine is alive, merge included
+    _run_workers(job, workers, progress, watch=beat)
+    results = _results(job)
+    merged, kept = _merge(job, results, beat)
     return merged, kept, results
 
 
-@contextmanager
-def heartbeat(path: Path) -> Iterator[None]:
-    """Touch ``path`` every ``HEARTBEAT_S`` from a thread while the block runs: a sign of
-    life other machines can see where file locks are local to each machine (NFS mounted
-    with ``local_lock``, some cloud file stores)."""
-    stop = threading.Event()
+class Heartbeat:
+    """Touches ``path`` when called, at most every ``HEARTBEAT_S``: a sign of life other
+    machines can see where file locks are local to each machine (NFS mounted with
+    ``local_lock``, some cloud file stores). Called from the loops that wait and merge (no
+    thread: the cache workers are forked)."""
 
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+    def __init__(self, path: Path) -> None:
+        self.path, self.last = path, time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= HEARTBEAT_S:
             with suppress(OSError):
-                os.utime(path)
-
-    thread = threading.Thread(target=beat, name="mtkd-cache-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+                os.utime(self.path)
+            self.last = time.monotonic()
 
 
 def join_parallel(

@@ -86,14 +86,14 @@ class _Coordinator:
     """Whether the coordinator still builds ``partial``. Where file locks are shared between
     machines (it holds its lock when this machine joins), a free lock means it is gone; where
     they are not (NFS mounted with ``local_lock``, some cloud file stores), its heartbeat is
-    the sign: the layout file touched lately (see :func:`.cache_parallel.heartbeat`), as this
+    the sign: the layout file touched lately (see :class:`.cache_parallel.Heartbeat`), as this
     machine's own clock measures."""
 
     def __init__(self, folder: Path, partial: Path) -> None:
         self.folder, self.partial = folder, partial
         self.locks_shared = holds_lock(partial)
         self.seen: int | None = None
-        self.changed = time.monotonic()
+        self.changed = self.checked = time.monotonic()
 
     def _beating(self) -> bool:
         try:
@@ -105,7 +105,10 @@ class _Coordinator:
         return time.monotonic() - self.changed < 2.5 * cache_parallel.HEARTBEAT_S
 
     def check(self) -> None:
-        """Raise when the coordinator has stopped without a cache."""
+        """Raise when the coordinator has stopped without a cache (looks once a second)."""
+        if time.monotonic() - self.checked < 1.0:
+            return
+        self.checked = time.monotonic()
         _check_ended(self.folder, self.partial)
         alive = holds_lock(self.partial) if self.locks_shared else self._beating()
         if not alive and not _done(self.folder):
@@ -118,15 +121,12 @@ class _Coordinator:
 def _wait_for_cache(folder: Path, partial: Path, shards: int, coordinator: _Coordinator) -> None:
     """Wait until the coordinator has swapped the cache in; a shard's error, or the
     coordinator's end without a cache, is raised here too."""
-    checked = time.monotonic()
     while not _done(folder):
         if (partial / FAILED).exists():
             error = first_error(partial, shards)
             if error is not None:
                 raise error
-        if time.monotonic() - checked > 1.0:
-            checked = time.monotonic()
-            coordinator.check()
+        coordinator.check()
         time.sleep(POLL_S)
 
 
