@@ -385,6 +385,11 @@ def check_data(data: Any) -> None:
         raise RecipeError(
             f"data.cache_fs: '{cache_fs}' is not one of {', '.join(CACHE_FILE_SYSTEMS)}"
         )
+    if cache_fs == "shared" and getattr(data, "cache", "disk") == "memory":
+        raise RecipeError(
+            "data.cache_fs: 'shared' splits the build of a cache on disk between machines, "
+            "but data.cache is 'memory' (each process builds its own): set data.cache=disk"
+        )
     split = getattr(data, "split", None)
     for key in ("train_where", "val_where"):
         check_where(getattr(split, key, None), f"data.split.{key}")

@@ -303,6 +303,10 @@ def test_shared_cache_build_gives_every_rank_rank_0s_job_and_counts_machines(
     assert shared_cache_build(_cfg(cache_fs="local")) is None
 
 
-def test_an_unknown_cache_fs_names_the_key() -> None:
+def test_an_unknown_or_pointless_cache_fs_names_the_keys() -> None:
     with pytest.raises(mtkd.RecipeError, match=r"data\.cache_fs: 'nfs' is not one of local"):
         mtkd.load_recipe(RECIPES / "seg_distilled_id.yaml", ["data.cache_fs=nfs"])
+    with pytest.raises(mtkd.RecipeError, match=r"data\.cache_fs: 'shared'.*set data\.cache=disk"):
+        mtkd.load_recipe(
+            RECIPES / "seg_distilled_id.yaml", ["data.cache_fs=shared", "data.cache=memory"]
+        )
