@@ -298,7 +298,9 @@ def test_shared_cache_build_gives_every_rank_rank_0s_job_and_counts_machines(
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     monkeypatch.setattr(distributed, "broadcast_object", lambda value: "rank-0-job")
     shared = shared_cache_build(_cfg())
-    assert shared == SharedBuild("rank-0-job", coordinator=False, machines=2, member="rank 8")
+    assert shared == SharedBuild("rank-0-job", False, machines=2, timeout_s=1800, member="rank 8")
+    monkeypatch.setenv("MTKD_DIST_TIMEOUT_S", "600")  # rank 0 waits as long as a collective
+    assert shared_cache_build(_cfg()) == SharedBuild("rank-0-job", False, 2, 600, "rank 8")
     assert shared_cache_build(_cfg(cache="memory")) is None
     assert shared_cache_build(_cfg(cache_fs="local")) is None
 

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,7 +234,7 @@ def test_each_machines_local_rank_0_builds_the_cache_before_the_other_ranks_read
     monkeypatch.setattr(distributed, "is_active", lambda: True)
     monkeypatch.setattr(distributed, "rank", lambda: rank)
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
-    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(distributed, "long_barrier", lambda: events.append("barrier"))
     with distributed.node_main_first():
         events.append("build or read")
     assert events == (
@@ -302,3 +303,64 @@ def test_two_machines_on_a_shared_file_system_split_the_cache_build(tmp_path: Pa
     )
     mtkd.build_data(cfg)
     _assert_same_cache(tmp_path / "local", tmp_path / "shared")
+
+
+# A preprocessor that makes the cache build outlast the collectives' timeout.
+SLOW_STEP = """
+import time
+
+import mtkd
+
+
+class Slow(mtkd.Preprocessor):
+    name = "slow"
+
+    def __call__(self, sample):
+        time.sleep(0.04)
+        return sample
+
+
+@mtkd.hookimpl
+def register_preprocessors(register):
+    register(Slow)
+"""
+
+
+@pytest.mark.slow
+def test_the_other_ranks_wait_for_a_cache_build_longer_than_the_collective_timeout(
+    tmp_path: Path,
+) -> None:
+    plugin = tmp_path / "slow_step.py"
+    plugin.write_text(SLOW_STEP)
+    args = [
+        "run",
+        str(RECIPES / "pose_distilled_id.yaml"),
+        str(RECIPES / "profiles" / "tiny.yaml"),
+        *OVERRIDES[:1],
+        *OVERRIDES[2:],
+        "data.cache=disk",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.cache_workers=1",
+        "data.preprocess=[{name: slow}]",
+        "trainer.max_epochs=1",
+        f"plugins=[{plugin}]",
+        f"output.dir={tmp_path / 'run'}",
+    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node=2", "-m", "mtkd"]
+    # 60 samples x 40 ms: local rank 0 builds for about 2.4 s while rank 1 waits; every
+    # collective gives up after 1 s
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MTKD_DIST_TIMEOUT_S": "1"}
+    started = time.monotonic()
+    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert time.monotonic() - started > 2.4
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_a_bad_collective_timeout_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTKD_DIST_TIMEOUT_S", "soon")
+    with pytest.raises(mtkd.RecipeError, match=r"MTKD_DIST_TIMEOUT_S: 'soon'"):
+        distributed.collective_timeout()
+    monkeypatch.setenv("MTKD_DIST_TIMEOUT_S", "90")
+    assert distributed.collective_timeout().total_seconds() == 90

@@ -268,7 +268,8 @@ def shared_cache_build(cfg: DictConfig) -> SharedBuild | None:
     job = distributed.broadcast_object(uuid.uuid4().hex[:16])
     machines = max(1, distributed.world_size() // distributed.local_world_size())
     rank = distributed.rank()
-    return SharedBuild(job, coordinator=rank == 0, machines=machines, member=f"rank {rank}")
+    timeout = distributed.collective_timeout().total_seconds()  # as long as a collective waits
+    return SharedBuild(job, rank == 0, machines, timeout, member=f"rank {rank}")
 
 
 def build_data(

@@ -57,19 +57,53 @@ def setup(device_name: str = "auto") -> torch.device | None:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30)
-        )
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=collective_timeout())
+    global _LONG_WAIT
+    # every rank calls setup, so every rank creates the group (new_group is collective)
+    _LONG_WAIT = dist.new_group(backend="gloo", timeout=LONG_WAIT)
     return device
 
 
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective waits for a rank that does not come: ``$MTKD_DIST_TIMEOUT_S``
+    seconds, by default 30 minutes (PyTorch's own default for gloo)."""
+    raw = os.environ.get("MTKD_DIST_TIMEOUT_S", "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise RecipeError(f"MTKD_DIST_TIMEOUT_S: '{raw}' is not a number of seconds > 0")
+    return datetime.timedelta(seconds=seconds)
+
+
+# A wait that may outlast a collective's timeout (the other ranks wait while each machine's
+# local rank 0 builds the sample cache, which for a big data set with a face crop can take
+# an hour): a gloo group of its own, whose barrier waits this long.
+LONG_WAIT = datetime.timedelta(hours=24)
+_LONG_WAIT: Any = None
+
+
 def teardown() -> None:
+    global _LONG_WAIT
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _LONG_WAIT = None
 
 
 def barrier() -> None:
     if is_active():
+        dist.barrier()
+
+
+def long_barrier() -> None:
+    """A barrier that waits up to :data:`LONG_WAIT` (a plain one where :func:`setup` did not
+    join the process group)."""
+    if not is_active():
+        return
+    if _LONG_WAIT is not None:
+        dist.barrier(group=_LONG_WAIT)
+    else:
         dist.barrier()
 
 
@@ -152,9 +186,9 @@ def node_main_first() -> Iterator[None]:
     first to finish is kept, the cache is the same bytes), and the other ranks read it."""
     if local_rank() == 0:
         yield
-        barrier()
+        long_barrier()
     else:
-        barrier()
+        long_barrier()  # however long the build takes (see LONG_WAIT)
         yield
 
 
