@@ -79,12 +79,20 @@ def _mtkd_run(out: Path, *extra: str, ranks: int = 1) -> subprocess.CompletedPro
         f"output.dir={out / 'run'}",
         *extra,
     ]
+    return _launch(args, ranks, MTKD_TEST_OUT=str(out))
+
+
+def _launch(args: list[str], ranks: int, **env: str) -> subprocess.CompletedProcess[str]:
+    """``mtkd <args>`` in one process, or in ``ranks`` under torchrun on this host; it must
+    succeed."""
     launcher = [sys.executable, "-m", "mtkd"]
     if ranks > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         launcher += [f"--nproc_per_node={ranks}", "-m", "mtkd"]
-    env = {**os.environ, "MTKD_TEST_OUT": str(out), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(
+        launcher + args, env=environment, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -206,11 +214,7 @@ def test_a_teacher_without_labels_on_a_rank_and_a_frozen_encoder_do_not_stall_dd
         f"output.dir={out / 'run'}",
         *weighting,
     ]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    launcher += ["--nproc_per_node=2", "-m", "mtkd"]
-    env = {**os.environ, "MTKD_TEST_OUT": str(out), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _launch(args, ranks=2, MTKD_TEST_OUT=str(out))
     rank0 = load_file(str(out / "trained-0.safetensors"))
     rank1 = load_file(str(out / "trained-1.safetensors"))
     assert _max_difference(rank0, rank1) == 0.0
@@ -346,14 +350,10 @@ def test_the_other_ranks_wait_for_a_cache_build_longer_than_the_collective_timeo
         f"plugins=[{plugin}]",
         f"output.dir={tmp_path / 'run'}",
     ]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    launcher += ["--nproc_per_node=2", "-m", "mtkd"]
     # 60 samples x 40 ms: local rank 0 builds for about 2.4 s while rank 1 waits; every
     # collective gives up after 1 s
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MTKD_DIST_TIMEOUT_S": "1"}
     started = time.monotonic()
-    done = subprocess.run(launcher + args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _launch(args, ranks=2, MTKD_DIST_TIMEOUT_S="1")
     assert time.monotonic() - started > 2.4
     assert (tmp_path / "run" / "results.json").is_file()
 
