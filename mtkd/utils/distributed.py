@@ -59,8 +59,10 @@ def setup(device_name: str = "auto") -> torch.device | None:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=collective_timeout())
     global _LONG_WAIT
-    # every rank calls setup, so every rank creates the group (new_group is collective)
-    _LONG_WAIT = dist.new_group(backend="gloo", timeout=LONG_WAIT)
+    # every rank calls setup, so every rank creates the group (new_group is collective); a
+    # torch without gloo keeps the plain barrier and its timeout
+    if dist.is_gloo_available():
+        _LONG_WAIT = dist.new_group(backend="gloo", timeout=LONG_WAIT)
     return device
 
 
