@@ -61,14 +61,14 @@ def setup(device_name: str = "auto") -> torch.device | None:
     global _LONG_WAIT
     # every rank calls setup, so every rank creates the group (new_group is collective); a
     # torch without gloo keeps the plain barrier and its timeout
-    if dist.is_gloo_available():
+    if _LONG_WAIT is None and dist.is_gloo_available():
         _LONG_WAIT = dist.new_group(backend="gloo", timeout=LONG_WAIT)
     return device
 
 
 def collective_timeout() -> datetime.timedelta:
     """How long a collective waits for a rank that does not come: ``$MTKD_DIST_TIMEOUT_S``
-    seconds, by default 30 minutes (PyTorch's own default for gloo)."""
+    seconds, by default 30 minutes."""
     raw = os.environ.get("MTKD_DIST_TIMEOUT_S", "1800")
     try:
         seconds = float(raw)
