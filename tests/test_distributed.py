@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import RECIPES
+from helpers import RECIPES, tiny_overrides
 from safetensors.torch import load_file
 from test_cache_parallel import _assert_same_cache
+from test_resume import INTERRUPTER, assert_same_run
 
 import mtkd
 from mtkd.utils import distributed
@@ -364,3 +365,49 @@ def test_a_bad_collective_timeout_names_the_variable(monkeypatch: pytest.MonkeyP
         distributed.collective_timeout()
     monkeypatch.setenv("MTKD_DIST_TIMEOUT_S", "90")
     assert distributed.collective_timeout().total_seconds() == 90
+
+
+def _torchrun(*args: str, stop_at: int = 0) -> subprocess.CompletedProcess[str]:
+    """``mtkd <args>`` in two ranks under torchrun; with ``stop_at``, every rank kills itself
+    (SIGKILL) at that step, as a lost machine would end the job."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc_per_node=2", "-m", "mtkd"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MTKD_TEST_STOP_AT": str(stop_at)}
+    env["MTKD_TEST_SIGNAL"] = "SIGKILL"
+    return subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupted_weights(
+    tmp_path: Path,
+) -> None:
+    plugin = tmp_path / "interrupter.py"
+    plugin.write_text(INTERRUPTER)
+    overrides = tiny_overrides(
+        tmp_path,
+        **{
+            "encoder.name": "mobilenetv2_035",
+            "data.batch_size": 4,  # the global batch: 2 a rank, 4 steps an epoch
+            "data.cache": "memory",
+            "trainer.max_epochs": 3,
+            "trainer.checkpoint_every": 1,
+            "trainer.scheduler": "cosine",
+            "data.augment.hflip": 0.5,  # each rank's random state must come back too
+            "evaluate.latency": "false",
+            "evaluate.verification": "false",
+            "output.plots": "false",
+        },
+    )
+
+    def args(name: str) -> list[str]:
+        recipe = str(RECIPES / "seg_distilled_id.yaml")
+        return ["run", recipe, *overrides, f"plugins=[{plugin}]", "--out", str(tmp_path / name)]
+
+    straight = _torchrun(*args("straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert _torchrun(*args("killed"), stop_at=6).returncode != 0  # epoch 2, step 2
+    assert not (tmp_path / "killed" / "results.json").exists()
+    resumed = _torchrun("resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at epoch 2, step 2" in resumed.stdout
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
