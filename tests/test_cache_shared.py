@@ -284,6 +284,14 @@ def test_a_late_machine_reads_the_finished_cache(tmp_path: Path) -> None:
     assert not list(root.glob(".*partial*"))
 
 
+def test_an_empty_data_set_gives_an_empty_cache_on_every_machine(tmp_path: Path) -> None:
+    source = Mixed(MixedOptions(count=0), 16, 0)
+    for coordinator in (True, False):
+        shared = SharedBuild("job", coordinator, machines=2, timeout_s=5)
+        cached, report = materialize(source, [], 16, mode="disk", cache_dir=tmp_path, shared=shared)
+        assert len(cached) == 0 and report.kept == 0
+
+
 def _cfg(**data: Any) -> Any:
     return OmegaConf.create({"data": {"cache": "disk", "cache_fs": "shared", **data}})
 

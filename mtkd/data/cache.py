@@ -176,7 +176,7 @@ def _build(
     workers: int = 1,
     shared: SharedBuild | None = None,
 ) -> tuple[CachedSamples, DataReport, list[int]]:
-    if workers > 1 or shared is not None:
+    if workers > 1 or (shared is not None and len(source) > 0):  # (an empty set has no shards)
         return _build_parallel(
             source, preprocessors, (size, on_error, resize), folder, progress, workers, shared
         )
@@ -374,8 +374,8 @@ def _build_in_partial(
         cached, report, _ = _build(
             source, preprocessors, size, on_error, partial, progress, resize, workers, shared
         )
-        if shared is not None:
-            built = close_shared(partial)
+        built = close_shared(partial) if shared is not None else None
+        if built:
             shares = ", ".join(f"{member} {count}" for member, count in sorted(built.items()))
             machines = f"{len(built)} machine{'s' if len(built) != 1 else ''}"
             tell(f"sample cache: {sum(built.values())} shards built by {machines} ({shares})")

@@ -203,8 +203,8 @@ def close_shared(folder: Path) -> Counter[str]:
     """Remove a merged shared build's claims and layout (so the folder holds what the
     one-process build writes); the shards each member built."""
     built = Counter(member for member, _ in claimed_by(folder).values())
-    (folder / JOB_FILE).unlink()
-    shutil.rmtree(folder / CLAIMS)
+    (folder / JOB_FILE).unlink(missing_ok=True)  # (an empty data set is built in-process)
+    shutil.rmtree(folder / CLAIMS, ignore_errors=True)
     return built
 
 
