@@ -30,6 +30,9 @@ class EpochTally:
     seen: int = 0  # samples trained on (for images/s)
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    # under torchrun, each rank's own sums (mid-epoch checkpoints): a resumed rank goes on
+    # from its own, so the epoch's sums are added in the uninterrupted run's order
+    rank_sums: list[dict[str, float]] = field(default_factory=list)
 
     def task_losses(self) -> dict[str, float]:
         """Mean loss per task over its labelled samples (tasks with none are left out)."""
@@ -63,7 +66,8 @@ class LoopState:
         tally = {k: v for k, v in dict(values.get("tally", {})).items() if k not in RETIRED}
         _check_known(tally, EpochTally, "tally.")
         # state.json is strict JSON: NaN and Inf were written as null
-        tally["sums"] = {k: math.nan if v is None else v for k, v in tally.get("sums", {}).items()}
+        tally["sums"] = _numbers(tally.get("sums", {}))
+        tally["rank_sums"] = [_numbers(sums) for sums in tally.get("rank_sums", [])]
         values["tally"] = EpochTally(**tally)
         if values.get("best_value", math.inf) is None:  # no finite best yet: +Inf
             values["best_value"] = math.inf
@@ -75,6 +79,11 @@ class LoopState:
 RETIRED = frozenset({"total"})
 # what a checkpoint's state.json must hold to be resumed: LoopState's fields, and only them
 RESUME_STATE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(LoopState))
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    """Loss sums read back from strict JSON, where NaN and Inf were written as null."""
+    return {k: math.nan if v is None else v for k, v in values.items()}
 
 
 def _check_known(raw: dict[str, Any], kind: type, prefix: str) -> None:

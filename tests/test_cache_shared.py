@@ -124,8 +124,10 @@ def _serial(tmp_path: Path, count: int = 160) -> Path:
 def test_two_machines_split_a_shared_build_and_write_the_one_process_cache(
     tmp_path: Path,
 ) -> None:
-    joiner = _start(tmp_path, "b", coordinator=False)  # first: it waits for the layout
-    coordinator = _start(tmp_path, "a", coordinator=True, workers=2)
+    # the joiner starts first (it waits for the layout), and the build lasts about 4 s of
+    # reading, so that a loaded machine's slow start still leaves it shards to claim
+    joiner = _start(tmp_path, "b", coordinator=False, delay=0.05)
+    coordinator = _start(tmp_path, "a", coordinator=True, workers=2, delay=0.05)
     first, second = _outcome(coordinator), _outcome(joiner)
     assert first["n"] == second["n"] == first["kept"] == second["kept"] > 0
     reads = _reads(tmp_path)
@@ -187,12 +189,12 @@ def test_a_coordinator_that_dies_ends_the_other_machines_build_and_a_relaunch_co
 def test_a_machine_that_dies_mid_shard_is_named_once_the_build_has_waited_its_timeout(
     tmp_path: Path,
 ) -> None:
-    joiner = _start(tmp_path, "b", coordinator=False, kill_after=3)
-    coordinator = _start(tmp_path, "a", coordinator=True, timeout=3)
+    joiner = _start(tmp_path, "b", coordinator=False, kill_after=3, heartbeat=0.3, count=60)
+    coordinator = _start(tmp_path, "a", coordinator=True, timeout=2, heartbeat=0.3, count=60)
     joiner.communicate(timeout=120)
     assert joiner.returncode == -signal.SIGKILL
     error = _outcome(coordinator).get("error", "")
-    assert re.search(r"waited 3 s for shards \d+ \(b on \S+ \d+\).*did a machine die", error)
+    assert re.search(r"waited 2 s for shards \d+ \(b on \S+ \d+\).*did a machine die", error)
     assert not list((tmp_path / "shared").glob("mixed-*"))
 
 

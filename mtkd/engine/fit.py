@@ -294,7 +294,7 @@ class Loop:
             self.progress.update(bar, completed=done)
         every, stopping = self.trainer.checkpoint_every, self.signals.received is not None
         if done < steps and ((every and done % every == 0) or stopping):
-            self.state.tally = tally.snapshot()
+            self.state.tally = tally.snapshot(per_rank=True)
             self.checkpoint.save(self.state)
         if self.hook:
             self.hook.on_step_end(context=self.ctx, step=self.state.global_step)

@@ -79,7 +79,20 @@ class LoopCheckpoint:
                 f"cannot resume from '{last}': its {STATE} holds {exc}; resume it with the "
                 "mtkd version that wrote it, or start the run afresh with --force"
             ) from exc
-        if not distributed.is_main():  # the saved tally is already summed over ranks
-            state.tally = EpochTally()
+        state.tally = _this_ranks_tally(state.tally)
         rng.restore(rng_state)
         return state
+
+
+def _this_ranks_tally(saved: EpochTally) -> EpochTally:
+    """Where this rank's running tally goes on from. The saved counts are summed over ranks:
+    rank 0 keeps them, the others start at zero. The loss sums are each rank's own where the
+    checkpoint has them for this many ranks (so they are added in the uninterrupted run's
+    order, bit for bit); else rank 0 keeps the summed ones."""
+    ranks, main = distributed.world_size(), distributed.is_main()
+    if len(saved.rank_sums) == ranks > 1:
+        own = saved.rank_sums[distributed.rank()]
+        if main:
+            return EpochTally(saved.seen, own, saved.counts)
+        return EpochTally(sums=own)
+    return saved if main else EpochTally()

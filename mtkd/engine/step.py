@@ -39,17 +39,23 @@ class RunningTally:
                 self.sums[key] += losses[key].detach() * counts[key]
                 self.counts[key] += counts[key]
 
-    def snapshot(self) -> EpochTally:
-        """The tally so far, summed over ranks (a collective under DDP: every rank calls it)."""
-        packed: list[torch.Tensor | float] = [float(self.seen)]
-        packed += [self.sums[k].float() for k in self.keys]
+    def snapshot(self, per_rank: bool = False) -> EpochTally:
+        """The tally so far, summed over ranks (a collective under DDP: every rank calls it);
+        ``per_rank`` (for a checkpoint) adds each rank's own sums (one more collective)."""
+        own = [self.sums[k].float() for k in self.keys]
+        packed: list[torch.Tensor | float] = [float(self.seen), *own]
         packed += [float(self.counts[k]) for k in self.keys]
         values = distributed.sum_over_ranks(packed, self.device)
         n = len(self.keys)
+        rank_sums = []
+        if per_rank and distributed.is_active():
+            gathered = distributed.gather_from_ranks(own, self.device)
+            rank_sums = [dict(zip(self.keys, sums, strict=True)) for sums in gathered]
         return EpochTally(
             int(values[0]),
             dict(zip(self.keys, values[1 : 1 + n], strict=True)),
             {k: int(v) for k, v in zip(self.keys, values[1 + n :], strict=True)},
+            rank_sums,
         )
 
 

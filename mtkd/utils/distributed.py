@@ -123,6 +123,19 @@ def sum_over_ranks(values: Sequence[torch.Tensor | float], device: torch.device)
     return [float(v) for v in all_reduce_sum(packed).tolist()]
 
 
+def gather_from_ranks(
+    values: Sequence[torch.Tensor | float], device: torch.device
+) -> list[list[float]]:
+    """Every rank's ``values`` (a few scalars, in float64), in rank order: one collective (in
+    a single process: ``[values]``)."""
+    packed = torch.stack([torch.as_tensor(v, device=device).to(torch.float64) for v in values])
+    if not is_active():
+        return [[float(v) for v in packed.tolist()]]
+    parts = [torch.empty_like(packed) for _ in range(world_size())]
+    dist.all_gather(parts, packed)
+    return [[float(v) for v in part.tolist()] for part in parts]
+
+
 def average_gradients(parameters: Any) -> None:
     """Average gradients DDP does not manage (a loss-weighting strategy's own weights)."""
     if not is_active():
