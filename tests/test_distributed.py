@@ -1,5 +1,7 @@
 """Data-parallel training through torchrun: two CPU processes (gloo) must train the weights
-one process trains on the same global batches, and distil the same inference model."""
+one process trains on the same global batches, and distil the same inference model; the
+sample cache is built once per machine (or split between machines on a shared file system),
+however long it takes; a killed job resumes to the uninterrupted job's weights and logs."""
 
 from __future__ import annotations
 
