@@ -17,7 +17,7 @@ memory comparison. Then, each measurement in a fresh Python process (its own pea
 - (d) the bytes of one batch moved to the device: float32 images as today, against uint8;
 - (e) the same build split between two "machines" that share the cache folder
   (``data.cache_fs: shared``): two processes, one cache worker each, started together, against
-  the one-worker build of (a); the time is the coordinator's, from start to swap-in.
+  the 1- and 2-worker builds of (a); the time is the coordinator's, from start to swap-in.
 
 Ratios from one run are the figures to quote: the machine may be shared.
 
