@@ -13,6 +13,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .cache_store import (
     CacheDamaged,
     default_cache_dir,
     discard,
+    is_complete,
     load_array,
     partial_folder,
     read_meta,
@@ -328,7 +330,7 @@ def _open_or_discard(
     if not folder.exists():
         return None
     try:
-        if not (folder / "meta.json").is_file():
+        if not is_complete(folder):
             raise CacheDamaged(folder, "meta.json is missing")
         return _load(folder, size)
     except CacheDamaged as exc:
@@ -349,28 +351,10 @@ def _build_on_disk(
 ) -> None:
     """Build the cache of ``source`` into a locked partial folder and swap it in as ``folder``
     (with ``shared``, other machines build shards of it in the same folder)."""
-    if shared is not None:
-        with telling_others_why(folder, shared):
-            _build_in_partial(
-                source, preprocessors, settings, folder, progress, workers, shared, tell
-            )
-    else:
-        _build_in_partial(source, preprocessors, settings, folder, progress, workers, None, tell)
-
-
-def _build_in_partial(
-    source: SampleSource,
-    preprocessors: Sequence[Preprocessor],
-    settings: tuple[int, str, str],
-    folder: Path,
-    progress: Any,
-    workers: int,
-    shared: SharedBuild | None,
-    tell: Callable[[str], None],
-) -> None:
     size, on_error, resize = settings
     tag = shared_tag(shared) if shared is not None else None
-    with partial_folder(folder.parent, folder.name, tag) as partial:
+    failing = telling_others_why(folder, shared) if shared is not None else nullcontext()
+    with failing, partial_folder(folder.parent, folder.name, tag) as partial:
         cached, report, _ = _build(
             source, preprocessors, size, on_error, partial, progress, resize, workers, shared
         )
@@ -381,11 +365,11 @@ def _build_in_partial(
             tell(f"sample cache: {sum(built.values())} shards built by {machines} ({shares})")
         _save_meta(partial, cached, report)
         del cached
-        if not (folder / "meta.json").is_file():  # else another process finished it first
+        if not is_complete(folder):  # else another process finished it first
             try:
                 os.replace(partial, folder)
             except OSError:
-                if not (folder / "meta.json").is_file():
+                if not is_complete(folder):
                     raise
 
 

@@ -481,21 +481,30 @@ class MergedArrays:
         self.present: dict[str, np.ndarray] = {}
 
 
+def _found_results(folder: Path, shards: int, *, contiguous: bool) -> dict[int, ShardResult]:
+    """The shards' saved results, by shard (``contiguous``: up to the first one missing)."""
+    found: dict[int, ShardResult] = {}
+    for shard in range(shards):
+        path = _result_path(folder, shard)
+        if path.is_file():
+            found[shard] = pickle.loads(path.read_bytes())
+        elif contiguous:
+            break
+    return found
+
+
+def _first_error(found: dict[int, ShardResult]) -> BaseException | None:
+    return next((found[s].error for s in sorted(found) if found[s].error is not None), None)
+
+
 def _results(job: _Job) -> list[ShardResult]:
     """Every shard's result in order; the first error (in sample order) is raised. In a
     shared build, where shards after a failed one may never have been built, the first
     error among the results there is raised."""
-    found: dict[int, ShardResult] = {}
-    for shard in range(len(job.bounds)):
-        path = _result_path(job.folder, shard)
-        if path.is_file():
-            found[shard] = pickle.loads(path.read_bytes())
-        elif not job.shared:
-            break
-    for shard in sorted(found):
-        error = found[shard].error
-        if error is not None:
-            raise error
+    found = _found_results(job.folder, len(job.bounds), contiguous=not job.shared)
+    error = _first_error(found)
+    if error is not None:
+        raise error
     if len(found) < len(job.bounds):
         raise DataError(f"data set '{job.source.name}': a cache-build worker left no result")
     return [found[shard] for shard in range(len(job.bounds))]
@@ -701,10 +710,4 @@ def join_parallel(
 
 def first_error(folder: Path, shards: int) -> BaseException | None:
     """The error of the first failed shard of a shared build in ``folder``, if any."""
-    for shard in range(shards):
-        path = _result_path(folder, shard)
-        if path.is_file():
-            result: ShardResult = pickle.loads(path.read_bytes())
-            if result.error is not None:
-                return result.error
-    return None
+    return _first_error(_found_results(folder, shards, contiguous=False))

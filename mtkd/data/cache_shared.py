@@ -24,7 +24,7 @@ from ..preprocess import Preprocessor
 from ..samples import SampleSource
 from . import cache_parallel
 from .cache_parallel import FAILED, JOB_FILE, SharedBuild, first_error, join_parallel
-from .cache_store import ended_note, holds_lock, partial_path
+from .cache_store import ended_note, holds_lock, is_complete, partial_path
 
 POLL_S = 0.2
 
@@ -32,10 +32,6 @@ POLL_S = 0.2
 def shared_tag(shared: SharedBuild) -> str:
     """The partial folder's tag: the same on every machine of one launch."""
     return f"shared-{shared.job}"
-
-
-def _done(folder: Path) -> bool:
-    return (folder / "meta.json").is_file()
 
 
 @contextmanager
@@ -55,7 +51,7 @@ def telling_others_why(folder: Path, shared: SharedBuild) -> Iterator[None]:
 def _check_ended(folder: Path, partial: Path) -> None:
     """Raise the coordinator's own error, when it left one (see :func:`telling_others_why`)."""
     note = ended_note(partial)
-    if note.is_file() and not _done(folder):
+    if note.is_file() and not is_complete(folder):
         try:
             why = note.read_text().strip()
         except OSError:
@@ -69,7 +65,7 @@ def _wait_for_layout(folder: Path, partial: Path, shared: SharedBuild) -> bool:
     """Wait until the coordinator has laid its build out (True) or finished it (False)."""
     deadline = time.monotonic() + shared.timeout_s
     while not (partial / JOB_FILE).is_file():
-        if _done(folder):
+        if is_complete(folder):
             return False
         _check_ended(folder, partial)
         if time.monotonic() > deadline:
@@ -111,7 +107,7 @@ class _Coordinator:
         self.checked = time.monotonic()
         _check_ended(self.folder, self.partial)
         alive = holds_lock(self.partial) if self.locks_shared else self._beating()
-        if not alive and not _done(self.folder):
+        if not alive and not is_complete(self.folder):
             raise DataError(
                 f"sample cache '{self.folder}': the machine of rank 0 ended the shared build "
                 f"in '{self.partial}' without a cache; its log says why"
@@ -121,7 +117,7 @@ class _Coordinator:
 def _wait_for_cache(folder: Path, partial: Path, shards: int, coordinator: _Coordinator) -> None:
     """Wait until the coordinator has swapped the cache in; a shard's error, or the
     coordinator's end without a cache, is raised here too."""
-    while not _done(folder):
+    while not is_complete(folder):
         if (partial / FAILED).exists():
             error = first_error(partial, shards)
             if error is not None:

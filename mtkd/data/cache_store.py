@@ -159,6 +159,11 @@ def discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` is a swapped-in cache (its ``meta.json`` is written last)."""
+    return (folder / "meta.json").is_file()
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     """``meta.json`` of a cache folder, parsed; damage raises :class:`CacheDamaged`."""
     try:
